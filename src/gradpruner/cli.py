@@ -1,0 +1,217 @@
+"""Command line: arguments only; every command calls the library.
+
+    gradpruner probe | prune | finetune | eval | run | tasks
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import GradPrunerError
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"gradpruner: error: {message} (see --help)\n")
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="local HF folder or Hub id (default: the offline SmolLM2-135M-Instruct)")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda[:N]")
+
+
+def _add_data(p: argparse.ArgumentParser, default_task: str | None = None) -> None:
+    p.add_argument("--task", default=default_task, help="built-in task (see `gradpruner tasks`)")
+    p.add_argument("--data", help='JSONL of {"prompt","completion"} or {"prompt","choices","answer"}')
+    p.add_argument("--eval-data", help="JSONL for evaluation (default: a held-out part of --data)")
+
+
+def _add_train(p: argparse.ArgumentParser, steps: int | None) -> None:
+    p.add_argument("--steps", type=int, default=steps, help="optimizer steps")
+    p.add_argument("--epochs", type=float, default=None, help="epochs instead of --steps")
+    p.add_argument("--batch-size", type=int, default=8, help="per-process batch size")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-alpha", type=int, default=32)
+    p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    p.add_argument("--max-length", type=int, default=256, help="tokens per training example")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+
+
+def _add_selection(p: argparse.ArgumentParser, ratio: float | None) -> None:
+    p.add_argument("--criterion", default="gradpruner", help="importance criterion")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--ratio", type=float, default=None,
+                       help=f"fraction of decoder layers to remove (default {ratio})")
+    group.add_argument("--layers", type=int, help="number of layers to remove")
+    group.add_argument("--remove", help="explicit layers to remove, e.g. 3,4,5 or 20-27")
+    p.add_argument("--merge", default="3", help="donor layers to merge: a number, 'all' or 'none'")
+    p.add_argument("--density", type=float, default=0.2, help="kept fraction of each donor matrix")
+    p.set_defaults(default_ratio=ratio)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gradpruner", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    p = sub.add_parser("probe", help="run the first steps of fine-tuning and save the IGIA")
+    _add_model(p)
+    _add_data(p)
+    _add_train(p, steps=40)
+    p.add_argument("--schedule-steps", type=int, default=None,
+                   help="length of the full run whose schedule the probe follows (default 100x)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("prune", help="remove (and merge) layers by the probe's scores")
+    p.add_argument("--model", default=None, help="the model that was probed")
+    p.add_argument("--scores", help="the probe's output folder")
+    _add_selection(p, ratio=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("finetune", help="fine-tune a model (dense or pruned) on a task")
+    _add_model(p)
+    _add_data(p)
+    _add_train(p, steps=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("eval", help="evaluate a model on a task")
+    _add_model(p)
+    _add_data(p)
+    p.add_argument("--limit", type=int, default=None, help="first N evaluation items")
+    p.add_argument("--protocol", default="loglik", choices=["loglik", "generate"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", help="write the metrics to this JSON file")
+
+    p = sub.add_parser("run", help="probe, prune, fine-tune and evaluate, beside the dense model")
+    _add_model(p)
+    _add_data(p, default_task="arc_easy")
+    _add_train(p, steps=150)
+    _add_selection(p, ratio=0.2)
+    p.add_argument("--probe-steps", type=int, default=40)
+    p.add_argument("--limit", type=int, default=500, help="evaluation items (0 = all)")
+    p.add_argument("--no-dense", action="store_true", help="skip the dense reference fine-tune")
+    p.add_argument("--out", default="runs/default")
+    p.add_argument("--overwrite", action="store_true")
+
+    sub.add_parser("tasks", help="list the built-in tasks")
+    return parser
+
+
+def _train_config(args):
+    from .train import TrainConfig
+
+    return TrainConfig(
+        steps=args.steps if args.epochs is None else None, epochs=args.epochs,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, full=args.full,
+        max_length=args.max_length, seed=args.seed,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+
+
+def _selection(args) -> dict:
+    from .merge import parse_merge_count
+    from .selection import parse_layer_list
+
+    remove = parse_layer_list(args.remove) if args.remove else None
+    ratio = args.ratio
+    if ratio is None and args.layers is None and remove is None:
+        if args.default_ratio is None:
+            raise GradPrunerError("give one of --ratio, --layers or --remove")
+        ratio = args.default_ratio
+    return {"criterion": args.criterion, "ratio": ratio, "count": args.layers, "remove": remove,
+            "merge": parse_merge_count(args.merge), "density": args.density}
+
+
+def _check_density(density: float) -> None:
+    if not 0 < density <= 1:
+        raise GradPrunerError(f"--density must be in (0, 1], got {density}")
+
+
+def _dispatch(args) -> int:
+    from . import pipeline
+
+    if args.command == "tasks":
+        from .tasks import list_tasks
+
+        print(f"{'task':<16}{'kind':<6}{'train':>8}{'eval':>8}  source")
+        for task in list_tasks():
+            sizes = task.split_sizes()
+            print(f"{task.name:<16}{task.kind:<6}{sizes.get('train', 0):>8}{sizes.get('eval', 0):>8}"
+                  f"  {task.description}")
+        return 0
+    if args.command == "probe":
+        task = pipeline.resolve_task(args.task, args.data, args.eval_data)
+        igia = pipeline.probe_stage(args.model, task, args.out, _train_config(args), args.steps,
+                                    args.schedule_steps, args.dtype, args.device, args.overwrite)
+        print(json.dumps({"out": args.out, "layer_scores": igia.layer_scores}))
+        return 0
+    if args.command == "prune":
+        sel = _selection(args)
+        _check_density(sel["density"])
+        record = pipeline.prune_stage(args.model, args.scores, args.out, overwrite=args.overwrite,
+                                      **sel)
+        print(json.dumps({k: record[k] for k in ("removed_layers", "kept_layers", "merged",
+                                                  "params_before", "params_after")}))
+        return 0
+    if args.command == "finetune":
+        task = pipeline.resolve_task(args.task, args.data, args.eval_data)
+        record = pipeline.finetune_stage(args.model, task, args.out, _train_config(args),
+                                         args.dtype, args.device, args.overwrite)
+        print(json.dumps({"out": args.out, "train_loss": record["finetune"]["train_loss"]}))
+        return 0
+    if args.command == "eval":
+        task = pipeline.resolve_task(args.task, args.data, args.eval_data)
+        result = pipeline.eval_stage(args.model, task, args.limit, args.out, args.protocol,
+                                     args.batch_size, args.dtype, args.device)
+        print(json.dumps(result, indent=2))
+        return 0
+    if args.command == "run":
+        sel = _selection(args)
+        _check_density(sel["density"])
+        cfg = pipeline.RunConfig(
+            model=args.model, task=None if args.data else args.task, data=args.data,
+            eval_data=args.eval_data, out=args.out, probe_steps=args.probe_steps,
+            eval_limit=args.limit or None, dense=not args.no_dense, dtype=args.dtype,
+            device=args.device, overwrite=args.overwrite, train=_train_config(args), **sel,
+        )
+        pipeline.run(cfg)
+        return 0
+    raise GradPrunerError("no command given (see --help)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.version:
+        from . import __version__
+
+        print(__version__)
+        return 0
+    try:
+        return _dispatch(args)
+    except GradPrunerError as err:
+        print(f"gradpruner: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        print(f"gradpruner: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gradpruner: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Finding and loading a model: the offline default, a local folder, or a Hub id."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .assets import DEFAULT_MODEL, default_model_dir
+from .errors import GradPrunerError
+
+DTYPES = {"auto": None, "float32": torch.float32, "fp32": torch.float32,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_model(name: str | None) -> str:
+    """A loadable path or Hub id for `name` (None or the default alias -> the default model)."""
+    if not name or name == DEFAULT_MODEL:
+        return str(default_model_dir())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise GradPrunerError(f"{name}: not a Hugging Face model folder (no config.json)")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise GradPrunerError(f"model not found: {name}")
+    return name
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """`auto` -> CUDA when present, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise GradPrunerError(f"unknown device {device!r}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise GradPrunerError("--device cuda was asked for, but no CUDA device is available")
+    return resolved
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """`auto` -> bf16 on a CUDA device that supports it, fp32 elsewhere."""
+    if dtype not in DTYPES:
+        raise GradPrunerError(f"unknown dtype {dtype!r} (use one of {', '.join(DTYPES)})")
+    if DTYPES[dtype] is not None:
+        return DTYPES[dtype]
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_config(source: str):
+    """The model's config, with a clear error for a missing model or an unsupported one."""
+    from transformers import AutoConfig
+
+    from .surgery import get_adapter
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError, json.JSONDecodeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GradPrunerError(f"cannot load model {source}: {first}") from None
+    get_adapter(config)
+    return config
+
+
+def load_model(name: str | None = None, dtype: str = "auto", device: str = "auto"):
+    """Load a causal LM and its tokenizer; returns (model, tokenizer, source path or id)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model(name)
+    load_config(source)
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GradPrunerError(f"cannot load model {source}: {first}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(target).eval(), tokenizer, source

@@ -1,0 +1,106 @@
+"""Reports: the `run` summary as Markdown and JSON, and the layer-score plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def plot_layer_scores(scores: list[float], removed: list[int], merged: dict, path: Path,
+                      title: str = "") -> None:
+    """Bar chart of the layer scores (log scale), removed layers in red, donors hatched."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    donors = {d for ds in merged.values() for d in ds}
+    colors = ["tab:red" if i in removed else "tab:blue" for i in range(len(scores))]
+    fig, ax = plt.subplots(figsize=(max(6, len(scores) * 0.28), 3.2))
+    bars = ax.bar(range(len(scores)), [max(s, 1e-30) for s in scores], color=colors)
+    for i, bar in enumerate(bars):
+        if i in donors:
+            bar.set_hatch("//")
+            bar.set_edgecolor("black")
+    ax.set_yscale("log")
+    ax.set_xlabel("decoder layer (original index)")
+    ax.set_ylabel("importance score")
+    ax.set_title(title or "layer scores: red = removed, hatched = merged into a kept layer")
+    ax.set_xticks(range(len(scores)))
+    ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _metric(result: dict | None) -> str:
+    if not result:
+        return "-"
+    for key in ("acc", "rouge_l", "exact_match"):
+        if key in result:
+            extra = f" (acc_norm {result['acc_norm']:.3f})" if "acc_norm" in result else ""
+            return f"{result[key]:.3f}{extra}"
+    return "-"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.3f}" if a and b else "-"
+
+
+def run_markdown(results: dict) -> str:
+    """The `run` report as Markdown."""
+    prune = results["prune"]
+    costs = prune.get("costs", {})
+    dense_ft = results.get("dense_finetune", {})
+    pruned_ft = results.get("pruned_finetune", {})
+    dense_speed = results["dense_zero_shot"].get("items_per_second")
+    pruned_speed = results["pruned_before_finetune"].get("items_per_second")
+    merged = ", ".join(f"{d} -> {r}" for r, ds in prune["merged"].items() for d in ds) or "none"
+    lines = [
+        f"# gradpruner run: {results['task']}",
+        "",
+        f"Model: `{results['model']}`; criterion `{prune['criterion']}`.",
+        "",
+        f"- Layers removed ({len(prune['removed_layers'])} of {prune['num_layers_before']}): "
+        f"{prune['removed_layers']}",
+        f"- Merged (donor -> receiver): {merged}",
+        f"- Parameters: {prune['params_before']:,} -> {prune['params_after']:,} "
+        f"({prune['param_fraction_removed']:.1%} removed)",
+        f"- Ideal speed-up of the cut (forward FLOPs): {costs.get('ideal_speedup', float('nan')):.3f}x",
+        "",
+        "| model | accuracy |",
+        "|---|---|",
+        f"| dense, zero-shot | {_metric(results['dense_zero_shot'])} |",
+        f"| dense, fine-tuned | {_metric(results.get('dense_finetuned'))} |",
+        f"| pruned, before fine-tuning | {_metric(results['pruned_before_finetune'])} |",
+        f"| pruned, fine-tuned | {_metric(results['pruned_finetuned'])} |",
+        "",
+        "| cost | dense | pruned | pruned / dense |",
+        "|---|---|---|---|",
+        f"| fine-tuning seconds ({pruned_ft.get('steps', '-')} steps) | "
+        f"{dense_ft.get('train_seconds', 0):.1f} | {pruned_ft.get('train_seconds', 0):.1f} | "
+        f"{_ratio(pruned_ft.get('train_seconds'), dense_ft.get('train_seconds'))} |",
+        f"| inference, evaluation items per second | {dense_speed or 0:.2f} | "
+        f"{pruned_speed or 0:.2f} | {_ratio(pruned_speed, dense_speed)} |",
+        f"| probe seconds ({results['probe'].get('steps')} steps) | - | "
+        f"{results['probe'].get('probe_seconds', 0):.1f} | - |",
+        "",
+        f"Evaluation items: {results['dense_zero_shot'].get('n')}; "
+        f"total wall time {results.get('total_seconds', 0) / 60:.1f} min.",
+        "",
+        "![layer scores](layer_scores.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(results: dict, directory: Path) -> None:
+    """`report.json`, `report.md` and `layer_scores.png` in `directory`; prints the Markdown."""
+    prune = results["prune"]
+    if prune.get("layer_scores"):
+        plot_layer_scores(prune["layer_scores"], prune["removed_layers"], prune["merged"],
+                          directory / "layer_scores.png")
+    (directory / "report.json").write_text(json.dumps(results, indent=2, default=str))
+    text = run_markdown(results)
+    (directory / "report.md").write_text(text)
+    print(text)

@@ -1,0 +1,88 @@
+"""From per-layer importance scores to the set of decoder layers to remove."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from .errors import GradPrunerError
+
+
+def removal_count(num_layers: int, ratio: float | None = None, count: int | None = None) -> int:
+    """How many layers `ratio` (fraction of decoder layers, rounded) or `count` asks to remove."""
+    if (ratio is None) == (count is None):
+        raise GradPrunerError("give exactly one of a ratio or a number of layers to remove")
+    if ratio is not None:
+        if not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or not 0 < ratio < 1:
+            raise GradPrunerError(f"ratio must be a number strictly between 0 and 1, got {ratio}")
+        count = round(ratio * num_layers)
+        if count < 1:
+            raise GradPrunerError(
+                f"ratio {ratio} removes no layer of {num_layers}; the smallest useful ratio is "
+                f"{0.5 / num_layers:.3f}"
+            )
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise GradPrunerError(f"the number of layers to remove must be a positive integer, got {count}")
+    if count >= num_layers:
+        raise GradPrunerError(
+            f"cannot remove {count} of {num_layers} layers: at least one layer must stay"
+        )
+    return count
+
+
+def lowest_scored(scores: Sequence[float], count: int) -> list[int]:
+    """The `count` layers with the lowest scores (ties: the later layer goes first), sorted."""
+    if any(not math.isfinite(s) for s in scores):
+        raise GradPrunerError("layer scores contain NaN or infinite values")
+    order = sorted(range(len(scores)), key=lambda i: (scores[i], -i))
+    return sorted(order[:count])
+
+
+def validate_removal(remove: Sequence[object], num_layers: int) -> list[int]:
+    """An explicit removal list checked: integers, unique, in range, not every layer."""
+    layers = []
+    for item in remove:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise GradPrunerError(f"layer index {item!r} is not an integer")
+        if not 0 <= item < num_layers:
+            raise GradPrunerError(f"layer index {item} is out of range 0..{num_layers - 1}")
+        layers.append(item)
+    if len(set(layers)) != len(layers):
+        dup = sorted({i for i in layers if layers.count(i) > 1})
+        raise GradPrunerError(f"layer indices repeated in the removal list: {dup}")
+    if not layers:
+        raise GradPrunerError("the removal list is empty")
+    if len(layers) >= num_layers:
+        raise GradPrunerError(f"cannot remove all {num_layers} layers: at least one must stay")
+    return sorted(layers)
+
+
+def parse_layer_list(text: str) -> list[int]:
+    """'3,4,5' or '3-5,9' as a list of integers (not yet validated against a model)."""
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            if sep and lo:
+                out.extend(range(int(lo), int(hi) + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise GradPrunerError(f"not a layer index or range: {part!r}") from None
+    return out
+
+
+def select_layers(
+    scores: Sequence[float],
+    ratio: float | None = None,
+    count: int | None = None,
+    remove: Sequence[int] | None = None,
+) -> list[int]:
+    """Layers to remove: an explicit list, or the lowest-scored `count` / `ratio` of them."""
+    if remove is not None:
+        if ratio is not None or count is not None:
+            raise GradPrunerError("give either an explicit removal list or a ratio/count, not both")
+        return validate_removal(remove, len(scores))
+    return lowest_scored(scores, removal_count(len(scores), ratio, count))

@@ -1,0 +1,162 @@
+"""Fine-tuning on transformers' Trainer, with LoRA (merged afterwards) or full fine-tuning.
+
+The probe is the first steps of the same run with an `IGIACallback` attached, so it sees exactly
+the optimizer, clipping and schedule that the fine-tune would. Because everything goes through
+the Trainer, `accelerate launch` / `torchrun` work unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from transformers import Trainer, TrainingArguments, set_seed
+
+from .data import Example, PadCollator, training_features
+from .errors import GradPrunerError
+from .igia import IGIA, IGIACallback
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning settings; defaults are the paper's LoRA recipe."""
+
+    steps: int | None = 100
+    epochs: float | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-4
+    lora_rank: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    full: bool = False
+    warmup_ratio: float = 0.03
+    scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    max_length: int = 256
+    seed: int = 0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise GradPrunerError(f"--steps must be at least 1, got {self.steps}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise GradPrunerError(f"--epochs must be positive, got {self.epochs}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise GradPrunerError("--batch-size and --grad-accum must be at least 1")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise GradPrunerError(f"--lr must be a positive number, got {self.lr}")
+        if not self.full and self.lora_rank < 1:
+            raise GradPrunerError(f"--lora-rank must be at least 1, got {self.lora_rank}")
+
+
+def add_lora(model, cfg: TrainConfig):
+    """Wrap `model` with LoRA adapters on every linear module (PEFT's "all-linear")."""
+    from peft import LoraConfig, get_peft_model
+
+    set_seed(cfg.seed)
+    lora = LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, output_dir: str,
+                 callbacks: list | None = None, max_steps: int | None = None) -> Trainer:
+    """A Trainer over the tokenised gold answers of `examples` (loss on the answer only)."""
+    cfg.validate()
+    features = training_features(tokenizer, examples, cfg.max_length)
+    if not features:
+        raise GradPrunerError("no training examples")
+    steps = max_steps if max_steps is not None else cfg.steps
+    on_cpu = next(model.parameters()).device.type == "cpu" and not torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        max_grad_norm=cfg.max_grad_norm,
+        max_steps=steps if steps is not None else -1,
+        num_train_epochs=cfg.epochs if cfg.epochs is not None else 1.0,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=cfg.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        disable_tqdm=not cfg.progress,
+        use_cpu=on_cpu,
+        dataloader_num_workers=0,
+    )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=features,
+        data_collator=PadCollator(pad),
+        callbacks=callbacks or [],
+    )
+
+
+def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
+             callbacks: list | None = None):
+    """Fine-tune `model` on `examples`; returns (the plain HF model, stats).
+
+    With LoRA the adapters are merged into the weights, so the result saves as an ordinary model.
+    """
+    set_seed(cfg.seed)
+    trainable = model if cfg.full else add_lora(model, cfg)
+    with tempfile.TemporaryDirectory(prefix="gradpruner-train-") as tmp:
+        trainer = make_trainer(trainable, tokenizer, examples, cfg, tmp, callbacks)
+        start = time.perf_counter()
+        output = trainer.train()
+        seconds = time.perf_counter() - start
+    result = trainable if cfg.full else trainable.merge_and_unload()
+    result.eval()
+    stats = {
+        "steps": trainer.state.global_step,
+        "train_seconds": seconds,
+        "train_loss": output.training_loss,
+        "seconds_per_step": seconds / max(trainer.state.global_step, 1),
+        "config": asdict(cfg),
+    }
+    return result, stats
+
+
+def probe(model, tokenizer, examples: list[Example], cfg: TrainConfig, steps: int,
+          schedule_steps: int | None = None) -> tuple[IGIA, dict]:
+    """Run the first `steps` optimizer steps of fine-tuning and return their IGIA and stats.
+
+    The learning-rate schedule is that of a run of `schedule_steps` (default: `cfg.steps`, or 100x
+    the probe, the paper's "about 1 % of the run"). With LoRA the probe's adapters are removed
+    afterwards; with full fine-tuning the model's weights have taken `steps` optimizer steps.
+    """
+    if steps < 1:
+        raise GradPrunerError(f"probe steps must be at least 1, got {steps}")
+    horizon = max(schedule_steps or cfg.steps or 100 * steps, steps)
+    set_seed(cfg.seed)
+    trainable = model if cfg.full else add_lora(model, cfg)
+    callback = IGIACallback(max_steps=steps)
+    with tempfile.TemporaryDirectory(prefix="gradpruner-probe-") as tmp:
+        trainer = make_trainer(trainable, tokenizer, examples, cfg, tmp, [callback], horizon)
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    if not cfg.full:
+        trainable.unload()
+    stats = {"steps": callback.steps_seen, "probe_seconds": seconds, "schedule_steps": horizon}
+    return callback.result(), stats
