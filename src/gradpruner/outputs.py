@@ -1,0 +1,82 @@
+"""Output folders that appear whole or not at all, and never replace the user's input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import GradPrunerError
+
+SIDECAR_NAME = "gradpruner.json"
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies inside it (both already resolved)."""
+    return path == folder or folder in path.parents
+
+
+def check_output_dir(
+    out: str | os.PathLike, overwrite: bool = False, source: str | os.PathLike | None = None
+) -> None:
+    """Raise GradPrunerError unless `out` may be (re)written; call it early, before long work."""
+    out_path = Path(out).resolve()
+    if out_path.exists() and not out_path.is_dir():
+        raise GradPrunerError(f"output path {out} exists and is not a folder")
+    if source is not None:
+        source_path = Path(source).resolve()
+        if _is_within(out_path, source_path):
+            raise GradPrunerError(
+                f"refusing to write {out} into the input model's folder {source}; choose another output folder"
+            )
+        if _is_within(source_path, out_path):
+            raise GradPrunerError(f"refusing to write {out}: it contains the input model {source}")
+    if out_path.is_dir() and any(out_path.iterdir()) and not overwrite:
+        raise GradPrunerError(f"output folder {out} exists and is not empty (pass overwrite to replace it)")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename `tmp` to `out`, replacing an existing `out` only once `tmp` is complete."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    backup = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    out.rename(backup)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        backup.rename(out)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+@contextmanager
+def atomic_output_dir(
+    out: str | os.PathLike, overwrite: bool = False, source: str | os.PathLike | None = None
+) -> Iterator[Path]:
+    """Yield a temporary sibling folder of `out`; on success it becomes `out`, on any error it is removed.
+
+    A previous `out` (allowed only with `overwrite`) stays untouched until the new folder is complete.
+    `source` is the input model's folder: `out` may be neither inside it nor contain it.
+    """
+    check_output_dir(out, overwrite, source)
+    out_path = Path(out).resolve()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent))
+    try:
+        yield tmp
+        _move_into_place(tmp, out_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write `data` as indented JSON with a final newline."""
+    Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
