@@ -199,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(__version__)
         return 0
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars; training keeps its own progress bar
     try:
         return _dispatch(args)
     except GradPrunerError as err:

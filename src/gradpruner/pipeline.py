@@ -22,9 +22,10 @@ from .costs import cut_costs
 from .errors import GradPrunerError
 from .evaluate import evaluate_examples
 from .igia import IGIA
-from .models import load_model
-from .outputs import atomic_output_dir
-from .prune import prune_model
+from .models import load_config, load_model, resolve_model
+from .outputs import atomic_output_dir, check_output_dir
+from .prune import check_igia_matches, prune_model
+from .selection import select_layers
 from .tasks import Task, get_task, task_from_jsonl
 from .train import TrainConfig, finetune, probe
 
@@ -60,9 +61,11 @@ def probe_stage(model: str | None, task: Task, out: str, cfg: TrainConfig, steps
                 schedule_steps: int | None = None, dtype: str = "auto", device: str = "auto",
                 overwrite: bool = False) -> IGIA:
     """Probe `model` on the task's training data for `steps` steps and save the IGIA to `out`."""
+    check_output_dir(out, overwrite, resolve_model(model))
+    examples = task.train_examples()
     net, tokenizer, source = load_model(model, dtype, device)
     with atomic_output_dir(out, overwrite=overwrite, source=source) as tmp:
-        igia, stats = probe(net, tokenizer, task.train_examples(), cfg, steps, schedule_steps)
+        igia, stats = probe(net, tokenizer, examples, cfg, steps, schedule_steps)
         if _is_main_process():
             igia.save(tmp)
             meta = json.loads((tmp / "scores.json").read_text())
@@ -78,11 +81,17 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
                 density: float = 0.2, merge_scale: float = 1.0, dtype: str = "float32",
                 overwrite: bool = False) -> dict:
     """Prune `model` by the probe's scores and save the smaller model with its sidecar."""
+    source = resolve_model(model)
+    check_output_dir(out, overwrite, source)
     igia = IGIA.load(scores) if scores else None
-    net, tokenizer, source = load_model(model, dtype, "cpu")
+    config = load_config(source)
+    if igia is not None:
+        check_igia_matches(igia, config)
+    select_layers([0.0] * config.num_hidden_layers, ratio=ratio, count=count, remove=remove)
+    net, tokenizer, source = load_model(source, dtype, "cpu")
     record = prune_model(net, igia, criterion=criterion, ratio=ratio, count=count, remove=remove,
                          merge=merge, density=density, merge_scale=merge_scale)
-    record["costs"] = cut_costs(_config_before(source), record["kept_layers"])
+    record["costs"] = cut_costs(config, record["kept_layers"])
     record.update(source_model=source, scores_dir=scores, versions=versions())
     with atomic_output_dir(out, overwrite=overwrite, source=source) as tmp:
         net.save_pretrained(tmp)
@@ -94,9 +103,11 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
 def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
                    dtype: str = "auto", device: str = "auto", overwrite: bool = False) -> dict:
     """Fine-tune `model` on the task and save it (LoRA merged) with the sidecar extended."""
+    check_output_dir(out, overwrite, resolve_model(model))
+    examples = task.train_examples()
     net, tokenizer, source = load_model(model, dtype, device)
     with atomic_output_dir(out, overwrite=overwrite, source=source) as tmp:
-        tuned, stats = finetune(net, tokenizer, task.train_examples(), cfg)
+        tuned, stats = finetune(net, tokenizer, examples, cfg)
         record = read_sidecar(source) or {"source_model": source, "versions": versions()}
         record["finetune"] = {**stats, "task": task.name}
         if _is_main_process():
@@ -133,12 +144,6 @@ def timed_eval(model, tokenizer, task: Task, limit: int | None, protocol: str = 
                                 batch_size=batch_size)
     seconds = time.perf_counter() - start
     return {**metrics, "eval_seconds": seconds, "items_per_second": len(examples) / seconds}
-
-
-def _config_before(source: str):
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(source)
 
 
 def _is_main_process() -> bool:

@@ -9,9 +9,9 @@ from .selection import select_layers
 from .surgery import base_model, count_parameters, cut_layers, layer_prefix, num_layers
 
 
-def check_igia_matches(igia, model) -> None:
+def check_igia_matches(igia, model_or_config) -> None:
     """Refuse a probe output that was made on another model."""
-    config = base_model(model).config
+    config = getattr(base_model(model_or_config), "config", model_or_config)
     info = igia.model_info or {}
     expected = {"num_hidden_layers": config.num_hidden_layers, "hidden_size": config.hidden_size,
                 "model_type": config.model_type}

@@ -93,7 +93,7 @@ def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, ou
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=cfg.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        **_checkpointing(cfg.gradient_checkpointing),
         logging_steps=cfg.logging_steps,
         save_strategy="no",
         report_to="none",
@@ -110,6 +110,15 @@ def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, ou
         data_collator=PadCollator(pad),
         callbacks=callbacks or [],
     )
+
+
+def _checkpointing(enabled: bool) -> dict:
+    """Activation checkpointing under the argument name this transformers version uses."""
+    if not enabled:
+        return {}
+    fields = TrainingArguments.__dataclass_fields__
+    return {"activation_checkpointing" if "activation_checkpointing" in fields
+            else "gradient_checkpointing": True}
 
 
 def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
