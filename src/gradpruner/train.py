@@ -31,7 +31,7 @@ class TrainConfig:
     lr: float = 1e-4
     lora_rank: int = 8
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0
     full: bool = False
     warmup_ratio: float = 0.03
     scheduler: str = "cosine"

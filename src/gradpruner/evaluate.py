@@ -1,0 +1,276 @@
+"""Evaluation: multiple choice by log-likelihood, generation by ROUGE-L, and multiple choice by
+a generated answer letter.
+
+Log-likelihood scoring follows lm-evaluation-harness: each choice is a (context, continuation)
+pair scored by the summed log-probability of the continuation; `acc` takes the best sum,
+`acc_norm` the best sum per character of the continuation. Token ids come from
+`data.tokenize_pair`, so a pair is tokenised exactly as in training.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import Example, GenExample, MCExample, PadCollator, tokenize_pair
+from .errors import GradPrunerError
+
+PROTOCOLS = ("loglik", "generate")
+LETTERS = string.ascii_uppercase
+
+
+@contextmanager
+def _eval_mode(model) -> Iterator[None]:
+    """Run in eval mode, then put back the train/eval mode the model had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _pad_id(tokenizer) -> int:
+    """The id used for padding: the pad token, else end-of-sequence, else 0 (always masked)."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return token_id
+    return 0
+
+
+def _mean(values: list[float]) -> float:
+    if not values:
+        raise GradPrunerError("no examples to evaluate")
+    return sum(values) / len(values)
+
+
+def _argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=values.__getitem__)
+
+
+# ---------------------------------------------------------------- log-likelihood scoring
+
+
+def _continuation_logprobs(model, batch: dict[str, torch.Tensor]) -> list[float]:
+    """Summed log-probability of the labelled (continuation) tokens of each row of `batch`.
+
+    Only the positions from the earliest continuation on go through the LM head.
+    """
+    device = _device(model)
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    labels = batch["labels"].to(device)
+    first_label = int((labels != -100).int().argmax(dim=1).min())
+    start = max(first_label - 1, 0)  # position whose logits predict the first label
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False,
+                   logits_to_keep=ids.shape[1] - start).logits[:, :-1]
+    targets = labels[:, start + 1:]
+    scored = targets != -100
+    logprobs = torch.log_softmax(logits[scored].float(), dim=-1)
+    token_logprobs = logprobs.gather(-1, targets[scored].unsqueeze(-1)).squeeze(-1)
+    rows = scored.nonzero()[:, 0]
+    sums = torch.zeros(len(ids), dtype=torch.float64, device=device)
+    return sums.index_add_(0, rows, token_logprobs.double()).tolist()
+
+
+def choice_logprobs(model, tokenizer, examples: list[MCExample], batch_size: int = 16,
+                    max_length: int = 1024) -> list[list[float]]:
+    """Per example, the summed log-probability of each choice's continuation given its context.
+
+    All (context, continuation) pairs of all examples are batched together, longest first so
+    that each batch holds similar lengths, right-padded and masked.
+    """
+    pairs = [
+        (i, j, tokenize_pair(tokenizer, context, continuation, max_length))
+        for i, ex in enumerate(examples)
+        for j, (context, continuation) in enumerate(zip(ex.contexts, ex.continuations))
+    ]
+    pairs.sort(key=lambda pair: len(pair[2]["input_ids"]), reverse=True)
+    scores = [[0.0] * len(ex.contexts) for ex in examples]
+    collate = PadCollator(_pad_id(tokenizer))
+    starts = range(0, len(pairs), batch_size)
+    with _eval_mode(model), torch.inference_mode():
+        for start in tqdm(starts, desc="scoring", unit="batch", disable=None, leave=False):
+            chunk = pairs[start:start + batch_size]
+            sums = _continuation_logprobs(model, collate([pair[2] for pair in chunk]))
+            for (i, j, _), value in zip(chunk, sums):
+                scores[i][j] = value
+    return scores
+
+
+def evaluate_mc(model, tokenizer, examples: list[MCExample], batch_size: int = 16) -> dict:
+    """Accuracy of multiple choice by log-likelihood: {"acc", "acc_norm", "n"}."""
+    scores = choice_logprobs(model, tokenizer, examples, batch_size)
+    hits, hits_norm = [], []
+    for ex, logprobs in zip(examples, scores):
+        per_char = [lp / max(len(c), 1) for lp, c in zip(logprobs, ex.continuations)]
+        hits.append(float(_argmax(logprobs) == ex.gold))
+        hits_norm.append(float(_argmax(per_char) == ex.gold))
+    return {"acc": _mean(hits), "acc_norm": _mean(hits_norm), "n": len(examples)}
+
+
+# ---------------------------------------------------------------- generation
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask, so every row's last prompt token is at the end."""
+    width = max(len(row) for row in rows)
+    ids = [[pad_id] * (width - len(row)) + row for row in rows]
+    mask = [[0] * (width - len(row)) + [1] * len(row) for row in rows]
+    return torch.tensor(ids), torch.tensor(mask)
+
+
+def generate_texts(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int = 128,
+                   batch_size: int = 8) -> list[str]:
+    """Greedy continuations of already tokenised prompts, decoded without special tokens."""
+    from transformers import GenerationConfig
+
+    pad_id = _pad_id(tokenizer)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
+                              pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+    order = sorted(range(len(prompt_ids)), key=lambda k: len(prompt_ids[k]), reverse=True)
+    texts = [""] * len(prompt_ids)
+    device = _device(model)
+    starts = range(0, len(order), batch_size)
+    with _eval_mode(model), torch.inference_mode():
+        for start in tqdm(starts, desc="generating", unit="batch", disable=None, leave=False):
+            chunk = order[start:start + batch_size]
+            ids, mask = _left_pad([prompt_ids[k] for k in chunk], pad_id)
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 generation_config=config)
+            for k, row in zip(chunk, out[:, ids.shape[1]:]):
+                texts[k] = tokenizer.decode(row, skip_special_tokens=True).strip()
+    return texts
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def _lcs_length(a: list[str], b: list[str]) -> int:
+    """Length of the longest common subsequence (dynamic programming, one row at a time)."""
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure on lower-cased word tokens (punctuation and whitespace split)."""
+    predicted, expected = _tokens(prediction), _tokens(reference)
+    common = _lcs_length(predicted, expected)
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+def evaluate_generation(model, tokenizer, examples: list[GenExample], max_new_tokens: int = 128,
+                        batch_size: int = 8, max_prompt_tokens: int = 1024) -> dict:
+    """Mean ROUGE-L of greedy generations against the reference completions: {"rouge_l", "n"}.
+
+    Prompts are tokenised as in training (with special tokens) and cut from the left to
+    `max_prompt_tokens`.
+    """
+    prompts = [tokenizer(ex.prompt)["input_ids"][-max_prompt_tokens:] for ex in examples]
+    predictions = generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size)
+    scores = [rouge_l(p, ex.completion) for p, ex in zip(predictions, examples)]
+    return {"rouge_l": _mean(scores), "n": len(examples)}
+
+
+# ---------------------------------------------------------------- answer-letter protocol
+
+
+def _question_and_options(example: MCExample) -> tuple[str, list[str]]:
+    """The question text and the option texts of a multiple-choice example."""
+    if len(set(example.contexts)) == 1:
+        question = re.sub(r"\s*Answer:\s*$", "", example.contexts[0]).strip()
+        return question, [c.strip() for c in example.continuations]
+    options = [(ctx + cont).strip() for ctx, cont in zip(example.contexts, example.continuations)]
+    return "Which of these is the most plausible?", options
+
+
+def _letter_prompt(tokenizer, example: MCExample) -> list[int]:
+    """Token ids of the question with lettered options, in the chat template when there is one."""
+    question, options = _question_and_options(example)
+    if len(options) > len(LETTERS):
+        raise GradPrunerError(f"cannot letter {len(options)} options (at most {len(LETTERS)})")
+    lines = [f"{letter}. {option}" for letter, option in zip(LETTERS, options)]
+    text = "\n".join([question, *lines, "Answer with the letter of the correct option."])
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(text + "\nAnswer:")["input_ids"]
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.lower().strip().rstrip(".").split())
+
+
+_LETTER = re.compile(r"\(?([A-Z])(?:[.):]|\s|$)")
+
+
+def predicted_choice(response: str, options: list[str]) -> int | None:
+    """The option a generated answer names: its exact text, else a leading letter ("B", "(B)",
+    "B. ..."); None when it names none."""
+    text = response.strip()
+    normal = _normalise(text)
+    for i, option in enumerate(options):
+        if _normalise(option) == normal:
+            return i
+    match = _LETTER.match(text)
+    if match and LETTERS.index(match.group(1)) < len(options):
+        return LETTERS.index(match.group(1))
+    return None
+
+
+def evaluate_exact_match(model, tokenizer, examples: list[MCExample], batch_size: int = 16,
+                         max_new_tokens: int = 8) -> dict:
+    """Share of greedy answers that name the gold option by letter or text: {"exact_match", "n"}."""
+    prompts = [_letter_prompt(tokenizer, ex) for ex in examples]
+    responses = generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size)
+    hits = [
+        float(predicted_choice(response, _question_and_options(ex)[1]) == ex.gold)
+        for response, ex in zip(responses, examples)
+    ]
+    return {"exact_match": _mean(hits), "n": len(examples)}
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def evaluate_examples(model, tokenizer, examples: list[Example], kind: str,
+                      protocol: str = "loglik", limit: int | None = None,
+                      batch_size: int = 16) -> dict:
+    """Evaluate `examples` of a task of `kind` ("mc" or "gen"), the first `limit` only if given.
+
+    Multiple choice: "loglik" scores choices by log-likelihood (`evaluate_mc`), "generate"
+    asks for the answer letter (`evaluate_exact_match`). Generation tasks are always scored by
+    ROUGE-L of greedy generations. The model is left in the train/eval mode it had.
+    """
+    if protocol not in PROTOCOLS:
+        raise GradPrunerError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    expected = {"mc": MCExample, "gen": GenExample}.get(kind)
+    if expected is None:
+        raise GradPrunerError(f"unknown task kind {kind!r}; known: mc, gen")
+    examples = examples[:limit] if limit is not None else examples
+    if not all(isinstance(ex, expected) for ex in examples):
+        raise GradPrunerError(f"a {kind!r} task needs {expected.__name__} examples only")
+    if kind == "gen":
+        return evaluate_generation(model, tokenizer, examples, batch_size=batch_size)
+    if protocol == "generate":
+        return evaluate_exact_match(model, tokenizer, examples, batch_size=batch_size)
+    return evaluate_mc(model, tokenizer, examples, batch_size=batch_size)

@@ -1,0 +1,134 @@
+"""The CLI end to end on a tiny model: probe -> prune -> finetune -> eval, and `run`."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from gradpruner.cli import main
+from tiny_models import tiny_model
+from tiny_tokenizer import tiny_tokenizer
+
+TRAIN = ["--steps", "4", "--batch-size", "4", "--lr", "5e-3", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    model = tiny_model("llama")
+    model.save_pretrained(root / "model")
+    tiny_tokenizer().save_pretrained(root / "model")
+    colors = ["blue", "green", "red", "black"]
+    with open(root / "data.jsonl", "w") as f:
+        for i in range(40):
+            gold = i % 4
+            f.write(json.dumps({"prompt": f"Question: color {i}? Answer:", "choices": colors,
+                                "answer": gold}) + "\n")
+    return root
+
+
+def cli(*args: str) -> int:
+    return main([str(a) for a in args])
+
+
+def test_probe_prune_finetune_eval(workspace, capsys):
+    w = workspace
+    assert cli("probe", "--model", w / "model", "--data", w / "data.jsonl", "--out", w / "probe",
+               "--schedule-steps", "20", *TRAIN) == 0
+    scores = json.loads((w / "probe" / "scores.json").read_text())
+    assert len(scores["layer_scores"]) == 6 and scores["probe"]["steps"] == 4
+    assert scores["model"]["num_hidden_layers"] == 6
+
+    assert cli("prune", "--model", w / "model", "--scores", w / "probe", "--layers", "2",
+               "--merge", "1", "--out", w / "pruned") == 0
+    side = json.loads((w / "pruned" / "gradpruner.json").read_text())
+    order = sorted(range(6), key=lambda i: (scores["layer_scores"][i], -i))
+    assert side["removed_layers"] == sorted(order[:2])
+    assert side["kept_layers"] == [i for i in range(6) if i not in side["removed_layers"]]
+    assert sum(len(d) for d in side["merged"].values()) == 1
+    assert side["params_after"] < side["params_before"]
+    assert side["costs"]["ideal_speedup"] > 1
+    pruned = AutoModelForCausalLM.from_pretrained(w / "pruned")
+    assert pruned.config.num_hidden_layers == 4 and len(pruned.model.layers) == 4
+    assert sum(p.numel() for p in pruned.parameters()) == side["params_after"]
+
+    assert cli("finetune", "--model", w / "pruned", "--data", w / "data.jsonl",
+               "--out", w / "tuned", *TRAIN) == 0
+    tuned_side = json.loads((w / "tuned" / "gradpruner.json").read_text())
+    assert tuned_side["removed_layers"] == side["removed_layers"]
+    assert tuned_side["finetune"]["steps"] == 4
+    tuned = AutoModelForCausalLM.from_pretrained(w / "tuned")
+    assert not any("lora" in n for n, _ in tuned.named_parameters())
+    changed = any(not torch.equal(a, b) for a, b in zip(tuned.parameters(), pruned.parameters()))
+    assert changed
+
+    capsys.readouterr()
+    assert cli("eval", "--model", w / "tuned", "--data", w / "data.jsonl", "--limit", "8",
+               "--out", w / "metrics.json") == 0
+    metrics = json.loads((w / "metrics.json").read_text())
+    assert 0 <= metrics["acc"] <= 1 and metrics["n"] > 0
+
+
+def test_run_writes_report_and_plot(workspace):
+    w = workspace
+    assert cli("run", "--model", w / "model", "--data", w / "data.jsonl", "--out", w / "run",
+               "--probe-steps", "3", "--layers", "2", "--merge", "none", "--limit", "8",
+               *TRAIN) == 0
+    report = json.loads((w / "run" / "report.json").read_text())
+    for key in ("dense_zero_shot", "pruned_before_finetune", "pruned_finetuned", "dense_finetuned"):
+        assert 0 <= report[key]["acc"] <= 1
+    assert report["prune"]["merged"] == {}
+    assert (w / "run" / "layer_scores.png").stat().st_size > 1000
+    assert "pruned, fine-tuned" in (w / "run" / "report.md").read_text()
+    assert AutoConfig.from_pretrained(w / "run" / "model").num_hidden_layers == 4
+
+
+@pytest.mark.parametrize("args,message", [
+    (["prune", "--scores", "{w}/probe", "--ratio", "1.5", "--out", "{w}/x"], "ratio"),
+    (["prune", "--scores", "{w}/probe", "--ratio", "nan", "--out", "{w}/x"], "ratio"),
+    (["prune", "--scores", "{w}/probe", "--layers", "6", "--out", "{w}/x"], "at least one"),
+    (["prune", "--scores", "{w}/probe", "--remove", "1,1", "--out", "{w}/x"], "repeated"),
+    (["prune", "--scores", "{w}/probe", "--remove", "9", "--out", "{w}/x"], "out of range"),
+    (["prune", "--scores", "{w}/probe", "--remove", "a", "--out", "{w}/x"], "not a layer"),
+    (["prune", "--scores", "{w}", "--layers", "1", "--out", "{w}/x"], "not a probe output"),
+    (["eval", "--model", "{w}/nope", "--data", "{w}/data.jsonl"], "model not found"),
+    (["eval", "--task", "no_such_task"], "unknown task"),
+    (["prune", "--scores", "{w}/probe", "--layers", "1", "--out", "{w}/model/sub"], "input model"),
+])
+def test_bad_input_gives_one_line_and_nonzero_exit(workspace, capsys, args, message):
+    w = workspace
+    if not (w / "probe").exists():
+        cli("probe", "--model", w / "model", "--data", w / "data.jsonl", "--out", w / "probe", *TRAIN)
+    args = [a.format(w=w) for a in args]
+    if args[0] == "prune":
+        args += ["--model", str(w / "model")]
+    before = sorted(p.name for p in w.iterdir())
+    capsys.readouterr()
+    assert cli(*args) != 0
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert sorted(p.name for p in w.iterdir()) == before  # nothing half-written
+
+
+def test_scores_from_another_model_are_refused(workspace, tmp_path, capsys):
+    w = workspace
+    if not (w / "probe").exists():
+        cli("probe", "--model", w / "model", "--data", w / "data.jsonl", "--out", w / "probe", *TRAIN)
+    other = tiny_model("llama", num_hidden_layers=8)
+    other.save_pretrained(tmp_path / "other")
+    tiny_tokenizer().save_pretrained(tmp_path / "other")
+    assert cli("prune", "--model", tmp_path / "other", "--scores", w / "probe", "--layers", "1",
+               "--out", tmp_path / "x") == 2
+    assert "6 layers" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_console_script_exit_code_and_single_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "gradpruner.cli", "prune", "--model",
+                           str(tmp_path / "missing"), "--ratio", "0.5", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("gradpruner: error:") and len(done.stderr.strip().splitlines()) == 1
