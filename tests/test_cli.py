@@ -27,6 +27,8 @@ def workspace(tmp_path_factory):
             gold = i % 4
             f.write(json.dumps({"prompt": f"Question: color {i}? Answer:", "choices": colors,
                                 "answer": gold}) + "\n")
+    (root / "empty.jsonl").write_text("")
+    (root / "bad.jsonl").write_text('{"prompt": "p", "choices": ["a", "b"], "answer": 5}\n')
     return root
 
 
@@ -78,7 +80,7 @@ def test_run_writes_report_and_plot(workspace):
                "--probe-steps", "3", "--layers", "2", "--merge", "none", "--limit", "8",
                *TRAIN) == 0
     report = json.loads((w / "run" / "report.json").read_text())
-    for key in ("dense_zero_shot", "pruned_before_finetune", "pruned_finetuned", "dense_finetuned"):
+    for key in ("dense_zero_shot", "pruned_finetuned", "dense_finetuned"):
         assert 0 <= report[key]["acc"] <= 1
     assert report["prune"]["merged"] == {}
     assert (w / "run" / "layer_scores.png").stat().st_size > 1000
@@ -90,12 +92,16 @@ def test_run_writes_report_and_plot(workspace):
     (["prune", "--scores", "{w}/probe", "--ratio", "1.5", "--out", "{w}/x"], "ratio"),
     (["prune", "--scores", "{w}/probe", "--ratio", "nan", "--out", "{w}/x"], "ratio"),
     (["prune", "--scores", "{w}/probe", "--layers", "6", "--out", "{w}/x"], "at least one"),
-    (["prune", "--scores", "{w}/probe", "--remove", "1,1", "--out", "{w}/x"], "repeated"),
+    (["prune", "--scores", "{w}/probe", "--remove", "1,1", "--out", "{w}/x"], "more than once"),
     (["prune", "--scores", "{w}/probe", "--remove", "9", "--out", "{w}/x"], "out of range"),
     (["prune", "--scores", "{w}/probe", "--remove", "a", "--out", "{w}/x"], "not a layer"),
     (["prune", "--scores", "{w}", "--layers", "1", "--out", "{w}/x"], "not a probe output"),
     (["eval", "--model", "{w}/nope", "--data", "{w}/data.jsonl"], "model not found"),
     (["eval", "--task", "no_such_task"], "unknown task"),
+    (["probe", "--model", "{w}/model", "--data", "{w}/empty.jsonl", "--out", "{w}/x"], "empty"),
+    (["probe", "--model", "{w}/model", "--data", "{w}/bad.jsonl", "--out", "{w}/x"], "outside"),
+    (["finetune", "--model", "{w}/model", "--data", "{w}/bad.jsonl", "--out", "{w}/x"], "outside"),
+    (["probe", "--model", "{w}/model", "--data", "{w}/data.jsonl", "--out", "{w}/model"], "input model"),
     (["prune", "--scores", "{w}/probe", "--layers", "1", "--out", "{w}/model/sub"], "input model"),
 ])
 def test_bad_input_gives_one_line_and_nonzero_exit(workspace, capsys, args, message):

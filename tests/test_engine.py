@@ -68,3 +68,16 @@ def test_probe_prune_save_reload_generate(arch, tmp_path):
     changed = [not torch.equal(p, original[n.replace(f"layers.{new_index}.", f"layers.{receiver}.")])
                for n, p in reloaded.named_parameters() if f"layers.{new_index}." in n and p.dim() == 2]
     assert any(changed)
+
+
+def test_probe_follows_the_learning_rate_schedule_of_the_full_run(tmp_path):
+    from gradpruner.train import make_trainer
+
+    cfg = TrainConfig(steps=3, lr=1.0, warmup_ratio=0.0, scheduler="linear", progress=False)
+    trainer = make_trainer(tiny_model("llama"), tiny_tokenizer(), EXAMPLES, cfg, str(tmp_path),
+                           max_steps=3, schedule_steps=100)
+    trainer.create_optimizer_and_scheduler(num_training_steps=3)
+    for _ in range(3):
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.97)  # 1 - 3/100, not 1 - 3/3

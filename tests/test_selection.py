@@ -31,8 +31,8 @@ def test_too_small_ratio_and_too_many_layers():
 
 
 @pytest.mark.parametrize("remove,message", [
-    ([1, 1], "repeated"), ([10], "out of range"), ([-1], "out of range"),
-    (list(range(10)), "all 10 layers"), ([1.5], "not an integer"), ([], "empty"),
+    ([1, 1], "more than once"), ([10], "out of range"), ([-1], "out of range"),
+    (list(range(10)), "all 10 layers"), ([1.5], "must be integers"), ([], "empty"),
 ])
 def test_bad_removal_lists(remove, message):
     with pytest.raises(GradPrunerError, match=message):

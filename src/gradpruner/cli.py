@@ -97,10 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="probe, prune, fine-tune and evaluate, beside the dense model")
     _add_model(p)
     _add_data(p, default_task="arc_easy")
-    _add_train(p, steps=150)
+    _add_train(p, steps=60)
     _add_selection(p, ratio=0.2)
     p.add_argument("--probe-steps", type=int, default=40)
-    p.add_argument("--limit", type=int, default=500, help="evaluation items (0 = all)")
+    p.add_argument("--limit", type=int, default=300, help="evaluation items (0 = all)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense reference fine-tune")
     p.add_argument("--out", default="runs/default")
     p.add_argument("--overwrite", action="store_true")
@@ -148,9 +148,9 @@ def _dispatch(args) -> int:
 
         print(f"{'task':<16}{'kind':<6}{'train':>8}{'eval':>8}  source")
         for task in list_tasks():
-            sizes = task.split_sizes()
-            print(f"{task.name:<16}{task.kind:<6}{sizes.get('train', 0):>8}{sizes.get('eval', 0):>8}"
-                  f"  {task.description}")
+            sizes = task.split_sizes() if task.offline else {}
+            train, held = (f"{sizes[k]:>8}" if k in sizes else f"{'--data':>8}" for k in ("train", "eval"))
+            print(f"{task.name:<16}{task.kind:<6}{train}{held}  {task.description}")
         return 0
     if args.command == "probe":
         task = pipeline.resolve_task(args.task, args.data, args.eval_data)

@@ -27,6 +27,7 @@ from .outputs import atomic_output_dir, check_output_dir
 from .prune import check_igia_matches, prune_model
 from .selection import select_layers
 from .tasks import Task, get_task, task_from_jsonl
+from .timing import compare_prefill
 from .train import TrainConfig, finetune, probe
 
 SIDECAR = "gradpruner.json"
@@ -166,12 +167,12 @@ class RunConfig:
     merge: int | str | None = 3
     density: float = 0.2
     probe_steps: int = 40
-    eval_limit: int | None = 500
+    eval_limit: int | None = 300
     dense: bool = True
     dtype: str = "auto"
     device: str = "auto"
     overwrite: bool = False
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=150))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=60))
 
 
 def run(cfg: RunConfig) -> dict:
@@ -200,23 +201,21 @@ def run(cfg: RunConfig) -> dict:
                              criterion=cfg.criterion, ratio=cfg.ratio, count=cfg.count,
                              remove=cfg.remove, merge=cfg.merge, density=cfg.density)
         results["prune"] = record
-        pruned, _, _ = load_model(str(tmp / "pruned"), cfg.dtype, cfg.device)
-        results["pruned_before_finetune"] = timed_eval(pruned, tokenizer, task, cfg.eval_limit)
-        del pruned
         _say("fine-tuning the pruned model")
         tuned = finetune_stage(str(tmp / "pruned"), task, str(tmp / "model"), cfg.train,
                                cfg.dtype, cfg.device)
         results["pruned_finetune"] = tuned["finetune"]
-        model, _, _ = load_model(str(tmp / "model"), cfg.dtype, cfg.device)
-        results["pruned_finetuned"] = timed_eval(model, tokenizer, task, cfg.eval_limit)
-        del model
+        pruned, _, _ = load_model(str(tmp / "model"), cfg.dtype, cfg.device)
+        results["pruned_finetuned"] = timed_eval(pruned, tokenizer, task, cfg.eval_limit)
+        dense, _, _ = load_model(source, cfg.dtype, cfg.device)
         if cfg.dense:
             _say("fine-tuning the dense model (the reference; --no-dense skips it)")
-            dense, _, _ = load_model(source, cfg.dtype, cfg.device)
             dense, stats = finetune(dense, tokenizer, task.train_examples(), cfg.train)
             results["dense_finetune"] = stats
             results["dense_finetuned"] = timed_eval(dense, tokenizer, task, cfg.eval_limit)
-            del dense
+        _say("timing inference: prefill of 8 x 128 tokens, dense and pruned interleaved")
+        results["prefill_seconds"] = compare_prefill({"dense": dense, "pruned": pruned})
+        del dense, pruned
         results["total_seconds"] = time.perf_counter() - started
         write_report(results, tmp)
     return results

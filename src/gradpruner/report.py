@@ -47,14 +47,26 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.3f}" if a and b else "-"
 
 
+def _warnings(results: dict) -> list[str]:
+    """A plain warning when the pruned model ends far below the dense one."""
+    dense, pruned = results.get("dense_finetuned"), results.get("pruned_finetuned")
+    if not dense or not pruned or "acc" not in dense:
+        return []
+    gap = dense["acc"] - pruned["acc"]
+    if gap < 0.05:
+        return []
+    return [f"**Warning:** the pruned model is {gap:.3f} below the dense one after the same "
+            "fine-tuning: this criterion removed layers this model needs. Look at the layer "
+            "scores below and consider fewer layers or an explicit `--remove` list.", ""]
+
+
 def run_markdown(results: dict) -> str:
     """The `run` report as Markdown."""
     prune = results["prune"]
     costs = prune.get("costs", {})
     dense_ft = results.get("dense_finetune", {})
     pruned_ft = results.get("pruned_finetune", {})
-    dense_speed = results["dense_zero_shot"].get("items_per_second")
-    pruned_speed = results["pruned_before_finetune"].get("items_per_second")
+    prefill = results.get("prefill_seconds", {})
     merged = ", ".join(f"{d} -> {r}" for r, ds in prune["merged"].items() for d in ds) or "none"
     lines = [
         f"# gradpruner run: {results['task']}",
@@ -66,13 +78,13 @@ def run_markdown(results: dict) -> str:
         f"- Merged (donor -> receiver): {merged}",
         f"- Parameters: {prune['params_before']:,} -> {prune['params_after']:,} "
         f"({prune['param_fraction_removed']:.1%} removed)",
-        f"- Ideal speed-up of the cut (forward FLOPs): {costs.get('ideal_speedup', float('nan')):.3f}x",
+        f"- Forward FLOPs per token after / before the cut (ideal time ratio): "
+        f"{1 / costs['ideal_speedup'] if costs.get('ideal_speedup') else float('nan'):.3f}",
         "",
         "| model | accuracy |",
         "|---|---|",
         f"| dense, zero-shot | {_metric(results['dense_zero_shot'])} |",
         f"| dense, fine-tuned | {_metric(results.get('dense_finetuned'))} |",
-        f"| pruned, before fine-tuning | {_metric(results['pruned_before_finetune'])} |",
         f"| pruned, fine-tuned | {_metric(results['pruned_finetuned'])} |",
         "",
         "| cost | dense | pruned | pruned / dense |",
@@ -80,11 +92,13 @@ def run_markdown(results: dict) -> str:
         f"| fine-tuning seconds ({pruned_ft.get('steps', '-')} steps) | "
         f"{dense_ft.get('train_seconds', 0):.1f} | {pruned_ft.get('train_seconds', 0):.1f} | "
         f"{_ratio(pruned_ft.get('train_seconds'), dense_ft.get('train_seconds'))} |",
-        f"| inference, evaluation items per second | {dense_speed or 0:.2f} | "
-        f"{pruned_speed or 0:.2f} | {_ratio(pruned_speed, dense_speed)} |",
+        f"| inference: prefill seconds, batch 8 x 128 tokens (median of 5) | "
+        f"{prefill.get('dense', 0):.3f} | {prefill.get('pruned', 0):.3f} | "
+        f"{_ratio(prefill.get('pruned'), prefill.get('dense'))} |",
         f"| probe seconds ({results['probe'].get('steps')} steps) | - | "
         f"{results['probe'].get('probe_seconds', 0):.1f} | - |",
         "",
+        *_warnings(results),
         f"Evaluation items: {results['dense_zero_shot'].get('n')}; "
         f"total wall time {results.get('total_seconds', 0) / 60:.1f} min.",
         "",

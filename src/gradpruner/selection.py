@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 from .errors import GradPrunerError
+from .surgery import kept_indices
 
 
 def removal_count(num_layers: int, ratio: float | None = None, count: int | None = None) -> int:
@@ -39,22 +40,11 @@ def lowest_scored(scores: Sequence[float], count: int) -> list[int]:
 
 
 def validate_removal(remove: Sequence[object], num_layers: int) -> list[int]:
-    """An explicit removal list checked: integers, unique, in range, not every layer."""
-    layers = []
-    for item in remove:
-        if isinstance(item, bool) or not isinstance(item, int):
-            raise GradPrunerError(f"layer index {item!r} is not an integer")
-        if not 0 <= item < num_layers:
-            raise GradPrunerError(f"layer index {item} is out of range 0..{num_layers - 1}")
-        layers.append(item)
-    if len(set(layers)) != len(layers):
-        dup = sorted({i for i in layers if layers.count(i) > 1})
-        raise GradPrunerError(f"layer indices repeated in the removal list: {dup}")
-    if not layers:
+    """An explicit removal list checked (integers, unique, in range, not every layer), sorted."""
+    if not remove:
         raise GradPrunerError("the removal list is empty")
-    if len(layers) >= num_layers:
-        raise GradPrunerError(f"cannot remove all {num_layers} layers: at least one must stay")
-    return sorted(layers)
+    kept = kept_indices(list(remove), num_layers)
+    return sorted(set(range(num_layers)) - set(kept))
 
 
 def parse_layer_list(text: str) -> list[int]:

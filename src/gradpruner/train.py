@@ -71,9 +71,27 @@ def add_lora(model, cfg: TrainConfig):
     return get_peft_model(model, lora)
 
 
+class _ScheduledTrainer(Trainer):
+    """A Trainer whose learning-rate schedule is that of a run of `schedule_steps` steps.
+
+    The probe runs only the first steps of a fine-tune; its warm-up and decay must be the full
+    run's, while its progress bar and stopping point are the probe's own.
+    """
+
+    schedule_steps: int | None = None
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        return super().create_scheduler(self.schedule_steps or num_training_steps, optimizer)
+
+
 def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, output_dir: str,
-                 callbacks: list | None = None, max_steps: int | None = None) -> Trainer:
-    """A Trainer over the tokenised gold answers of `examples` (loss on the answer only)."""
+                 callbacks: list | None = None, max_steps: int | None = None,
+                 schedule_steps: int | None = None) -> Trainer:
+    """A Trainer over the tokenised gold answers of `examples` (loss on the answer only).
+
+    `max_steps` overrides `cfg.steps`; `schedule_steps` sets the length of the learning-rate
+    schedule when it differs from the number of steps run (the probe).
+    """
     cfg.validate()
     features = training_features(tokenizer, examples, cfg.max_length)
     if not features:
@@ -103,13 +121,15 @@ def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, ou
         dataloader_num_workers=0,
     )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return Trainer(
+    trainer = _ScheduledTrainer(
         model=model,
         args=args,
         train_dataset=features,
         data_collator=PadCollator(pad),
         callbacks=callbacks or [],
     )
+    trainer.schedule_steps = schedule_steps
+    return trainer
 
 
 def _checkpointing(enabled: bool) -> dict:
@@ -161,7 +181,7 @@ def probe(model, tokenizer, examples: list[Example], cfg: TrainConfig, steps: in
     trainable = model if cfg.full else add_lora(model, cfg)
     callback = IGIACallback(max_steps=steps)
     with tempfile.TemporaryDirectory(prefix="gradpruner-probe-") as tmp:
-        trainer = make_trainer(trainable, tokenizer, examples, cfg, tmp, [callback], horizon)
+        trainer = make_trainer(trainable, tokenizer, examples, cfg, tmp, [callback], steps, horizon)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
