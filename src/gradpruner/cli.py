@@ -32,8 +32,14 @@ def _add_data(p: argparse.ArgumentParser, default_task: str | None = None) -> No
     p.add_argument("--eval-data", help="JSONL for evaluation (default: a held-out part of --data)")
 
 
+def _add_output(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--out", required=default is None, default=default, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
 def _add_train(p: argparse.ArgumentParser, steps: int | None) -> None:
-    p.add_argument("--steps", type=int, default=steps, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=steps,
+                   help=f"optimizer steps (default {steps if steps else 'one epoch'})")
     p.add_argument("--epochs", type=float, default=None, help="epochs instead of --steps")
     p.add_argument("--batch-size", type=int, default=8, help="per-process batch size")
     p.add_argument("--grad-accum", type=int, default=1)
@@ -69,22 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(p, steps=40)
     p.add_argument("--schedule-steps", type=int, default=None,
                    help="length of the full run whose schedule the probe follows (default 100x)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    _add_output(p)
 
     p = sub.add_parser("prune", help="remove (and merge) layers by the probe's scores")
     p.add_argument("--model", default=None, help="the model that was probed")
     p.add_argument("--scores", help="the probe's output folder")
     _add_selection(p, ratio=None)
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    _add_output(p)
 
     p = sub.add_parser("finetune", help="fine-tune a model (dense or pruned) on a task")
     _add_model(p)
     _add_data(p)
     _add_train(p, steps=None)
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    _add_output(p)
 
     p = sub.add_parser("eval", help="evaluate a model on a task")
     _add_model(p)
@@ -102,8 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-steps", type=int, default=40)
     p.add_argument("--limit", type=int, default=300, help="evaluation items (0 = all)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense reference fine-tune")
-    p.add_argument("--out", default="runs/default")
-    p.add_argument("--overwrite", action="store_true")
+    _add_output(p, default="runs/default")
 
     sub.add_parser("tasks", help="list the built-in tasks")
     return parser
