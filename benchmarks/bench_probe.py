@@ -24,6 +24,19 @@ from gradpruner.igia import IGIACallback
 from gradpruner.train import TrainConfig, add_lora
 
 
+class TimedIGIACallback(IGIACallback):
+    """The probe, with the wall time spent inside its gradient hook recorded per step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hook_times: list[float] = []
+
+    def on_pre_optimizer_step(self, *args, **kwargs):
+        start = time.perf_counter()
+        super().on_pre_optimizer_step(*args, **kwargs)
+        self.hook_times.append(time.perf_counter() - start)
+
+
 class StepTimer(TrainerCallback):
     """Wall time of each optimizer step."""
 
@@ -51,7 +64,7 @@ def train_steps(make_model, feats, steps: int, rank: int, batch: int, with_probe
     """Per-step times and, with the probe, the IGIA of `steps` LoRA steps."""
     model = add_lora(make_model(), TrainConfig(lora_rank=rank, seed=0))
     timer = StepTimer()
-    probe = IGIACallback(max_steps=steps)
+    probe = TimedIGIACallback(max_steps=steps)
     callbacks = [timer, probe] if with_probe else [timer]
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
@@ -62,21 +75,23 @@ def train_steps(make_model, feats, steps: int, rank: int, batch: int, with_probe
         )
         Trainer(model=model, args=args, train_dataset=feats, data_collator=PadCollator(0),
                 callbacks=callbacks).train()
-    return timer.times, probe.result() if with_probe else None
+    return timer.times, (probe if with_probe else None)
 
 
-def step_time_ratio(make_model, feats, steps, rank, batch, repeats) -> tuple[float, float, object]:
-    """Median probe step / median plain LoRA step, alternating runs."""
-    plain, probed, igia = [], [], None
+def step_time_ratio(make_model, feats, steps, rank, batch, repeats):
+    """Medians of: plain LoRA step, probe step, time inside the probe's hook; and the IGIA."""
+    plain, probed, hook, probe = [], [], [], None
     for _ in range(repeats):
         times, _ = train_steps(make_model, feats, steps, rank, batch, with_probe=False)
         plain.append(statistics.median(times[2:]))
-        times, igia = train_steps(make_model, feats, steps, rank, batch, with_probe=True)
+        times, probe = train_steps(make_model, feats, steps, rank, batch, with_probe=True)
         probed.append(statistics.median(times[2:]))
-    return statistics.median(plain), statistics.median(probed), igia
+        hook.append(statistics.median(probe.hook_times[2:]))
+    medians = [statistics.median(x) for x in (plain, probed, hook)]
+    return (*medians, probe.result())
 
 
-def report(name: str, igia, plain: float, probed: float) -> None:
+def report(name: str, igia, plain: float, probed: float, hook: float) -> None:
     dense_mb = igia.dense_numel() * 4 / 2**20
     state_mb = igia.state_numel() * 4 / 2**20
     worst = max(
@@ -87,6 +102,8 @@ def report(name: str, igia, plain: float, probed: float) -> None:
           f"ratio {state_mb / dense_mb:.3f}  (factor-form modules {len(igia.factors)}, "
           f"dense-form {len(igia.dense)}; largest factor/dense ratio of a module {worst:.3f})")
     print(f"step time: plain LoRA {plain:.3f} s, with probe {probed:.3f} s: ratio {probed / plain:.3f}")
+    print(f"time inside the probe's hook {hook * 1000:.1f} ms per step: "
+          f"{hook / plain:.2%} of a plain LoRA step")
 
 
 def main() -> None:
@@ -106,19 +123,20 @@ def main() -> None:
 
         path = default_model_dir()
         feats = features(8 * args.steps, 64, 49152)
-        plain, probed, igia = step_time_ratio(
+        results = step_time_ratio(
             lambda: AutoModelForCausalLM.from_pretrained(path), feats, args.steps, args.rank, 8,
             args.repeats)
-        report("default model (SmolLM2-135M, 30 layers, batch 8 x 64 tokens)", igia, plain, probed)
+        report("default model (SmolLM2-135M, 30 layers, batch 8 x 64 tokens)", results[3],
+               *results[:3])
 
     config = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
                          num_key_value_heads=8, num_hidden_layers=1, vocab_size=512,
                          tie_word_embeddings=True)
     feats = features(args.steps, 32, 512)
-    plain, probed, igia = step_time_ratio(lambda: LlamaForCausalLM(config), feats, args.steps,
-                                          args.rank, 1, 1)
+    results = step_time_ratio(lambda: LlamaForCausalLM(config), feats, args.steps, args.rank, 1,
+                              args.repeats)
     report("one Llama-3.1-8B-shaped layer (hidden 4096, MLP 14336, 8 KV heads; batch 1 x 32)",
-           igia, plain, probed)
+           results[3], *results[:3])
 
 
 if __name__ == "__main__":
