@@ -121,7 +121,7 @@ class IGIA:
         try:
             meta = json.loads((directory / _SCORES).read_text())
             tensors = load_file(str(directory / _TENSORS))
-        except (json.JSONDecodeError, OSError, Exception) as err:  # safetensors raises its own type
+        except Exception as err:  # JSON, OS and safetensors' own errors all mean "unreadable"
             raise GradPrunerError(f"{directory}: unreadable probe output ({err})") from None
         dense = {k.split(":", 1)[1]: v for k, v in tensors.items() if k.startswith("dense:")}
         factors = {
