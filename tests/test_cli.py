@@ -74,6 +74,18 @@ def test_probe_prune_finetune_eval(workspace, capsys):
     assert 0 <= metrics["acc"] <= 1 and metrics["n"] > 0
 
 
+def test_prune_with_baseline_criteria_needs_no_probe(workspace):
+    w = workspace
+    assert cli("prune", "--model", w / "model", "--criterion", "tail", "--layers", "2",
+               "--merge", "none", "--out", w / "tail") == 0
+    assert json.loads((w / "tail" / "gradpruner.json").read_text())["removed_layers"] == [3, 4]
+    assert cli("prune", "--model", w / "model", "--criterion", "block_influence", "--data",
+               w / "data.jsonl", "--ratio", "0.5", "--merge", "none", "--out", w / "bi") == 0
+    side = json.loads((w / "bi" / "gradpruner.json").read_text())
+    assert side["criterion"] == "block_influence" and len(side["removed_layers"]) == 3
+    assert len(side["layer_scores"]) == 6
+
+
 def test_run_writes_report_and_plot(workspace):
     w = workspace
     assert cli("run", "--model", w / "model", "--data", w / "data.jsonl", "--out", w / "run",

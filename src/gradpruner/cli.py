@@ -53,7 +53,8 @@ def _add_train(p: argparse.ArgumentParser, steps: int | None) -> None:
 
 
 def _add_selection(p: argparse.ArgumentParser, ratio: float | None) -> None:
-    p.add_argument("--criterion", default="gradpruner", help="importance criterion")
+    p.add_argument("--criterion", default="gradpruner",
+                   help="gradpruner | gradpruner_unsquared | tail | random | block_influence")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--ratio", type=float, default=None,
                        help=f"fraction of decoder layers to remove (default {ratio})")
@@ -79,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="remove (and merge) layers by the probe's scores")
     p.add_argument("--model", default=None, help="the model that was probed")
-    p.add_argument("--scores", help="the probe's output folder")
+    p.add_argument("--scores", help="the probe's output folder (GradPruner's criteria)")
+    _add_data(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
     _add_selection(p, ratio=None)
     _add_output(p)
 
@@ -163,8 +166,9 @@ def _dispatch(args) -> int:
     if args.command == "prune":
         sel = _selection(args)
         _check_density(sel["density"])
+        task = pipeline.resolve_task(args.task, args.data) if args.task or args.data else None
         record = pipeline.prune_stage(args.model, args.scores, args.out, overwrite=args.overwrite,
-                                      **sel)
+                                      task=task, seed=args.seed, **sel)
         print(json.dumps({k: record[k] for k in ("removed_layers", "kept_layers", "merged",
                                                   "params_before", "params_after")}))
         return 0

@@ -19,6 +19,7 @@ import torch
 
 from . import __version__
 from .costs import cut_costs
+from .criteria import ScoreContext
 from .errors import GradPrunerError
 from .evaluate import evaluate_examples
 from .igia import IGIA
@@ -80,8 +81,12 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
                 ratio: float | None = None, count: int | None = None,
                 remove: list[int] | None = None, merge: int | str | None = 3,
                 density: float = 0.2, merge_scale: float = 1.0, dtype: str = "float32",
-                overwrite: bool = False) -> dict:
-    """Prune `model` by the probe's scores and save the smaller model with its sidecar."""
+                overwrite: bool = False, task: Task | None = None, seed: int = 0) -> dict:
+    """Prune `model` by a criterion's scores and save the smaller model with its sidecar.
+
+    GradPruner's criteria read the probe's output (`scores`); baselines that score layers on
+    task data use the training split of `task`.
+    """
     source = resolve_model(model)
     check_output_dir(out, overwrite, source)
     igia = IGIA.load(scores) if scores else None
@@ -89,9 +94,11 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
     if igia is not None:
         check_igia_matches(igia, config)
     select_layers([0.0] * config.num_hidden_layers, ratio=ratio, count=count, remove=remove)
+    examples = task.train_examples() if task is not None else []
     net, tokenizer, source = load_model(source, dtype, "cpu")
+    context = ScoreContext(model=net, tokenizer=tokenizer, examples=examples, igia=igia, seed=seed)
     record = prune_model(net, igia, criterion=criterion, ratio=ratio, count=count, remove=remove,
-                         merge=merge, density=density, merge_scale=merge_scale)
+                         merge=merge, density=density, merge_scale=merge_scale, context=context)
     record["costs"] = cut_costs(config, record["kept_layers"])
     record.update(source_model=source, scores_dir=scores, versions=versions())
     with atomic_output_dir(out, overwrite=overwrite, source=source) as tmp:
@@ -199,7 +206,8 @@ def run(cfg: RunConfig) -> dict:
         _say("pruning")
         record = prune_stage(source, str(tmp / "probe"), str(tmp / "pruned"),
                              criterion=cfg.criterion, ratio=cfg.ratio, count=cfg.count,
-                             remove=cfg.remove, merge=cfg.merge, density=cfg.density)
+                             remove=cfg.remove, merge=cfg.merge, density=cfg.density,
+                             task=task, seed=cfg.train.seed)
         results["prune"] = record
         _say("fine-tuning the pruned model")
         tuned = finetune_stage(str(tmp / "pruned"), task, str(tmp / "model"), cfg.train,

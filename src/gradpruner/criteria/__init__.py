@@ -51,4 +51,4 @@ def get_criterion(name: str) -> Criterion:
     return CRITERIA[name]()
 
 
-from . import gradpruner  # noqa: E402,F401  (registers the built-in criteria)
+from . import baselines, gradpruner  # noqa: E402,F401  (registers the built-in criteria)
