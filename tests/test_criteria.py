@@ -20,7 +20,7 @@ def context(model, seed=0):
     return ScoreContext(model=model, tokenizer=tiny_tokenizer(), examples=EXAMPLES, seed=seed)
 
 
-@pytest.mark.parametrize("name", ["tail", "random", "block_influence"])
+@pytest.mark.parametrize("name", ["tail", "random", "block_influence", "ppl"])
 def test_one_score_per_layer_and_a_valid_removal_set(name):
     scores = get_criterion(name).layer_scores(context(tiny_model("qwen2")))
     assert len(scores) == 6
@@ -66,6 +66,28 @@ def test_block_influence_is_zero_for_identity_layers_and_matches_direct_computat
                 hidden[i][0].double(), hidden[i + 1][0].double(), dim=-1).sum()
         count += len(ids)
     assert scores[:5] == pytest.approx((1 - sums / count).tolist(), abs=1e-6)
+
+
+def test_ppl_equals_the_loss_change_of_actually_removing_each_layer():
+    import copy
+
+    from gradpruner.criteria.baselines import _batches, task_loss
+    from gradpruner.surgery import cut_layers
+
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[1].self_attn.o_proj.weight.zero_()
+        model.model.layers[1].mlp.down_proj.weight.zero_()
+    ctx = context(model)
+    scores = get_criterion("ppl").layer_scores(ctx)
+    assert scores[1] == pytest.approx(0, abs=1e-6)  # an identity layer costs nothing to skip
+    batches = _batches(ctx, 64, 8, "ppl")
+    base = task_loss(model, batches)
+    for i in range(6):
+        cut = copy.deepcopy(model)
+        cut_layers(cut, [i])
+        assert scores[i] == pytest.approx(task_loss(cut, batches) - base, abs=1e-5)
+    assert any(abs(s) > 1e-4 for s in scores)
 
 
 def test_registry_lists_the_criteria_and_rejects_unknown_names():

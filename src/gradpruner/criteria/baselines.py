@@ -6,6 +6,8 @@
 - `random`: a seeded random order.
 - `block_influence`: ShortGPT's block influence, 1 - mean cosine similarity between a layer's
   input and output hidden states on task data (Men et al., 2024).
+- `ppl`: the increase of the task loss when the layer alone is skipped (Shortened LLaMA's PPL
+  criterion, Kim et al., 2024; SLEB, Song et al., 2024).
 """
 
 from __future__ import annotations
@@ -54,19 +56,62 @@ class BlockInfluence(Criterion):
     batch_size = 8
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
-        if not ctx.examples or ctx.tokenizer is None:
-            raise GradPrunerError("block_influence needs task data (--task or --data)")
-        feats = training_features(ctx.tokenizer, ctx.examples[: self.max_examples])
-        pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
-        collate = PadCollator(pad)
         sums = torch.zeros(num_layers(ctx.model), dtype=torch.float64)
         count = 0
-        for start in range(0, len(feats), self.batch_size):
-            batch = collate(feats[start:start + self.batch_size])
+        for batch in _batches(ctx, self.max_examples, self.batch_size, self.name):
             cosines = layer_cosines(ctx.model, batch["input_ids"], batch["attention_mask"])
             sums += cosines.sum(dim=1)
             count += cosines.shape[1]
         return (1.0 - sums / count).tolist()
+
+
+@register
+class LossIncrease(Criterion):
+    """Task loss with the layer skipped minus the loss of the whole model (forward passes only)."""
+
+    name = "ppl"
+    paper = "Kim et al. 2024, Shortened LLaMA (PPL criterion); Song et al. 2024, SLEB"
+    max_examples = 64
+    batch_size = 8
+
+    def layer_scores(self, ctx: ScoreContext) -> list[float]:
+        batches = _batches(ctx, self.max_examples, self.batch_size, self.name)
+        base = task_loss(ctx.model, batches)
+        return [task_loss(ctx.model, batches, skip=i) - base for i in range(num_layers(ctx.model))]
+
+
+def _batches(ctx: ScoreContext, max_examples: int, batch_size: int, name: str) -> list[dict]:
+    """Padded batches of the task's gold answers (labels on the answers only)."""
+    if not ctx.examples or ctx.tokenizer is None:
+        raise GradPrunerError(f"{name} needs task data (--task or --data)")
+    feats = training_features(ctx.tokenizer, ctx.examples[:max_examples])
+    pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
+    collate = PadCollator(pad)
+    return [collate(feats[i:i + batch_size]) for i in range(0, len(feats), batch_size)]
+
+
+def task_loss(model, batches: list[dict], skip: int | None = None) -> float:
+    """Mean answer-token loss over `batches`; with `skip`, that layer passes its input through."""
+    handle = None
+    if skip is not None:
+        def passthrough(module, args, kwargs, output):
+            hidden_in = args[0] if args else kwargs["hidden_states"]
+            return (hidden_in, *output[1:]) if isinstance(output, tuple) else hidden_in
+
+        handle = decoder_layers(model)[skip].register_forward_hook(passthrough, with_kwargs=True)
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                n = int((batch["labels"][:, 1:] != -100).sum())
+                out = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
+                total += float(out.loss) * n
+                tokens += n
+    finally:
+        if handle is not None:
+            handle.remove()
+    return total / max(tokens, 1)
 
 
 def layer_cosines(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
