@@ -20,7 +20,7 @@ def context(model, seed=0):
     return ScoreContext(model=model, tokenizer=tiny_tokenizer(), examples=EXAMPLES, seed=seed)
 
 
-@pytest.mark.parametrize("name", ["tail", "random", "block_influence", "ppl"])
+@pytest.mark.parametrize("name", ["tail", "random", "block_influence", "ppl", "taylor"])
 def test_one_score_per_layer_and_a_valid_removal_set(name):
     scores = get_criterion(name).layer_scores(context(tiny_model("qwen2")))
     assert len(scores) == 6
@@ -88,6 +88,23 @@ def test_ppl_equals_the_loss_change_of_actually_removing_each_layer():
         cut_layers(cut, [i])
         assert scores[i] == pytest.approx(task_loss(cut, batches) - base, abs=1e-5)
     assert any(abs(s) > 1e-4 for s in scores)
+
+
+def test_taylor_matches_a_direct_weight_times_gradient_sum():
+    from gradpruner.criteria.baselines import _batches
+
+    model = tiny_model("mistral")
+    ctx = context(model)
+    scores = get_criterion("taylor").layer_scores(ctx)
+    assert all(p.grad is None for p in model.parameters())  # no gradients left behind
+    model.zero_grad()
+    batches = _batches(ctx, 64, 8, "taylor")
+    for batch in batches:
+        (model(**batch).loss / len(batches)).backward()
+    expected = [sum(float((p * p.grad).abs().sum()) for p in layer.parameters())
+                for layer in model.model.layers]
+    assert scores == pytest.approx(expected, rel=1e-5)
+    assert min(scores) > 0
 
 
 def test_registry_lists_the_criteria_and_rejects_unknown_names():

@@ -54,7 +54,7 @@ def _add_train(p: argparse.ArgumentParser, steps: int | None) -> None:
 
 def _add_selection(p: argparse.ArgumentParser, ratio: float | None) -> None:
     p.add_argument("--criterion", default="gradpruner",
-                   help="gradpruner | gradpruner_unsquared | tail | random | block_influence | ppl")
+                   help="gradpruner | gradpruner_unsquared | tail | random | block_influence | taylor | ppl")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--ratio", type=float, default=None,
                        help=f"fraction of decoder layers to remove (default {ratio})")

@@ -6,6 +6,8 @@
 - `random`: a seeded random order.
 - `block_influence`: ShortGPT's block influence, 1 - mean cosine similarity between a layer's
   input and output hidden states on task data (Men et al., 2024).
+- `taylor`: first-order Taylor importance, sum over a layer's weights of |w * dL/dw| on task data,
+  one gradient pass (Shortened LLaMA's Taylor+ criterion, Kim et al., 2024).
 - `ppl`: the increase of the task loss when the layer alone is skipped (Shortened LLaMA's PPL
   criterion, Kim et al., 2024; SLEB, Song et al., 2024).
 """
@@ -78,6 +80,37 @@ class LossIncrease(Criterion):
         batches = _batches(ctx, self.max_examples, self.batch_size, self.name)
         base = task_loss(ctx.model, batches)
         return [task_loss(ctx.model, batches, skip=i) - base for i in range(num_layers(ctx.model))]
+
+
+@register
+class Taylor(Criterion):
+    """Sum of |weight * gradient| over each layer's parameters, gradients of the task loss."""
+
+    name = "taylor"
+    paper = "Kim et al. 2024, Shortened LLaMA (Taylor+ criterion)"
+    max_examples = 64
+    batch_size = 8
+
+    def layer_scores(self, ctx: ScoreContext) -> list[float]:
+        batches = _batches(ctx, self.max_examples, self.batch_size, self.name)
+        params = [list(layer.parameters()) for layer in decoder_layers(ctx.model)]
+        in_layers = {id(p) for ps in params for p in ps}
+        everything = list(ctx.model.parameters())
+        saved = [p.requires_grad for p in everything]
+        device = everything[0].device
+        try:
+            for p in everything:  # gradients for the decoder layers only
+                p.requires_grad_(id(p) in in_layers)
+                p.grad = None
+            for batch in batches:
+                out = ctx.model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
+                (out.loss / len(batches)).backward()
+            return [sum(float((p.detach() * p.grad).abs().sum()) for p in ps if p.grad is not None)
+                    for ps in params]
+        finally:
+            for p, flag in zip(everything, saved):
+                p.grad = None
+                p.requires_grad_(flag)
 
 
 def _batches(ctx: ScoreContext, max_examples: int, batch_size: int, name: str) -> list[dict]:
