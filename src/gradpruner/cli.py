@@ -53,8 +53,10 @@ def _add_train(p: argparse.ArgumentParser, steps: int | None) -> None:
 
 
 def _add_selection(p: argparse.ArgumentParser, ratio: float | None) -> None:
-    p.add_argument("--criterion", default="gradpruner",
-                   help="gradpruner | gradpruner_unsquared | tail | random | block_influence | taylor | ppl")
+    from .criteria import CRITERIA
+
+    p.add_argument("--criterion", default="gradpruner", choices=sorted(CRITERIA),
+                   help="importance criterion (default: gradpruner, the paper's IGIA score)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--ratio", type=float, default=None,
                        help=f"fraction of decoder layers to remove (default {ratio})")
