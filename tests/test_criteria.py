@@ -20,7 +20,7 @@ def context(model, seed=0):
     return ScoreContext(model=model, tokenizer=tiny_tokenizer(), examples=EXAMPLES, seed=seed)
 
 
-@pytest.mark.parametrize("name", ["tail", "random", "block_influence", "ppl", "taylor"])
+@pytest.mark.parametrize("name", ["tail", "random", "block_influence", "ppl", "taylor", "angular"])
 def test_one_score_per_layer_and_a_valid_removal_set(name):
     scores = get_criterion(name).layer_scores(context(tiny_model("qwen2")))
     assert len(scores) == 6
@@ -105,6 +105,22 @@ def test_taylor_matches_a_direct_weight_times_gradient_sum():
                 for layer in model.model.layers]
     assert scores == pytest.approx(expected, rel=1e-5)
     assert min(scores) > 0
+
+
+def test_angular_removes_the_contiguous_block_that_changes_nothing():
+    from gradpruner.prune import prune_model
+
+    model = tiny_model("llama")
+    with torch.no_grad():
+        for i in (2, 3):
+            model.model.layers[i].self_attn.o_proj.weight.zero_()
+            model.model.layers[i].mlp.down_proj.weight.zero_()
+    crit = get_criterion("angular")
+    assert crit.removal(context(model), 2) == [2, 3]
+    scores = crit.layer_scores(context(model))
+    assert len(scores) == 6 and scores[2] == pytest.approx(0, abs=1e-6)
+    record = prune_model(model, criterion="angular", count=2, merge=None, context=context(model))
+    assert record["removed_layers"] == [2, 3]
 
 
 def test_registry_lists_the_criteria_and_rejects_unknown_names():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .criteria import ScoreContext, get_criterion
 from .errors import GradPrunerError
 from .merge import merge_layers, plan_merge
-from .selection import select_layers
+from .selection import removal_count, select_layers
 from .surgery import base_model, count_parameters, cut_layers, layer_prefix, num_layers
 
 
@@ -52,8 +52,12 @@ def prune_model(
     ctx = context or ScoreContext(model=model, igia=igia)
     if ctx.igia is None:
         ctx.igia = igia
-    scores = get_criterion(criterion).layer_scores(ctx) if remove is None or merge else None
-    removed = select_layers(scores or [0.0] * total, ratio=ratio, count=count, remove=remove)
+    chosen = get_criterion(criterion)
+    scores = chosen.layer_scores(ctx) if remove is None or merge else None
+    if remove is None and hasattr(chosen, "removal"):  # criteria that pick a block as a whole
+        removed = chosen.removal(ctx, removal_count(total, ratio, count))
+    else:
+        removed = select_layers(scores or [0.0] * total, ratio=ratio, count=count, remove=remove)
     kept = [i for i in range(total) if i not in removed]
     plan = plan_merge(removed, kept, scores or [0.0] * total, merge)
     if plan and igia is None:

@@ -6,6 +6,9 @@
 - `random`: a seeded random order.
 - `block_influence`: ShortGPT's block influence, 1 - mean cosine similarity between a layer's
   input and output hidden states on task data (Men et al., 2024).
+- `angular`: Gromov et al.'s angular distance between the input of layer l and the output of
+  layer l+n-1 at the last token; the contiguous block of n layers with the smallest distance goes
+  ("The Unreasonable Ineffectiveness of the Deeper Layers", 2024).
 - `taylor`: first-order Taylor importance, sum over a layer's weights of |w * dL/dw| on task data,
   one gradient pass (Shortened LLaMA's Taylor+ criterion, Kim et al., 2024).
 - `ppl`: the increase of the task loss when the layer alone is skipped (Shortened LLaMA's PPL
@@ -111,6 +114,70 @@ class Taylor(Criterion):
             for p, flag in zip(everything, saved):
                 p.grad = None
                 p.requires_grad_(flag)
+
+
+@register
+class Angular(Criterion):
+    """Angular distance across blocks of layers at the last token; removes one contiguous block.
+
+    Per-layer scores are the distances of single-layer blocks; `removal` picks the block of the
+    asked size whose input and output are closest.
+    """
+
+    name = "angular"
+    paper = "Gromov et al. 2024, The Unreasonable Ineffectiveness of the Deeper Layers"
+    max_examples = 64
+    batch_size = 8
+
+    def layer_scores(self, ctx: ScoreContext) -> list[float]:
+        return block_distances(last_token_states(ctx.model, self._data(ctx)), 1)
+
+    def removal(self, ctx: ScoreContext, count: int) -> list[int]:
+        distances = block_distances(last_token_states(ctx.model, self._data(ctx)), count)
+        start = min(range(len(distances)), key=distances.__getitem__)
+        return list(range(start, start + count))
+
+    def _data(self, ctx: ScoreContext) -> list[dict]:
+        return _batches(ctx, self.max_examples, self.batch_size, self.name)
+
+
+def last_token_states(model, batches: list[dict]) -> torch.Tensor:
+    """(layers + 1, samples, hidden): the input of every layer and the last layer's output,
+    at each sample's last real token."""
+    layers = decoder_layers(model)
+    rows: list[torch.Tensor] = []
+    for batch in batches:
+        captured: list[torch.Tensor] = []
+
+        def keep_input(module, args, kwargs):
+            captured.append((args[0] if args else kwargs["hidden_states"]).detach())
+
+        def keep_output(module, args, kwargs, output):
+            captured.append((output[0] if isinstance(output, tuple) else output).detach())
+
+        handles = [layer.register_forward_pre_hook(keep_input, with_kwargs=True) for layer in layers]
+        handles.append(layers[-1].register_forward_hook(keep_output, with_kwargs=True))
+        device = next(model.parameters()).device
+        try:
+            with torch.inference_mode():
+                model(input_ids=batch["input_ids"].to(device),
+                      attention_mask=batch["attention_mask"].to(device), use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+        last = batch["attention_mask"].sum(dim=1) - 1
+        rows.append(torch.stack([h[torch.arange(len(last)), last.to(h.device)].double().cpu()
+                                 for h in captured]))
+    return torch.cat(rows, dim=1)
+
+
+def block_distances(states: torch.Tensor, size: int) -> list[float]:
+    """Mean angular distance arccos(cos)/pi between states l and l + size, for every start l."""
+    out = []
+    for start in range(states.shape[0] - size):
+        cos = torch.nn.functional.cosine_similarity(states[start], states[start + size], dim=-1)
+        out.append(float((torch.arccos(cos.clamp(-1, 1)) / torch.pi).mean()))
+    return out
 
 
 def _batches(ctx: ScoreContext, max_examples: int, batch_size: int, name: str) -> list[dict]:
