@@ -51,19 +51,27 @@ class Random(Criterion):
         return [float(s) for s in random.Random(ctx.seed).sample(range(total), total)]
 
 
+class _OnTaskData(Criterion):
+    """A criterion computed on the first `max_examples` training examples of the task."""
+
+    max_examples = 64
+    batch_size = 8
+
+    def batches(self, ctx: ScoreContext) -> list[dict]:
+        return _batches(ctx, self.max_examples, self.batch_size, self.name)
+
+
 @register
-class BlockInfluence(Criterion):
+class BlockInfluence(_OnTaskData):
     """1 - mean cosine(input, output) of each layer over the non-padding tokens of task data."""
 
     name = "block_influence"
     paper = "Men et al. 2024, ShortGPT: Layers in LLMs are More Redundant Than You Expect"
-    max_examples = 64
-    batch_size = 8
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
         sums = torch.zeros(num_layers(ctx.model), dtype=torch.float64)
         count = 0
-        for batch in _batches(ctx, self.max_examples, self.batch_size, self.name):
+        for batch in self.batches(ctx):
             cosines = layer_cosines(ctx.model, batch["input_ids"], batch["attention_mask"])
             sums += cosines.sum(dim=1)
             count += cosines.shape[1]
@@ -71,31 +79,27 @@ class BlockInfluence(Criterion):
 
 
 @register
-class LossIncrease(Criterion):
+class LossIncrease(_OnTaskData):
     """Task loss with the layer skipped minus the loss of the whole model (forward passes only)."""
 
     name = "ppl"
     paper = "Kim et al. 2024, Shortened LLaMA (PPL criterion); Song et al. 2024, SLEB"
-    max_examples = 64
-    batch_size = 8
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
-        batches = _batches(ctx, self.max_examples, self.batch_size, self.name)
+        batches = self.batches(ctx)
         base = task_loss(ctx.model, batches)
         return [task_loss(ctx.model, batches, skip=i) - base for i in range(num_layers(ctx.model))]
 
 
 @register
-class Taylor(Criterion):
+class Taylor(_OnTaskData):
     """Sum of |weight * gradient| over each layer's parameters, gradients of the task loss."""
 
     name = "taylor"
     paper = "Kim et al. 2024, Shortened LLaMA (Taylor+ criterion)"
-    max_examples = 64
-    batch_size = 8
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
-        batches = _batches(ctx, self.max_examples, self.batch_size, self.name)
+        batches = self.batches(ctx)
         params = [list(layer.parameters()) for layer in decoder_layers(ctx.model)]
         in_layers = {id(p) for ps in params for p in ps}
         everything = list(ctx.model.parameters())
@@ -117,7 +121,7 @@ class Taylor(Criterion):
 
 
 @register
-class Angular(Criterion):
+class Angular(_OnTaskData):
     """Angular distance across blocks of layers at the last token; removes one contiguous block.
 
     Per-layer scores are the distances of single-layer blocks; `removal` picks the block of the
@@ -126,19 +130,14 @@ class Angular(Criterion):
 
     name = "angular"
     paper = "Gromov et al. 2024, The Unreasonable Ineffectiveness of the Deeper Layers"
-    max_examples = 64
-    batch_size = 8
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
-        return block_distances(last_token_states(ctx.model, self._data(ctx)), 1)
+        return block_distances(last_token_states(ctx.model, self.batches(ctx)), 1)
 
     def removal(self, ctx: ScoreContext, count: int) -> list[int]:
-        distances = block_distances(last_token_states(ctx.model, self._data(ctx)), count)
+        distances = block_distances(last_token_states(ctx.model, self.batches(ctx)), count)
         start = min(range(len(distances)), key=distances.__getitem__)
         return list(range(start, start + count))
-
-    def _data(self, ctx: ScoreContext) -> list[dict]:
-        return _batches(ctx, self.max_examples, self.batch_size, self.name)
 
 
 def last_token_states(model, batches: list[dict]) -> torch.Tensor:
