@@ -146,6 +146,14 @@ def training_features(tokenizer, examples: list[Example], max_length: int = 256)
     return feats
 
 
+def pad_id(tokenizer) -> int:
+    """The id used for padding: the pad token, else end-of-sequence, else 0 (always masked)."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return token_id
+    return 0
+
+
 class PadCollator:
     """Right-pads `input_ids` / `labels` of a batch and builds the attention mask."""
 

@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from .data import Example, GenExample, MCExample, PadCollator, tokenize_pair
+from .data import Example, GenExample, MCExample, PadCollator, pad_id, tokenize_pair
 from .errors import GradPrunerError
 
 PROTOCOLS = ("loglik", "generate")
@@ -37,14 +37,6 @@ def _eval_mode(model) -> Iterator[None]:
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
-
-
-def _pad_id(tokenizer) -> int:
-    """The id used for padding: the pad token, else end-of-sequence, else 0 (always masked)."""
-    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if token_id is not None:
-            return token_id
-    return 0
 
 
 def _mean(values: list[float]) -> float:
@@ -95,7 +87,7 @@ def choice_logprobs(model, tokenizer, examples: list[MCExample], batch_size: int
     ]
     pairs.sort(key=lambda pair: len(pair[2]["input_ids"]), reverse=True)
     scores = [[0.0] * len(ex.contexts) for ex in examples]
-    collate = PadCollator(_pad_id(tokenizer))
+    collate = PadCollator(pad_id(tokenizer))
     starts = range(0, len(pairs), batch_size)
     with _eval_mode(model), torch.inference_mode():
         for start in tqdm(starts, desc="scoring", unit="batch", disable=None, leave=False):
@@ -120,10 +112,10 @@ def evaluate_mc(model, tokenizer, examples: list[MCExample], batch_size: int = 1
 # ---------------------------------------------------------------- generation
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ids and attention mask, so every row's last prompt token is at the end."""
     width = max(len(row) for row in rows)
-    ids = [[pad_id] * (width - len(row)) + row for row in rows]
+    ids = [[pad] * (width - len(row)) + row for row in rows]
     mask = [[0] * (width - len(row)) + [1] * len(row) for row in rows]
     return torch.tensor(ids), torch.tensor(mask)
 
@@ -133,9 +125,9 @@ def generate_texts(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens
     """Greedy continuations of already tokenised prompts, decoded without special tokens."""
     from transformers import GenerationConfig
 
-    pad_id = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
-                              pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+                              pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
     order = sorted(range(len(prompt_ids)), key=lambda k: len(prompt_ids[k]), reverse=True)
     texts = [""] * len(prompt_ids)
     device = _device(model)
@@ -143,7 +135,7 @@ def generate_texts(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens
     with _eval_mode(model), torch.inference_mode():
         for start in tqdm(starts, desc="generating", unit="batch", disable=None, leave=False):
             chunk = order[start:start + batch_size]
-            ids, mask = _left_pad([prompt_ids[k] for k in chunk], pad_id)
+            ids, mask = _left_pad([prompt_ids[k] for k in chunk], pad)
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  generation_config=config)
             for k, row in zip(chunk, out[:, ids.shape[1]:]):

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
-from .data import Example, PadCollator, training_features
+from .data import Example, PadCollator, pad_id, training_features
 from .errors import GradPrunerError
 from .igia import IGIA, IGIACallback
 
@@ -120,12 +120,11 @@ def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, ou
         use_cpu=on_cpu,
         dataloader_num_workers=0,
     )
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = _ScheduledTrainer(
         model=model,
         args=args,
         train_dataset=features,
-        data_collator=PadCollator(pad),
+        data_collator=PadCollator(pad_id(tokenizer)),
         callbacks=callbacks or [],
     )
     trainer.schedule_steps = schedule_steps

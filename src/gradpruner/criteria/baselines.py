@@ -21,7 +21,7 @@ import random
 
 import torch
 
-from ..data import PadCollator, training_features
+from ..data import PadCollator, pad_id, training_features
 from ..errors import GradPrunerError
 from ..surgery import decoder_layers, num_layers
 from . import Criterion, ScoreContext, register
@@ -184,8 +184,7 @@ def _batches(ctx: ScoreContext, max_examples: int, batch_size: int, name: str) -
     if not ctx.examples or ctx.tokenizer is None:
         raise GradPrunerError(f"{name} needs task data (--task or --data)")
     feats = training_features(ctx.tokenizer, ctx.examples[:max_examples])
-    pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
-    collate = PadCollator(pad)
+    collate = PadCollator(pad_id(ctx.tokenizer))
     return [collate(feats[i:i + batch_size]) for i in range(0, len(feats), batch_size)]
 
 
