@@ -53,6 +53,12 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def _first_line(err: Exception) -> str:
+    """The first line of an exception's message (library errors can be paragraphs)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def load_config(source: str):
     """The model's config, with a clear error for a missing model or an unsupported one."""
     from transformers import AutoConfig
@@ -62,8 +68,7 @@ def load_config(source: str):
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError, json.JSONDecodeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise GradPrunerError(f"cannot load model {source}: {first}") from None
+        raise GradPrunerError(f"cannot load model {source}: {_first_line(err)}") from None
     get_adapter(config)
     return config
 
@@ -80,8 +85,7 @@ def load_model(name: str | None = None, dtype: str = "auto", device: str = "auto
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise GradPrunerError(f"cannot load model {source}: {first}") from None
+        raise GradPrunerError(f"cannot load model {source}: {_first_line(err)}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(target).eval(), tokenizer, source

@@ -8,7 +8,6 @@ probe's IGIA; baselines compute their scores from the model and task data.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..errors import GradPrunerError
 
