@@ -89,8 +89,8 @@ class IGIA:
         shapes += [(b.shape[1], a.shape[2]) for b, a in self.factors.values()]
         return sum(math.prod(s) for s in shapes)
 
-    def save(self, directory: str | Path) -> None:
-        """Write `igia.safetensors` (tensors) and `scores.json` (scores and metadata)."""
+    def save(self, directory: str | Path, extra: dict | None = None) -> None:
+        """Write `igia.safetensors` (tensors) and `scores.json` (scores, metadata and `extra`)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {"sq_norms": self.sq_norms.contiguous()}
@@ -109,6 +109,7 @@ class IGIA:
             "module_names": self.module_names,
             "module_layers": self.module_layers,
             "model": self.model_info,
+            **(extra or {}),
         }
         (directory / _SCORES).write_text(json.dumps(meta, indent=2))
 

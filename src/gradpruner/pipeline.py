@@ -24,15 +24,13 @@ from .errors import GradPrunerError
 from .evaluate import evaluate_examples
 from .igia import IGIA
 from .models import load_config, load_model, resolve_model
-from .outputs import atomic_output_dir, check_output_dir
+from .outputs import SIDECAR_NAME, atomic_output_dir, check_output_dir
 from .prune import check_igia_matches, prune_model
+from .surgery import save_pretrained_atomic
 from .selection import select_layers
 from .tasks import Task, get_task, task_from_jsonl
 from .timing import compare_prefill
 from .train import TrainConfig, finetune, probe
-
-SIDECAR = "gradpruner.json"
-
 
 def versions() -> dict:
     """Library versions recorded in every sidecar."""
@@ -55,7 +53,7 @@ def resolve_task(task: str | None, data: str | None, eval_data: str | None = Non
 
 def read_sidecar(model_dir: str) -> dict:
     """The `gradpruner.json` of a model folder, or {} when it has none."""
-    path = Path(model_dir) / SIDECAR
+    path = Path(model_dir) / SIDECAR_NAME
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -69,11 +67,8 @@ def probe_stage(model: str | None, task: Task, out: str, cfg: TrainConfig, steps
     with atomic_output_dir(out, overwrite=overwrite, source=source) as tmp:
         igia, stats = probe(net, tokenizer, examples, cfg, steps, schedule_steps)
         if _is_main_process():
-            igia.save(tmp)
-            meta = json.loads((tmp / "scores.json").read_text())
-            meta.update(source_model=source, task=task.name, probe=stats, versions=versions(),
-                        train_config=asdict(cfg))
-            (tmp / "scores.json").write_text(json.dumps(meta, indent=2))
+            igia.save(tmp, extra={"source_model": source, "task": task.name, "probe": stats,
+                                  "versions": versions(), "train_config": asdict(cfg)})
     return igia
 
 
@@ -101,10 +96,7 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
                          merge=merge, density=density, merge_scale=merge_scale, context=context)
     record["costs"] = cut_costs(config, record["kept_layers"])
     record.update(source_model=source, scores_dir=scores, versions=versions())
-    with atomic_output_dir(out, overwrite=overwrite, source=source) as tmp:
-        net.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / SIDECAR).write_text(json.dumps(record, indent=2))
+    save_pretrained_atomic(net, tokenizer, out, record, overwrite, source)
     return record
 
 
@@ -114,14 +106,11 @@ def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
     check_output_dir(out, overwrite, resolve_model(model))
     examples = task.train_examples()
     net, tokenizer, source = load_model(model, dtype, device)
-    with atomic_output_dir(out, overwrite=overwrite, source=source) as tmp:
-        tuned, stats = finetune(net, tokenizer, examples, cfg)
-        record = read_sidecar(source) or {"source_model": source, "versions": versions()}
-        record["finetune"] = {**stats, "task": task.name}
-        if _is_main_process():
-            tuned.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            (tmp / SIDECAR).write_text(json.dumps(record, indent=2))
+    tuned, stats = finetune(net, tokenizer, examples, cfg)
+    record = read_sidecar(source) or {"source_model": source, "versions": versions()}
+    record["finetune"] = {**stats, "task": task.name}
+    if _is_main_process():
+        save_pretrained_atomic(tuned, tokenizer, out, record, overwrite, source)
     return record
 
 
