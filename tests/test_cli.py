@@ -45,7 +45,7 @@ def test_probe_prune_finetune_eval(workspace, capsys):
     assert scores["model"]["num_hidden_layers"] == 6
 
     assert cli("prune", "--model", w / "model", "--scores", w / "probe", "--layers", "2",
-               "--merge", "1", "--out", w / "pruned") == 0
+               "--criterion", "gradpruner", "--merge", "1", "--out", w / "pruned") == 0
     side = json.loads((w / "pruned" / "gradpruner.json").read_text())
     order = sorted(range(6), key=lambda i: (scores["layer_scores"][i], -i))
     assert side["removed_layers"] == sorted(order[:2])
@@ -95,6 +95,10 @@ def test_run_writes_report_and_plot(workspace):
     for key in ("dense_zero_shot", "pruned_finetuned", "dense_finetuned"):
         assert 0 <= report[key]["acc"] <= 1
     assert report["prune"]["merged"] == {}
+    assert report["prune"]["criterion"] == "auto"  # the default: the best candidate cut
+    chosen = report["prune"]["auto"]["chosen"]
+    losses = {c["name"]: c["loss"] for c in report["prune"]["auto"]["candidates"]}
+    assert losses[chosen] == min(losses.values())
     assert (w / "run" / "layer_scores.png").stat().st_size > 1000
     assert "pruned, fine-tuned" in (w / "run" / "report.md").read_text()
     assert AutoConfig.from_pretrained(w / "run" / "model").num_hidden_layers == 4
@@ -108,6 +112,7 @@ def test_run_writes_report_and_plot(workspace):
     (["prune", "--scores", "{w}/probe", "--remove", "9", "--out", "{w}/x"], "out of range"),
     (["prune", "--scores", "{w}/probe", "--remove", "a", "--out", "{w}/x"], "not a layer"),
     (["prune", "--scores", "{w}", "--layers", "1", "--out", "{w}/x"], "not a probe output"),
+    (["prune", "--scores", "{w}/probe", "--layers", "1", "--out", "{w}/x"], "auto needs task data"),
     (["eval", "--model", "{w}/nope", "--data", "{w}/data.jsonl"], "model not found"),
     (["eval", "--task", "no_such_task"], "unknown task"),
     (["probe", "--model", "{w}/model", "--data", "{w}/empty.jsonl", "--out", "{w}/x"], "empty"),

@@ -1,6 +1,6 @@
 """Command line: arguments only; every command calls the library.
 
-    gradpruner probe | prune | finetune | eval | run | tasks
+    gradpruner probe | prune | finetune | eval | run | compare | tasks
 """
 
 from __future__ import annotations
@@ -55,14 +55,17 @@ def _add_train(p: argparse.ArgumentParser, steps: int | None) -> None:
 def _add_selection(p: argparse.ArgumentParser, ratio: float | None) -> None:
     from .criteria import CRITERIA
 
-    p.add_argument("--criterion", default="gradpruner", choices=sorted(CRITERIA),
-                   help="importance criterion (default: gradpruner, the paper's IGIA score)")
+    p.add_argument("--criterion", default="auto", choices=sorted(CRITERIA),
+                   help="auto (default): of the cuts several criteria propose, the one with the "
+                        "lowest held-out task loss; gradpruner: the paper's IGIA score")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--ratio", type=float, default=None,
                        help=f"fraction of decoder layers to remove (default {ratio})")
     group.add_argument("--layers", type=int, help="number of layers to remove")
     group.add_argument("--remove", help="explicit layers to remove, e.g. 3,4,5 or 20-27")
-    p.add_argument("--merge", default="3", help="donor layers to merge: a number, 'all' or 'none'")
+    p.add_argument("--merge", default="auto",
+                   help="donor layers to merge: a number (the paper: 3), 'all', 'none', or 'auto' "
+                        "(default: donors 0-3 and scales 1, 0.5, 0.25 judged on held-out loss)")
     p.add_argument("--density", type=float, default=0.2, help="kept fraction of each donor matrix")
     p.set_defaults(default_ratio=ratio)
 
@@ -112,6 +115,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dense", action="store_true", help="skip the dense reference fine-tune")
     _add_output(p, default="runs/default")
 
+    p = sub.add_parser("compare", help="pruning methods side by side: same model, data, budget, seeds")
+    _add_model(p)
+    _add_data(p, default_task="arc_easy")
+    _add_train(p, steps=60)
+    p.add_argument("--methods", default="all",
+                   help="comma-separated methods, or 'all' (see the table in the README)")
+    p.add_argument("--ratio", default="0.25,0.4", help="comma-separated fractions of layers to remove")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 for every cell")
+    p.add_argument("--density", type=float, default=0.2, help="kept fraction of each donor matrix")
+    p.add_argument("--probe-steps", type=int, default=40)
+    p.add_argument("--heldout", type=int, default=32,
+                   help="training examples held out to judge cuts (auto) and report their loss")
+    p.add_argument("--limit", type=int, default=300, help="evaluation items (0 = all)")
+    p.add_argument("--out", required=True,
+                   help="output folder; an unfinished comparison there is resumed")
+
     sub.add_parser("tasks", help="list the built-in tasks")
     return parser
 
@@ -140,6 +159,16 @@ def _selection(args) -> dict:
         ratio = args.default_ratio
     return {"criterion": args.criterion, "ratio": ratio, "count": args.layers, "remove": remove,
             "merge": parse_merge_count(args.merge), "density": args.density}
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise GradPrunerError(f"{option} takes comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise GradPrunerError(f"{option} is empty")
+    return values
 
 
 def _check_density(density: float) -> None:
@@ -185,6 +214,22 @@ def _dispatch(args) -> int:
         result = pipeline.eval_stage(args.model, task, args.limit, args.out, args.protocol,
                                      args.batch_size, args.dtype, args.device)
         print(json.dumps(result, indent=2))
+        return 0
+    if args.command == "compare":
+        from .compare import METHODS, CompareConfig, compare
+
+        _check_density(args.density)
+        methods = list(METHODS) if args.methods == "all" else [
+            m.strip() for m in args.methods.split(",") if m.strip()]
+        cfg = CompareConfig(
+            model=args.model, task=None if args.data else args.task, data=args.data,
+            eval_data=args.eval_data, methods=methods, ratios=_floats(args.ratio, "--ratio"),
+            seeds=args.seeds, density=args.density, probe_steps=args.probe_steps,
+            heldout=args.heldout, eval_limit=args.limit or None, dtype=args.dtype,
+            device=args.device, out=args.out, train=_train_config(args),
+        )
+        results = compare(cfg)
+        print(f"{args.out}/results.md: {len(results['cells'])} cells")
         return 0
     if args.command == "run":
         sel = _selection(args)

@@ -52,7 +52,7 @@ def _argmax(values: list[float]) -> int:
 # ---------------------------------------------------------------- log-likelihood scoring
 
 
-def _continuation_logprobs(model, batch: dict[str, torch.Tensor]) -> list[float]:
+def continuation_logprobs(model, batch: dict[str, torch.Tensor]) -> list[float]:
     """Summed log-probability of the labelled (continuation) tokens of each row of `batch`.
 
     Only the positions from the earliest continuation on go through the LM head.
@@ -92,7 +92,7 @@ def choice_logprobs(model, tokenizer, examples: list[MCExample], batch_size: int
     with _eval_mode(model), torch.inference_mode():
         for start in tqdm(starts, desc="scoring", unit="batch", disable=None, leave=False):
             chunk = pairs[start:start + batch_size]
-            sums = _continuation_logprobs(model, collate([pair[2] for pair in chunk]))
+            sums = continuation_logprobs(model, collate([pair[2] for pair in chunk]))
             for (i, j, _), value in zip(chunk, sums):
                 scores[i][j] = value
     return scores

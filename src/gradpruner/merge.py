@@ -19,15 +19,15 @@ from .errors import GradPrunerError
 
 
 def parse_merge_count(value: str | int | None) -> int | str | None:
-    """`--merge` as an int, "all" or None ("none")."""
+    """`--merge` as an int, "all", "auto" (held-out search) or None ("none")."""
     if value is None or value == "none":
         return None
-    if value == "all":
-        return "all"
+    if value in ("all", "auto"):
+        return value
     try:
         count = int(value)
     except (TypeError, ValueError):
-        raise GradPrunerError(f"--merge takes a number of donor layers, 'all' or 'none', got {value!r}") from None
+        raise GradPrunerError(f"--merge takes a number of donor layers, 'all', 'auto' or 'none', got {value!r}") from None
     if count < 0:
         raise GradPrunerError(f"--merge must not be negative, got {count}")
     return count or None
@@ -96,21 +96,37 @@ def merge_layers(
     the original weights first and only then added, so a layer that is both receiver and
     reference is never read half-changed.
     """
-    params = dict(model.named_parameters())
     deltas: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     for receiver, donors in plan.items():
         for donor in donors:
-            for donor_name, recv_name in _matrix_pairs(params, layer_prefix, donor, receiver, mergeable):
-                delta = merged_delta(params[recv_name], params[donor_name], importance(donor_name),
-                                     density, scale)
-                deltas[recv_name] = deltas.get(recv_name, 0) + delta
-                counts[recv_name] = counts.get(recv_name, 0) + int((delta != 0).sum())
+            for name, delta in donor_deltas(model, donor, receiver, importance, layer_prefix,
+                                            density, mergeable).items():
+                deltas[name] = deltas.get(name, 0) + delta
+                counts[name] = counts.get(name, 0) + int((delta != 0).sum())
+    add_deltas(model, deltas, scale)
+    return counts
+
+
+def donor_deltas(
+    model: torch.nn.Module, donor: int, receiver: int, importance: Callable[[str], torch.Tensor],
+    layer_prefix: str, density: float = 0.2, mergeable: Collection[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Receiver weight name -> fp32 amount (scale 1) that folding `donor` into `receiver` adds."""
+    params = dict(model.named_parameters())
+    return {
+        recv_name: merged_delta(params[recv_name], params[donor_name], importance(donor_name), density)
+        for donor_name, recv_name in _matrix_pairs(params, layer_prefix, donor, receiver, mergeable)
+    }
+
+
+def add_deltas(model: torch.nn.Module, deltas: dict[str, torch.Tensor], scale: float = 1.0) -> None:
+    """Add `scale` times each fp32 delta to the parameter of that name, in its own dtype."""
+    params = dict(model.named_parameters())
     with torch.no_grad():
         for name, delta in deltas.items():
             param = params[name]
-            param.copy_((param.float() + delta.to(param.device)).to(param.dtype))
-    return counts
+            param.copy_((param.float() + scale * delta.to(param.device)).to(param.dtype))
 
 
 def _matrix_pairs(params: dict, prefix: str, donor: int, receiver: int,

@@ -28,7 +28,7 @@ from .outputs import SIDECAR_NAME, atomic_output_dir, check_output_dir
 from .prune import check_igia_matches, prune_model
 from .surgery import save_pretrained_atomic
 from .selection import select_layers
-from .tasks import Task, get_task, task_from_jsonl
+from .tasks import Task, get_task, list_tasks, task_from_jsonl
 from .timing import compare_prefill
 from .train import TrainConfig, finetune, probe
 
@@ -79,12 +79,15 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
                 overwrite: bool = False, task: Task | None = None, seed: int = 0) -> dict:
     """Prune `model` by a criterion's scores and save the smaller model with its sidecar.
 
-    GradPruner's criteria read the probe's output (`scores`); baselines that score layers on
-    task data use the training split of `task`.
+    GradPruner's criteria read the probe's output (`scores`); criteria that score layers or
+    judge cuts on task data use the training split of `task` (default: the probed task).
     """
     source = resolve_model(model)
     check_output_dir(out, overwrite, source)
     igia = IGIA.load(scores) if scores else None
+    if task is None and scores:
+        probed = json.loads((Path(scores) / "scores.json").read_text()).get("task")
+        task = get_task(probed) if probed in {t.name for t in list_tasks()} else None
     config = load_config(source)
     if igia is not None:
         check_igia_matches(igia, config)
@@ -156,11 +159,11 @@ class RunConfig:
     data: str | None = None
     eval_data: str | None = None
     out: str = "runs/default"
-    criterion: str = "gradpruner"
+    criterion: str = "auto"
     ratio: float | None = 0.2
     count: int | None = None
     remove: list[int] | None = None
-    merge: int | str | None = 3
+    merge: int | str | None = "auto"
     density: float = 0.2
     probe_steps: int = 40
     eval_limit: int | None = 300

@@ -14,13 +14,21 @@ from ..errors import GradPrunerError
 
 @dataclass
 class ScoreContext:
-    """What a criterion may use: the model, its tokenizer, task examples, and the probe's IGIA."""
+    """What a criterion may use: the model, its tokenizer, task examples, and the probe's IGIA.
+
+    `heldout` are task examples kept apart for judging cuts by their loss (`auto`); `notes` is
+    where a criterion leaves what it found for the sidecar; `judge` is `auto`'s held-out loss,
+    shared with the merge search.
+    """
 
     model: object = None
     tokenizer: object = None
     examples: list = field(default_factory=list)
     igia: object = None
     seed: int = 0
+    heldout: list = field(default_factory=list)
+    notes: dict = field(default_factory=dict)
+    judge: object = None
 
 
 class Criterion:
@@ -50,4 +58,4 @@ def get_criterion(name: str) -> Criterion:
     return CRITERIA[name]()
 
 
-from . import baselines, gradpruner  # noqa: E402,F401  (registers the built-in criteria)
+from . import auto, baselines, gradpruner, laco  # noqa: E402,F401  (registers the built-in criteria)

@@ -18,11 +18,14 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 
 import torch
 
 from ..data import PadCollator, pad_id, training_features
 from ..errors import GradPrunerError
+from ..evaluate import continuation_logprobs
 from ..surgery import decoder_layers, num_layers
 from . import Criterion, ScoreContext, register
 
@@ -88,7 +91,7 @@ class LossIncrease(_OnTaskData):
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
         batches = self.batches(ctx)
         base = task_loss(ctx.model, batches)
-        return [task_loss(ctx.model, batches, skip=i) - base for i in range(num_layers(ctx.model))]
+        return [task_loss(ctx.model, batches, skip=[i]) - base for i in range(num_layers(ctx.model))]
 
 
 @register
@@ -188,28 +191,33 @@ def _batches(ctx: ScoreContext, max_examples: int, batch_size: int, name: str) -
     return [collate(feats[i:i + batch_size]) for i in range(0, len(feats), batch_size)]
 
 
-def task_loss(model, batches: list[dict], skip: int | None = None) -> float:
-    """Mean answer-token loss over `batches`; with `skip`, that layer passes its input through."""
-    handle = None
-    if skip is not None:
-        def passthrough(module, args, kwargs, output):
-            hidden_in = args[0] if args else kwargs["hidden_states"]
-            return (hidden_in, *output[1:]) if isinstance(output, tuple) else hidden_in
+def task_loss(model, batches: list[dict], skip: Collection[int] = ()) -> float:
+    """Mean answer-token loss over `batches`; the `skip` layers pass their input through.
 
-        handle = decoder_layers(model)[skip].register_forward_hook(passthrough, with_kwargs=True)
-    device = next(model.parameters()).device
+    The LM head runs only from the first answer position on (see `continuation_logprobs`).
+    """
     total, tokens = 0.0, 0
-    try:
-        with torch.inference_mode():
-            for batch in batches:
-                n = int((batch["labels"][:, 1:] != -100).sum())
-                out = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
-                total += float(out.loss) * n
-                tokens += n
-    finally:
-        if handle is not None:
-            handle.remove()
+    with skipping(model, skip), torch.inference_mode():
+        for batch in batches:
+            total -= sum(continuation_logprobs(model, batch))
+            tokens += int((batch["labels"] != -100).sum())
     return total / max(tokens, 1)
+
+
+@contextmanager
+def skipping(model, layers: Collection[int]) -> Iterator[None]:
+    """Within the block, each decoder layer in `layers` returns its input unchanged."""
+    def passthrough(module, args, kwargs, output):
+        hidden_in = args[0] if args else kwargs["hidden_states"]
+        return (hidden_in, *output[1:]) if isinstance(output, tuple) else hidden_in
+
+    stack = decoder_layers(model)
+    handles = [stack[i].register_forward_hook(passthrough, with_kwargs=True) for i in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def layer_cosines(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

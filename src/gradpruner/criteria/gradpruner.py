@@ -7,6 +7,7 @@ authors' script sums the unsquared norms. Both read the probe's IGIA.
 from __future__ import annotations
 
 from ..errors import GradPrunerError
+from ..surgery import base_model
 from . import Criterion, ScoreContext, register
 
 
@@ -36,3 +37,23 @@ class GradPrunerUnsquared(GradPrunerScore):
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
         return _igia(ctx).scores("unsquared")
+
+
+@register
+class GradPrunerRelative(GradPrunerScore):
+    """Sum over probe steps and modules of ||S_i||_F / ||W||_F: the IGIA relative to each
+    module's weight, so that a depth-dependent gradient scale does not decide alone."""
+
+    name = "gradpruner_relative"
+
+    def layer_scores(self, ctx: ScoreContext) -> list[float]:
+        igia = _igia(ctx)
+        if ctx.model is None:
+            raise GradPrunerError("gradpruner_relative needs the model's weights")
+        params = dict(base_model(ctx.model).named_parameters())
+        norms = igia.sq_norms.sqrt().sum(dim=0)
+        out = [0.0] * igia.num_layers
+        for name, layer, value in zip(igia.module_names, igia.module_layers, norms.tolist()):
+            if name in params:  # fused MoE experts have no weight of that name: left out
+                out[layer] += value / max(float(params[name].detach().float().norm()), 1e-12)
+        return out

@@ -1,0 +1,169 @@
+"""`auto`: among several candidate cuts, the one whose held-out task loss is lowest.
+
+Candidates are the removal sets of the IGIA score variants (when a probe is given), of the
+criteria that need only forward passes or one gradient pass, and of a greedy removal that drops
+one layer at a time, trying the `GREEDY_WIDTH` lowest-scored layers by block influence and
+keeping the one whose removal raises the held-out loss least. Every candidate is judged by the
+answer-token loss on held-out task examples with its layers skipped (forward passes only, no
+copy of the model); each candidate, its loss and the cost of the search go into the sidecar.
+
+`search_merge` does the same for the merge: for each scale (1, 0.5, 0.25) on the added weights,
+donors k = 1, 2, 3 in turn until one more donor raises the loss, keeping the lowest loss of all,
+"no merge" included.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import torch
+
+from ..merge import add_deltas, donor_deltas, plan_merge
+from ..selection import lowest_scored
+from ..surgery import decoder_layers, layer_prefix
+from . import Criterion, ScoreContext, get_criterion, register
+from .baselines import _batches, task_loss
+
+CANDIDATES = ("gradpruner", "gradpruner_unsquared", "gradpruner_relative", "block_influence",
+              "angular", "taylor", "tail")
+HELDOUT_EXAMPLES = 32
+SCORING_EXAMPLES = 32
+GREEDY_WIDTH = 2
+MERGE_DONORS = (1, 2, 3)
+MERGE_SCALES = (1.0, 0.5, 0.25)
+
+
+class Judge:
+    """Held-out answer loss of the model with some layers skipped; counts passes and seconds."""
+
+    def __init__(self, model, batches: list[dict]):
+        self.model, self.batches = model, batches
+        self.passes, self.seconds = 0, 0.0
+        self._cache: dict[frozenset[int], float] = {}
+
+    def loss(self, removed, cached: bool = True) -> float:
+        key = frozenset(removed)
+        if cached and key in self._cache:
+            return self._cache[key]
+        start = time.perf_counter()
+        value = task_loss(self.model, self.batches, skip=sorted(key))
+        self.seconds += time.perf_counter() - start
+        self.passes += len(self.batches)
+        if cached:
+            self._cache[key] = value
+        return value
+
+    def cost(self) -> dict:
+        return {"forward_batches": self.passes, "seconds": round(self.seconds, 2)}
+
+
+def heldout_judge(ctx: ScoreContext) -> Judge:
+    """A judge over `ctx.heldout`, or the last training examples when none are given."""
+    examples = ctx.heldout or ctx.examples[-HELDOUT_EXAMPLES:]
+    held = ScoreContext(model=ctx.model, tokenizer=ctx.tokenizer, examples=examples)
+    return Judge(ctx.model, _batches(held, len(examples), 8, "auto"))
+
+
+def greedy_removal(judge: Judge, count: int, guide: list[float], width: int = GREEDY_WIDTH) -> list[int]:
+    """Drop `count` layers one at a time: of the `width` lowest-`guide` layers left, the one
+    whose removal (with those already dropped) gives the lowest held-out loss."""
+    removed: list[int] = []
+    for _ in range(count):
+        left = [i for i in range(len(guide)) if i not in removed]
+        tries = sorted(left, key=lambda i: (guide[i], -i))[:width]
+        removed.append(min(tries, key=lambda i: (judge.loss(removed + [i]), -i)))
+    return sorted(removed)
+
+
+@register
+class Auto(Criterion):
+    """The candidate cut with the lowest held-out loss (see the module's docstring)."""
+
+    name = "auto"
+    paper = "this project: candidates of the other criteria judged by held-out loss"
+
+    def __init__(self):
+        self._scores: list[float] | None = None
+
+    def removal(self, ctx: ScoreContext, count: int) -> list[int]:
+        start = time.perf_counter()
+        judge = heldout_judge(ctx)
+        scoring = replace(ctx, examples=ctx.examples[:SCORING_EXAMPLES], notes={})
+        sets, scores = {}, {}
+        for name in CANDIDATES:
+            criterion = get_criterion(name)
+            if criterion.needs_probe and ctx.igia is None:
+                continue
+            scores[name] = criterion.layer_scores(scoring)
+            sets[name] = (criterion.removal(scoring, count) if hasattr(criterion, "removal")
+                          else lowest_scored(scores[name], count))
+        sets["greedy"] = greedy_removal(judge, count, scores["block_influence"])
+        found = [{"name": name, "removed": removed, "loss": judge.loss(removed)}
+                 for name, removed in sets.items()]
+        best = min(found, key=lambda c: c["loss"])
+        self._scores = scores.get("gradpruner", scores["block_influence"])
+        ctx.notes["auto"] = {"chosen": best["name"], "candidates": found,
+                             "heldout_examples": sum(len(b["input_ids"]) for b in judge.batches),
+                             "judge": judge.cost(),
+                             "seconds": round(time.perf_counter() - start, 2)}
+        ctx.judge = judge
+        return best["removed"]
+
+    def layer_scores(self, ctx: ScoreContext) -> list[float]:
+        """The probe's score when there is one (it ranks merge donors), else block influence."""
+        if self._scores is None:
+            name = "gradpruner" if ctx.igia is not None else "block_influence"
+            self._scores = get_criterion(name).layer_scores(ctx)
+        return self._scores
+
+
+def search_merge(ctx: ScoreContext, removed: list[int], kept: list[int], donor_scores: list[float],
+                 density: float = 0.2) -> tuple[dict[int, list[int]], float, list[dict]]:
+    """The merge (plan, scale) with the lowest held-out loss on the cut `removed`, and all trials.
+
+    "No merge" is a trial, so the search never returns a merge that raises the loss.
+    """
+    judge = ctx.judge or heldout_judge(ctx)
+    model = ctx.model
+    trials = [{"donors": 0, "scale": 0.0, "loss": judge.loss(removed)}]
+    best_plan: dict[int, list[int]] = {}
+    best_scale = 0.0
+    deltas = _donor_deltas(ctx, removed, kept, donor_scores, density)
+    saved = _snapshot(model, plan_merge(removed, kept, donor_scores, max(MERGE_DONORS)))
+    for scale in MERGE_SCALES:
+        previous = trials[0]["loss"]
+        for k in (k for k in MERGE_DONORS if k <= len(removed)):
+            plan = plan_merge(removed, kept, donor_scores, k)
+            for donor in (d for donors in plan.values() for d in donors):
+                add_deltas(model, deltas[donor], scale)
+            loss = judge.loss(removed, cached=False)
+            _restore(model, saved)
+            trials.append({"donors": k, "scale": scale, "loss": loss})
+            if loss < min(t["loss"] for t in trials[:-1]):
+                best_plan, best_scale = plan, scale
+            if loss >= previous:  # one more donor made it worse: more will not be tried
+                break
+            previous = loss
+    ctx.notes["merge_search"] = {"trials": trials, "density": density, "judge": judge.cost()}
+    return best_plan, best_scale, trials
+
+
+def _donor_deltas(ctx: ScoreContext, removed: list[int], kept: list[int],
+                  donor_scores: list[float], density: float) -> dict[int, dict[str, torch.Tensor]]:
+    """Donor -> the deltas (scale 1) of folding it into its receiver, for the likeliest donors."""
+    plan = plan_merge(removed, kept, donor_scores, max(MERGE_DONORS))
+    prefix, mergeable = layer_prefix(ctx.model), set(ctx.igia.module_names)
+    return {donor: donor_deltas(ctx.model, donor, receiver, ctx.igia.matrix, prefix, density, mergeable)
+            for receiver, donors in plan.items() for donor in donors}
+
+
+def _snapshot(model, plan: dict[int, list[int]]) -> dict[int, dict[str, torch.Tensor]]:
+    layers = decoder_layers(model)
+    return {r: {k: v.detach().clone() for k, v in layers[r].state_dict().items()} for r in plan}
+
+
+def _restore(model, saved: dict[int, dict[str, torch.Tensor]]) -> None:
+    layers = decoder_layers(model)
+    for receiver, state in saved.items():
+        layers[receiver].load_state_dict(state)

@@ -1,0 +1,178 @@
+"""`auto` selection, the held-out merge search, LaCo's collapse and the relative IGIA score."""
+
+import copy
+
+import pytest
+import torch
+
+from gradpruner.criteria import ScoreContext, get_criterion
+from gradpruner.criteria.auto import Judge, greedy_removal, heldout_judge
+from gradpruner.criteria.baselines import _batches, task_loss
+from gradpruner.criteria.laco import collapse_into
+from gradpruner.data import MCExample
+from gradpruner.prune import prune_model
+from gradpruner.train import TrainConfig, probe
+from tiny_models import tiny_model
+from tiny_tokenizer import tiny_tokenizer
+
+EXAMPLES = [MCExample.from_question(f"Question: color {i}? Answer:", ["blue", "green"], i % 2)
+            for i in range(24)]
+
+
+def identities(model, layers):
+    """Make `layers` pass their input through (residual branches off)."""
+    with torch.no_grad():
+        for i in layers:
+            model.model.layers[i].self_attn.o_proj.weight.zero_()
+            model.model.layers[i].mlp.down_proj.weight.zero_()
+    return model
+
+
+def context(model, igia=None):
+    return ScoreContext(model=model, tokenizer=tiny_tokenizer(), examples=EXAMPLES, igia=igia)
+
+
+@pytest.fixture(scope="module")
+def igia():
+    model = tiny_model("llama")
+    result, _ = probe(model, tiny_tokenizer(), EXAMPLES, TrainConfig(steps=3, batch_size=4,
+                                                                     progress=False), 3)
+    return result
+
+
+def test_auto_picks_the_planted_best_candidate_and_records_every_candidate(igia, monkeypatch):
+    import gradpruner.criteria.auto as auto
+
+    model = identities(tiny_model("llama"), (1, 3))  # block influence ranks 1 and 3 lowest
+    planted = lambda model, batches, skip=(): 0.5 if sorted(skip) == [1, 3] else 3.0 + len(skip)
+    monkeypatch.setattr(auto, "task_loss", planted)
+    record = prune_model(model, igia, criterion="auto", count=2, merge=None,
+                         context=context(model, igia))
+    assert record["removed_layers"] == [1, 3]
+    found = {c["name"]: c for c in record["auto"]["candidates"]}
+    assert {"gradpruner", "gradpruner_unsquared", "gradpruner_relative", "block_influence",
+            "angular", "taylor", "tail", "greedy"} == set(found)
+    assert found[record["auto"]["chosen"]]["loss"] == 0.5
+    assert found["tail"]["removed"] == [3, 4] and found["tail"]["loss"] == 5.0
+    assert record["auto"]["judge"]["forward_batches"] > 0
+
+
+def test_the_judge_loss_is_the_loss_of_the_model_with_those_layers_cut():
+    from gradpruner.surgery import cut_layers
+
+    model = tiny_model("gemma2")
+    judge = heldout_judge(context(model))
+    for removed in ([1], [0, 4], [2, 3, 5]):
+        cut = copy.deepcopy(model)
+        cut_layers(cut, removed)
+        assert judge.loss(removed) == pytest.approx(task_loss(cut, judge.batches), abs=1e-5)
+
+
+def test_auto_needs_no_probe_and_then_skips_the_igia_candidates():
+    model = tiny_model("qwen2")
+    record = prune_model(model, None, criterion="auto", count=2, merge="auto", context=context(model))
+    assert len(record["removed_layers"]) == 2
+    assert not any(c["name"].startswith("gradpruner") for c in record["auto"]["candidates"])
+    assert record["merged"] == {} and "skipped" in record["merge_search"]
+
+
+def test_greedy_drops_the_layer_that_raises_the_loss_least():
+    class Planted:  # loss of a removal set: layer 4 is free, layer 0 costs most
+        tried: list = []
+
+        def loss(self, removed):
+            self.tried.append(sorted(removed))
+            return sum({0: 3.0, 1: 2.0, 4: 0.1}.get(i, 1.0) for i in removed)
+
+    guide = [0.0, 1.0, 2.0, 3.0, 0.5, 9.0]  # width 3 tries layers 0, 4, 1 first
+    judge = Planted()
+    assert greedy_removal(judge, 2, guide, width=3) == [2, 4]
+    assert judge.tried == [[0], [4], [1], [0, 4], [1, 4], [2, 4]]
+    assert greedy_removal(Planted(), 1, guide, width=1) == [0]  # only the lowest guide is tried
+
+
+def test_merge_search_keeps_no_merge_when_every_merge_raises_the_loss(igia, monkeypatch):
+    import gradpruner.criteria.auto as auto
+
+    model = tiny_model("llama")
+    before = copy.deepcopy(model.state_dict())
+
+    def planted(net, batches, skip=()):  # any change of the weights raises the loss
+        return 1.0 + sum(float((p - before[n]).abs().sum()) for n, p in net.named_parameters())
+
+    monkeypatch.setattr(auto, "task_loss", planted)
+    record = prune_model(model, igia, criterion="gradpruner", remove=[1, 3], merge="auto",
+                         context=context(model, igia))
+    trials = record["merge_search"]["trials"]
+    # none, then per scale k = 1 only: a donor that raises the loss stops that scale's search
+    assert [(t["donors"], t["scale"]) for t in trials] == [(0, 0.0), (1, 1.0), (1, 0.5), (1, 0.25)]
+    assert all(t["loss"] > trials[0]["loss"] for t in trials[1:])
+    assert record["merged"] == {} and record["merged_entries"] == {}
+    kept = [0, 2, 4, 5]
+    for new, old in enumerate(kept):  # kept layers untouched: every trial was undone
+        for name, value in model.model.layers[new].state_dict().items():
+            assert torch.equal(value, before[f"model.layers.{old}.{name}"])
+
+
+def test_merge_search_applies_the_best_trial(igia):
+    model = tiny_model("llama")
+    ctx = context(model, igia)
+    record = prune_model(model, igia, criterion="gradpruner", remove=[2, 4], merge="auto", context=ctx)
+    trials = record["merge_search"]["trials"]
+    best = min(trials, key=lambda t: t["loss"])
+    assert record["merge_search"]["chosen"]["scale"] == best["scale"]
+    assert len(record["merged"]) == (0 if best["donors"] == 0 else
+                                     len({1 if d == 2 else 3 for d in [2, 4][:best["donors"]]}))
+    held = _batches(ScoreContext(model=model, tokenizer=ctx.tokenizer, examples=EXAMPLES[-24:]),
+                    24, 8, "t")
+    assert task_loss(model, held) == pytest.approx(best["loss"], abs=1e-5)
+
+
+def test_paper_rule_is_unchanged_by_the_search(igia):
+    model = tiny_model("llama")
+    record = prune_model(model, igia, criterion="gradpruner", count=2, merge=3, density=0.2,
+                         context=context(model, igia))
+    scores = igia.scores("squared")
+    assert record["removed_layers"] == sorted(sorted(range(6), key=lambda i: (scores[i], -i))[:2])
+    assert record["merge_rule"] == "gradpruner" and record["merge_scale"] == 1.0
+    assert "merge_search" not in record and "auto" not in record
+
+
+def test_laco_collapse_matches_the_rdsc_formula():
+    model = tiny_model("mistral")
+    layers = model.model.layers
+    original = {i: copy.deepcopy(layers[i].state_dict()) for i in range(6)}
+    collapse_into(model, 1, [2, 3])
+    for name, value in layers[1].state_dict().items():
+        expected = original[1][name] + (original[2][name] - original[1][name]) + \
+            (original[3][name] - original[1][name])
+        assert torch.allclose(value, expected, atol=1e-6), name
+    assert all(torch.equal(layers[2].state_dict()[k], v) for k, v in original[2].items())
+
+
+def test_laco_removes_the_asked_count_and_records_its_merges():
+    model = tiny_model("llama")
+    record = prune_model(model, None, criterion="laco", count=3, merge=None, context=context(model))
+    assert len(record["removed_layers"]) == 3 and 5 not in record["removed_layers"]
+    donors = sorted(d for ds in record["merged"].values() for d in ds)
+    assert donors == record["removed_layers"] and record["merge_rule"] == "laco"
+    for receiver, ds in record["merged"].items():
+        assert all(d > int(receiver) for d in ds)  # layers fold into the layer below them
+    assert record["laco"]["trials"] and model.config.num_hidden_layers == 3
+
+
+def test_relative_igia_divides_each_module_by_its_weight_norm(igia):
+    model = tiny_model("llama")
+    scores = get_criterion("gradpruner_relative").layer_scores(context(model, igia))
+    params = dict(model.named_parameters())
+    expected = [0.0] * 6
+    for name, layer, value in zip(igia.module_names, igia.module_layers,
+                                  igia.sq_norms.sqrt().sum(dim=0).tolist()):
+        expected[layer] += value / float(params[name].norm())
+    assert scores == pytest.approx(expected, rel=1e-6)
+    with torch.no_grad():  # doubling one layer's weights halves its relative score
+        for p in model.model.layers[2].parameters():
+            if p.dim() == 2:
+                p.mul_(2)
+    doubled = get_criterion("gradpruner_relative").layer_scores(context(model, igia))
+    assert doubled[2] == pytest.approx(expected[2] / 2, rel=1e-6)
