@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     _add_data(p)
     _add_train(p, steps=None)
+    p.add_argument("--save-every", type=int, default=None,
+                   help="checkpoint every N steps into OUT.checkpoints (removed when done)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint in OUT.checkpoints")
     _add_output(p)
 
     p = sub.add_parser("eval", help="evaluate a model on a task")
@@ -144,6 +148,7 @@ def _train_config(args):
         lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, full=args.full,
         max_length=args.max_length, seed=args.seed,
         gradient_checkpointing=args.gradient_checkpointing,
+        save_every=getattr(args, "save_every", None), resume=getattr(args, "resume", False),
     )
 
 

@@ -76,7 +76,9 @@ class CompareConfig:
         """What must match for finished cells to be reused."""
         keep = ("model", "task", "data", "eval_data", "density", "probe_steps", "heldout",
                 "eval_limit", "dtype")
-        return {**{k: getattr(self, k) for k in keep}, "train": asdict(self.train)}
+        control = ("progress", "save_every", "checkpoint_dir", "resume")  # do not change results
+        train = {k: v for k, v in asdict(self.train).items() if k not in control}
+        return {**{k: getattr(self, k) for k in keep}, "train": train}
 
 
 class Comparison:

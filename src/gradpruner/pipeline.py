@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -20,6 +22,7 @@ import torch
 from . import __version__
 from .costs import cut_costs
 from .criteria import ScoreContext
+from .distributed import is_main_process, main_process_output, refuse_sharded_probe
 from .errors import GradPrunerError
 from .evaluate import evaluate_examples
 from .igia import IGIA
@@ -60,13 +63,19 @@ def read_sidecar(model_dir: str) -> dict:
 def probe_stage(model: str | None, task: Task, out: str, cfg: TrainConfig, steps: int = 40,
                 schedule_steps: int | None = None, dtype: str = "auto", device: str = "auto",
                 overwrite: bool = False) -> IGIA:
-    """Probe `model` on the task's training data for `steps` steps and save the IGIA to `out`."""
-    check_output_dir(out, overwrite, resolve_model(model))
+    """Probe `model` on the task's training data for `steps` steps and save the IGIA to `out`.
+
+    Under several processes (DDP) every rank probes; only the main one writes `out`.
+    """
+    refuse_sharded_probe()
+    if is_main_process():
+        check_output_dir(out, overwrite, resolve_model(model))
     examples = task.train_examples()
     net, tokenizer, source = load_model(model, dtype, device)
-    with atomic_output_dir(out, overwrite=overwrite, source=source) as tmp:
+    output = partial(atomic_output_dir, out, overwrite=overwrite, source=source)
+    with main_process_output(output) as tmp:
         igia, stats = probe(net, tokenizer, examples, cfg, steps, schedule_steps)
-        if _is_main_process():
+        if tmp is not None:
             igia.save(tmp, extra={"source_model": source, "task": task.name, "probe": stats,
                                   "versions": versions(), "train_config": asdict(cfg)})
     return igia
@@ -105,15 +114,23 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
 
 def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
                    dtype: str = "auto", device: str = "auto", overwrite: bool = False) -> dict:
-    """Fine-tune `model` on the task and save it (LoRA merged) with the sidecar extended."""
-    check_output_dir(out, overwrite, resolve_model(model))
+    """Fine-tune `model` on the task and save it (LoRA merged) with the sidecar extended.
+
+    Checkpoints (with `cfg.save_every`) go to the sibling folder `OUT.checkpoints`, which
+    `cfg.resume` continues from and a finished run removes.
+    """
+    if is_main_process():
+        check_output_dir(out, overwrite, resolve_model(model))
     examples = task.train_examples()
     net, tokenizer, source = load_model(model, dtype, device)
+    checkpoints = Path(out).with_name(Path(out).name + ".checkpoints")
+    cfg = replace(cfg, checkpoint_dir=str(checkpoints))
     tuned, stats = finetune(net, tokenizer, examples, cfg)
     record = read_sidecar(source) or {"source_model": source, "versions": versions()}
     record["finetune"] = {**stats, "task": task.name}
-    if _is_main_process():
+    if is_main_process():
         save_pretrained_atomic(tuned, tokenizer, out, record, overwrite, source)
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return record
 
 
@@ -144,10 +161,6 @@ def timed_eval(model, tokenizer, task: Task, limit: int | None, protocol: str = 
                                 batch_size=batch_size)
     seconds = time.perf_counter() - start
     return {**metrics, "eval_seconds": seconds, "items_per_second": len(examples) / seconds}
-
-
-def _is_main_process() -> bool:
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 @dataclass

@@ -7,10 +7,15 @@ the Trainer, `accelerate launch` / `torchrun` work unchanged.
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
@@ -42,6 +47,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     logging_steps: int = 10
     progress: bool = True
+    save_every: int | None = None
+    checkpoint_dir: str | None = None
+    resume: bool = False
 
     def validate(self) -> None:
         if self.steps is not None and self.steps < 1:
@@ -54,6 +62,8 @@ class TrainConfig:
             raise GradPrunerError(f"--lr must be a positive number, got {self.lr}")
         if not self.full and self.lora_rank < 1:
             raise GradPrunerError(f"--lora-rank must be at least 1, got {self.lora_rank}")
+        if self.save_every is not None and self.save_every < 1:
+            raise GradPrunerError(f"--save-every must be at least 1, got {self.save_every}")
 
 
 def add_lora(model, cfg: TrainConfig):
@@ -113,7 +123,9 @@ def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, ou
         bf16=cfg.bf16,
         **_checkpointing(cfg.gradient_checkpointing),
         logging_steps=cfg.logging_steps,
-        save_strategy="no",
+        save_strategy="steps" if cfg.save_every else "no",
+        save_steps=cfg.save_every or 500,
+        save_total_limit=2,
         report_to="none",
         remove_unused_columns=False,
         disable_tqdm=not cfg.progress,
@@ -145,13 +157,19 @@ def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
     """Fine-tune `model` on `examples`; returns (the plain HF model, stats).
 
     With LoRA the adapters are merged into the weights, so the result saves as an ordinary model.
+    With `cfg.save_every`, checkpoints go to `cfg.checkpoint_dir` every that many steps, and
+    `cfg.resume` continues from the last one there (optimizer, schedule, data order and RNG
+    included), ending with the model an uninterrupted run would give.
     """
     set_seed(cfg.seed)
     trainable = model if cfg.full else add_lora(model, cfg)
-    with tempfile.TemporaryDirectory(prefix="gradpruner-train-") as tmp:
-        trainer = make_trainer(trainable, tokenizer, examples, cfg, tmp, callbacks)
+    with _output_dir(cfg) as out:
+        trainer = make_trainer(trainable, tokenizer, examples, cfg, out, callbacks)
+        checkpoint = last_complete_checkpoint(out) if cfg.resume else None
+        if cfg.resume and checkpoint is None:
+            print(f"gradpruner: no checkpoint in {out}: starting from the first step", file=sys.stderr)
         start = time.perf_counter()
-        output = trainer.train()
+        output = trainer.train(resume_from_checkpoint=checkpoint)
         seconds = time.perf_counter() - start
     result = trainable if cfg.full else trainable.merge_and_unload()
     result.eval()
@@ -160,9 +178,34 @@ def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
         "train_seconds": seconds,
         "train_loss": output.training_loss,
         "seconds_per_step": seconds / max(trainer.state.global_step, 1),
+        "resumed_from": checkpoint,
         "config": asdict(cfg),
     }
     return result, stats
+
+
+def last_complete_checkpoint(folder: str) -> str | None:
+    """The newest `checkpoint-N` in `folder` whose trainer state was written whole (the Trainer
+    writes it last), so a run killed while saving resumes from the checkpoint before."""
+    found = []
+    for path in Path(folder).glob("checkpoint-*"):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            found.append((int(path.name.rsplit("-", 1)[1]), str(path)))
+        except (OSError, ValueError):
+            continue
+    return max(found)[1] if found else None
+
+
+@contextmanager
+def _output_dir(cfg: TrainConfig) -> Iterator[str]:
+    """The checkpoint folder when checkpoints are asked for, else a temporary folder."""
+    if cfg.checkpoint_dir and (cfg.save_every or cfg.resume):
+        Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        yield cfg.checkpoint_dir
+    else:
+        with tempfile.TemporaryDirectory(prefix="gradpruner-train-") as tmp:
+            yield tmp
 
 
 def probe(model, tokenizer, examples: list[Example], cfg: TrainConfig, steps: int,
