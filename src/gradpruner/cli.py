@@ -19,11 +19,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"gradpruner: error: {message} (see --help)\n")
 
 
-def _add_model(p: argparse.ArgumentParser) -> None:
+def _add_model(p: argparse.ArgumentParser, device_map: bool = False) -> None:
     p.add_argument("--model", default=None,
                    help="local HF folder or Hub id (default: the offline SmolLM2-135M-Instruct)")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda[:N]")
+    if device_map:
+        p.add_argument("--device-map", default=None, choices=["auto"],
+                       help="spread a model too large for one device over all GPUs (and the CPU)")
 
 
 def _add_data(p: argparse.ArgumentParser, default_task: str | None = None) -> None:
@@ -76,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     p = sub.add_parser("probe", help="run the first steps of fine-tuning and save the IGIA")
-    _add_model(p)
+    _add_model(p, device_map=True)
     _add_data(p)
     _add_train(p, steps=40)
     p.add_argument("--schedule-steps", type=int, default=None,
@@ -92,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(p)
 
     p = sub.add_parser("finetune", help="fine-tune a model (dense or pruned) on a task")
-    _add_model(p)
+    _add_model(p, device_map=True)
     _add_data(p)
     _add_train(p, steps=None)
     p.add_argument("--save-every", type=int, default=None,
@@ -102,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(p)
 
     p = sub.add_parser("eval", help="evaluate a model on a task")
-    _add_model(p)
+    _add_model(p, device_map=True)
     _add_data(p)
     p.add_argument("--limit", type=int, default=None, help="first N evaluation items")
     p.add_argument("--protocol", default="loglik", choices=["loglik", "generate"])
@@ -196,7 +199,8 @@ def _dispatch(args) -> int:
     if args.command == "probe":
         task = pipeline.resolve_task(args.task, args.data, args.eval_data)
         igia = pipeline.probe_stage(args.model, task, args.out, _train_config(args), args.steps,
-                                    args.schedule_steps, args.dtype, args.device, args.overwrite)
+                                    args.schedule_steps, args.dtype, args.device, args.overwrite,
+                                    args.device_map)
         print(json.dumps({"out": args.out, "layer_scores": igia.layer_scores}))
         return 0
     if args.command == "prune":
@@ -211,13 +215,13 @@ def _dispatch(args) -> int:
     if args.command == "finetune":
         task = pipeline.resolve_task(args.task, args.data, args.eval_data)
         record = pipeline.finetune_stage(args.model, task, args.out, _train_config(args),
-                                         args.dtype, args.device, args.overwrite)
+                                         args.dtype, args.device, args.overwrite, args.device_map)
         print(json.dumps({"out": args.out, "train_loss": record["finetune"]["train_loss"]}))
         return 0
     if args.command == "eval":
         task = pipeline.resolve_task(args.task, args.data, args.eval_data)
         result = pipeline.eval_stage(args.model, task, args.limit, args.out, args.protocol,
-                                     args.batch_size, args.dtype, args.device)
+                                     args.batch_size, args.dtype, args.device, args.device_map)
         print(json.dumps(result, indent=2))
         return 0
     if args.command == "compare":

@@ -73,19 +73,27 @@ def load_config(source: str):
     return config
 
 
-def load_model(name: str | None = None, dtype: str = "auto", device: str = "auto"):
-    """Load a causal LM and its tokenizer; returns (model, tokenizer, source path or id)."""
+def load_model(name: str | None = None, dtype: str = "auto", device: str = "auto",
+               device_map: str | None = None):
+    """Load a causal LM and its tokenizer; returns (model, tokenizer, source path or id).
+
+    `device_map="auto"` lets accelerate spread the layers over every GPU (and the CPU) for a
+    model that does not fit on one device; `device` is then ignored.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model(name)
     load_config(source)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
+    placement = {"device_map": device_map} if device_map else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **placement)
     except (OSError, ValueError) as err:
         raise GradPrunerError(f"cannot load model {source}: {_first_line(err)}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(target).eval(), tokenizer, source
+    if not device_map:
+        model = model.to(target)
+    return model.eval(), tokenizer, source

@@ -26,7 +26,8 @@ from .distributed import is_main_process, main_process_output, refuse_sharded_pr
 from .errors import GradPrunerError
 from .evaluate import evaluate_examples
 from .igia import IGIA
-from .models import load_config, load_model, resolve_model
+from .memory import check_fits
+from .models import load_config, load_model, resolve_device, resolve_dtype, resolve_model
 from .outputs import SIDECAR_NAME, atomic_output_dir, check_output_dir
 from .prune import check_igia_matches, prune_model
 from .surgery import save_pretrained_atomic
@@ -60,9 +61,19 @@ def read_sidecar(model_dir: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def check_memory(model: str | None, cfg: TrainConfig, dtype: str, device: str,
+                 device_map: str | None) -> None:
+    """Print the memory a training run needs; stop early when the device cannot hold it."""
+    if device_map:  # spread over several devices: accelerate plans the placement
+        return
+    target = resolve_device(device)
+    check_fits(load_config(resolve_model(model)), resolve_dtype(dtype, target), target,
+               cfg.batch_size, cfg.max_length, cfg.full, cfg.lora_rank, cfg.gradient_checkpointing)
+
+
 def probe_stage(model: str | None, task: Task, out: str, cfg: TrainConfig, steps: int = 40,
                 schedule_steps: int | None = None, dtype: str = "auto", device: str = "auto",
-                overwrite: bool = False) -> IGIA:
+                overwrite: bool = False, device_map: str | None = None) -> IGIA:
     """Probe `model` on the task's training data for `steps` steps and save the IGIA to `out`.
 
     Under several processes (DDP) every rank probes; only the main one writes `out`.
@@ -71,7 +82,8 @@ def probe_stage(model: str | None, task: Task, out: str, cfg: TrainConfig, steps
     if is_main_process():
         check_output_dir(out, overwrite, resolve_model(model))
     examples = task.train_examples()
-    net, tokenizer, source = load_model(model, dtype, device)
+    check_memory(model, cfg, dtype, device, device_map)
+    net, tokenizer, source = load_model(model, dtype, device, device_map)
     output = partial(atomic_output_dir, out, overwrite=overwrite, source=source)
     with main_process_output(output) as tmp:
         igia, stats = probe(net, tokenizer, examples, cfg, steps, schedule_steps)
@@ -113,7 +125,8 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
 
 
 def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
-                   dtype: str = "auto", device: str = "auto", overwrite: bool = False) -> dict:
+                   dtype: str = "auto", device: str = "auto", overwrite: bool = False,
+                   device_map: str | None = None) -> dict:
     """Fine-tune `model` on the task and save it (LoRA merged) with the sidecar extended.
 
     Checkpoints (with `cfg.save_every`) go to the sibling folder `OUT.checkpoints`, which
@@ -122,7 +135,8 @@ def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
     if is_main_process():
         check_output_dir(out, overwrite, resolve_model(model))
     examples = task.train_examples()
-    net, tokenizer, source = load_model(model, dtype, device)
+    check_memory(model, cfg, dtype, device, device_map)
+    net, tokenizer, source = load_model(model, dtype, device, device_map)
     checkpoints = Path(out).with_name(Path(out).name + ".checkpoints")
     cfg = replace(cfg, checkpoint_dir=str(checkpoints))
     tuned, stats = finetune(net, tokenizer, examples, cfg)
@@ -136,9 +150,9 @@ def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
 
 def eval_stage(model: str | None, task: Task, limit: int | None = None, out: str | None = None,
                protocol: str = "loglik", batch_size: int = 16, dtype: str = "auto",
-               device: str = "auto") -> dict:
+               device: str = "auto", device_map: str | None = None) -> dict:
     """Evaluate `model` on the task's evaluation split; optionally write the metrics as JSON."""
-    net, tokenizer, source = load_model(model, dtype, device)
+    net, tokenizer, source = load_model(model, dtype, device, device_map)
     result = timed_eval(net, tokenizer, task, limit, protocol, batch_size)
     result.update(model=source, task=task.name, protocol=protocol)
     if out:

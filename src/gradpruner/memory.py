@@ -1,0 +1,68 @@
+"""How much memory a probe or fine-tune will need, checked before a long run starts.
+
+The estimate counts the weights, what training adds (LoRA: adapters with their gradients and
+two Adam moments; full: fp32 gradients and two Adam moments for every weight), and the
+activations kept for the backward pass (Korthikanti et al. 2022: about 34*s*b*h + 5*a*s^2*b bytes
+per layer in 16-bit, scaled to the dtype; with checkpointing only the layer inputs), plus the
+logits of the batch in fp32. It is an estimate, not a bound.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from .costs import parameter_count
+from .errors import GradPrunerError
+
+GIB = 1024 ** 3
+
+
+def training_bytes(config, dtype: torch.dtype, batch: int, seq_len: int, full: bool = False,
+                   lora_rank: int = 8, checkpointing: bool = False) -> dict[str, int]:
+    """Estimated bytes by part (`weights`, `training_state`, `activations`, `logits`) and `total`."""
+    width = torch.empty((), dtype=dtype).element_size()
+    params = parameter_count(config)
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    if full:
+        state = params * (4 + 8)  # fp32 gradient + Adam's two fp32 moments
+    else:
+        inter = getattr(config, "intermediate_size", 4 * hidden)
+        per_layer = 4 * (hidden + hidden) + 3 * (hidden + inter)  # r * (in + out), 7 modules
+        adapters = lora_rank * per_layer * layers
+        state = adapters * (width + 4 + 8)
+    tokens = batch * seq_len
+    if checkpointing:
+        activations = layers * tokens * hidden * width
+    else:
+        activations = layers * (34 * tokens * hidden + 5 * heads * seq_len * tokens) * width // 2
+    logits = tokens * config.vocab_size * 4
+    parts = {"weights": params * width, "training_state": state, "activations": activations,
+             "logits": logits}
+    return {**parts, "total": sum(parts.values())}
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory on `device`: CUDA's free memory, or the machine's available RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
+    return pages * os.sysconf("SC_PAGE_SIZE") if pages else 0
+
+
+def check_fits(config, dtype: torch.dtype, device: torch.device, batch: int, seq_len: int,
+               full: bool, lora_rank: int, checkpointing: bool) -> dict[str, int]:
+    """Print the estimate; refuse with one clear line when it exceeds the free memory."""
+    need = training_bytes(config, dtype, batch, seq_len, full, lora_rank, checkpointing)
+    free = available_bytes(device)
+    print(f"[gradpruner] memory: about {need['total'] / GIB:.1f} GiB needed "
+          f"({free / GIB:.1f} GiB free on {device.type})", file=sys.stderr)
+    if free and need["total"] > free:
+        raise GradPrunerError(
+            f"this run needs about {need['total'] / GIB:.1f} GiB but {free / GIB:.1f} GiB are free "
+            f"on {device.type}: use --gradient-checkpointing, a smaller --batch-size or "
+            "--max-length, --dtype bfloat16, LoRA instead of --full, or --device-map auto")
+    return need
