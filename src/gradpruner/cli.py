@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint every N steps into OUT.checkpoints (removed when done)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the last checkpoint in OUT.checkpoints")
+    p.add_argument("--warm-start", metavar="PROBE_DIR",
+                   help="start the adapters of each kept layer from the probe's (LoRA only)")
     _add_output(p)
 
     p = sub.add_parser("eval", help="evaluate a model on a task")
@@ -120,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-steps", type=int, default=40)
     p.add_argument("--limit", type=int, default=300, help="evaluation items (0 = all)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense reference fine-tune")
+    p.add_argument("--warm-start", action="store_true",
+                   help="the pruned model's adapters start from the probe's (not yet measured)")
     _add_output(p, default="runs/default")
 
     p = sub.add_parser("compare", help="pruning methods side by side: same model, data, budget, seeds")
@@ -215,7 +219,8 @@ def _dispatch(args) -> int:
     if args.command == "finetune":
         task = pipeline.resolve_task(args.task, args.data, args.eval_data)
         record = pipeline.finetune_stage(args.model, task, args.out, _train_config(args),
-                                         args.dtype, args.device, args.overwrite, args.device_map)
+                                         args.dtype, args.device, args.overwrite, args.device_map,
+                                         args.warm_start)
         print(json.dumps({"out": args.out, "train_loss": record["finetune"]["train_loss"]}))
         return 0
     if args.command == "eval":
@@ -246,7 +251,8 @@ def _dispatch(args) -> int:
         cfg = pipeline.RunConfig(
             model=args.model, task=None if args.data else args.task, data=args.data,
             eval_data=args.eval_data, out=args.out, probe_steps=args.probe_steps,
-            eval_limit=args.limit or None, dense=not args.no_dense, dtype=args.dtype,
+            eval_limit=args.limit or None, dense=not args.no_dense, warm_start=args.warm_start,
+            dtype=args.dtype,
             device=args.device, overwrite=args.overwrite, train=_train_config(args), **sel,
         )
         pipeline.run(cfg)

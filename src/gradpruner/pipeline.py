@@ -34,6 +34,7 @@ from .surgery import save_pretrained_atomic
 from .selection import select_layers
 from .tasks import Task, get_task, list_tasks, task_from_jsonl
 from .timing import compare_prefill
+from .warm_start import load_adapters, save_adapters
 from .train import TrainConfig, finetune, probe
 
 def versions() -> dict:
@@ -85,11 +86,14 @@ def probe_stage(model: str | None, task: Task, out: str, cfg: TrainConfig, steps
     check_memory(model, cfg, dtype, device, device_map)
     net, tokenizer, source = load_model(model, dtype, device, device_map)
     output = partial(atomic_output_dir, out, overwrite=overwrite, source=source)
+    adapters: dict = {}
     with main_process_output(output) as tmp:
-        igia, stats = probe(net, tokenizer, examples, cfg, steps, schedule_steps)
+        igia, stats = probe(net, tokenizer, examples, cfg, steps, schedule_steps, adapters)
         if tmp is not None:
             igia.save(tmp, extra={"source_model": source, "task": task.name, "probe": stats,
                                   "versions": versions(), "train_config": asdict(cfg)})
+            if adapters:
+                save_adapters(adapters, tmp)
     return igia
 
 
@@ -126,11 +130,12 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
 
 def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
                    dtype: str = "auto", device: str = "auto", overwrite: bool = False,
-                   device_map: str | None = None) -> dict:
+                   device_map: str | None = None, warm_start: str | None = None) -> dict:
     """Fine-tune `model` on the task and save it (LoRA merged) with the sidecar extended.
 
     Checkpoints (with `cfg.save_every`) go to the sibling folder `OUT.checkpoints`, which
-    `cfg.resume` continues from and a finished run removes.
+    `cfg.resume` continues from and a finished run removes. `warm_start` is a probe folder
+    whose adapters the pruned model's adapters start from.
     """
     if is_main_process():
         check_output_dir(out, overwrite, resolve_model(model))
@@ -139,8 +144,10 @@ def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
     net, tokenizer, source = load_model(model, dtype, device, device_map)
     checkpoints = Path(out).with_name(Path(out).name + ".checkpoints")
     cfg = replace(cfg, checkpoint_dir=str(checkpoints))
-    tuned, stats = finetune(net, tokenizer, examples, cfg)
     record = read_sidecar(source) or {"source_model": source, "versions": versions()}
+    kept = record.get("kept_layers") or list(range(net.config.num_hidden_layers))
+    warm = (load_adapters(warm_start), kept) if warm_start else None
+    tuned, stats = finetune(net, tokenizer, examples, cfg, warm=warm)
     record["finetune"] = {**stats, "task": task.name}
     if is_main_process():
         save_pretrained_atomic(tuned, tokenizer, out, record, overwrite, source)
@@ -195,6 +202,7 @@ class RunConfig:
     probe_steps: int = 40
     eval_limit: int | None = 300
     dense: bool = True
+    warm_start: bool = False
     dtype: str = "auto"
     device: str = "auto"
     overwrite: bool = False
@@ -230,7 +238,8 @@ def run(cfg: RunConfig) -> dict:
         results["prune"] = record
         _say("fine-tuning the pruned model")
         tuned = finetune_stage(str(tmp / "pruned"), task, str(tmp / "model"), cfg.train,
-                               cfg.dtype, cfg.device)
+                               cfg.dtype, cfg.device,
+                               warm_start=str(tmp / "probe") if cfg.warm_start else None)
         results["pruned_finetune"] = tuned["finetune"]
         pruned, _, _ = load_model(str(tmp / "model"), cfg.dtype, cfg.device)
         results["pruned_finetuned"] = timed_eval(pruned, tokenizer, task, cfg.eval_limit)

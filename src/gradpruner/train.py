@@ -23,6 +23,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 from .data import Example, PadCollator, pad_id, training_features
 from .errors import GradPrunerError
 from .igia import IGIA, IGIACallback
+from .warm_start import adapter_state, warm_start
 
 
 @dataclass
@@ -153,16 +154,18 @@ def _checkpointing(enabled: bool) -> dict:
 
 
 def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
-             callbacks: list | None = None):
+             callbacks: list | None = None, warm: tuple[dict, list[int]] | None = None):
     """Fine-tune `model` on `examples`; returns (the plain HF model, stats).
 
     With LoRA the adapters are merged into the weights, so the result saves as an ordinary model.
     With `cfg.save_every`, checkpoints go to `cfg.checkpoint_dir` every that many steps, and
     `cfg.resume` continues from the last one there (optimizer, schedule, data order and RNG
-    included), ending with the model an uninterrupted run would give.
+    included), ending with the model an uninterrupted run would give. `warm` = (the probe's
+    adapters, kept layers) starts the adapters from the probe's (`warm_start`).
     """
     set_seed(cfg.seed)
     trainable = model if cfg.full else add_lora(model, cfg)
+    warmed = warm_start(trainable, *warm) if warm and not cfg.full else 0
     with _output_dir(cfg) as out:
         trainer = make_trainer(trainable, tokenizer, examples, cfg, out, callbacks)
         checkpoint = last_complete_checkpoint(out) if cfg.resume else None
@@ -179,6 +182,7 @@ def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
         "train_loss": output.training_loss,
         "seconds_per_step": seconds / max(trainer.state.global_step, 1),
         "resumed_from": checkpoint,
+        "warm_started_matrices": warmed,
         "config": asdict(cfg),
     }
     return result, stats
@@ -209,12 +213,13 @@ def _output_dir(cfg: TrainConfig) -> Iterator[str]:
 
 
 def probe(model, tokenizer, examples: list[Example], cfg: TrainConfig, steps: int,
-          schedule_steps: int | None = None) -> tuple[IGIA, dict]:
+          schedule_steps: int | None = None, adapters: dict | None = None) -> tuple[IGIA, dict]:
     """Run the first `steps` optimizer steps of fine-tuning and return their IGIA and stats.
 
     The learning-rate schedule is that of a run of `schedule_steps` (default: `cfg.steps`, or 100x
     the probe, the paper's "about 1 % of the run"). With LoRA the probe's adapters are removed
-    afterwards; with full fine-tuning the model's weights have taken `steps` optimizer steps.
+    afterwards (copied into `adapters` first when it is given, for `--warm-start`); with full
+    fine-tuning the model's weights have taken `steps` optimizer steps.
     """
     if steps < 1:
         raise GradPrunerError(f"probe steps must be at least 1, got {steps}")
@@ -228,6 +233,8 @@ def probe(model, tokenizer, examples: list[Example], cfg: TrainConfig, steps: in
         trainer.train()
         seconds = time.perf_counter() - start
     if not cfg.full:
+        if adapters is not None:  # kept for --warm-start
+            adapters.update(adapter_state(trainable))
         trainable.unload()
     stats = {"steps": callback.steps_seen, "probe_seconds": seconds, "schedule_steps": horizon}
     return callback.result(), stats

@@ -1,0 +1,86 @@
+"""Summarise `gradpruner compare` folders for docs/RESULTS.md.
+
+Copies each task's plots next to the document and prints Markdown: each task's tables, `auto`
+against the best single criterion and the paper's rule in every cell, the cost of `auto`'s
+selection against the healing fine-tune, and the rank correlation of held-out loss before
+healing with accuracy after it, per task and pooled.
+
+    python benchmarks/results_summary.py runs/cmp/arc_easy runs/cmp/piqa runs/cmp/sst2 --docs docs/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from gradpruner.compare_report import rows, spearman
+
+SINGLE = ("gradpruner", "gradpruner_nomerge", "gradpruner_unsquared", "tail", "random",
+          "block_influence", "angular", "taylor", "ppl", "laco")
+
+
+def cell_summary(results: dict) -> list[str]:
+    """Per ratio: dense, paper's rule, best single criterion, auto, and auto's selection cost."""
+    table = rows(results)
+    dense = [r["acc_after"] for r in table if r["method"] == "dense"][0]
+    lines = []
+    for ratio in sorted({r["ratio"] for r in table if r["method"] != "dense"}):
+        cell = {r["method"]: r for r in table if r["ratio"] == ratio}
+        singles = {m: cell[m] for m in SINGLE if m in cell}
+        best = max(singles, key=lambda m: singles[m]["acc_after"]) if singles else None
+        auto = cell.get("auto")
+        raw = [c for c in results["cells"] if c["method"] == "auto" and c["ratio"] == ratio]
+        cost = "-"
+        if raw:
+            judge = raw[0]["prune"]["auto"]["judge"]
+            merge = raw[0]["prune"].get("merge_search", {}).get("judge", judge)
+            cost = (f"{raw[0]['select_seconds']:.0f} s ({merge['forward_batches']} held-out "
+                    f"batches), {raw[0]['select_seconds'] / raw[0]['finetune']['train_seconds']:.2f}"
+                    f" of its healing; chose {raw[0]['prune']['auto']['chosen']}")
+        lines.append(
+            f"| {results['task']} | {ratio} | {dense:.2f} | "
+            f"{cell['gradpruner']['acc_after']:.2f} | " if "gradpruner" in cell else
+            f"| {results['task']} | {ratio} | {dense:.2f} | - | ")
+        lines[-1] += (f"{best} {singles[best]['acc_after']:.2f} | " if best else "- | ")
+        lines[-1] += (f"**{auto['acc_after']:.2f}** | {cost} |" if auto else "- | - |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("folders", nargs="+")
+    parser.add_argument("--docs", default="docs/results", help="where the plots are copied")
+    args = parser.parse_args()
+    docs = Path(args.docs)
+    everything, summary, tables = [], [], []
+    for folder in map(Path, args.folders):
+        if not (folder / "results.json").is_file():
+            print(f"<!-- {folder}: no results.json yet -->")
+            continue
+        results = json.loads((folder / "results.json").read_text())
+        task = results["task"]
+        (docs / task).mkdir(parents=True, exist_ok=True)
+        for plot in folder.glob("*.png"):
+            shutil.copy(plot, docs / task / plot.name)
+        shutil.copy(folder / "results.csv", docs / task / "results.csv")
+        table = rows(results)
+        everything += [r for r in table if r["method"] != "dense"]
+        summary += cell_summary(results)
+        text = (folder / "results.md").read_text().split("\n", 1)[1]
+        tables.append(f"### {task}\n{text}\n![accuracy]({docs.name}/{task}/accuracy.png)\n")
+        for plot in sorted(folder.glob("layers-*.png")):
+            tables.append(f"![layers]({docs.name}/{task}/{plot.name})\n")
+    print("| task | ratio | dense FT | paper's rule | best single criterion | auto | auto's selection cost |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(summary))
+    pooled = spearman([-r["heldout_loss"] for r in everything], [r["acc_after"] for r in everything])
+    if pooled is not None:
+        print(f"\nPooled over {len(everything)} pruned cells: Spearman(-held-out loss, accuracy after "
+              f"healing) = {pooled:.2f}.\n")
+    print("\n".join(tables))
+
+
+if __name__ == "__main__":
+    main()
