@@ -206,7 +206,8 @@ def _write(path: Path, data) -> None:
 
 
 def compare(cfg: CompareConfig) -> dict:
-    """Run every cell not yet on disk, then write the table, the CSV/JSON and the plots."""
+    """Run every cell not yet on disk; the table, the CSV/JSON and the plots are rewritten after
+    each cell, so an unfinished comparison already shows what it has."""
     from .compare_report import write_comparison
 
     comparison = Comparison(cfg)
@@ -219,5 +220,5 @@ def compare(cfg: CompareConfig) -> dict:
         for ratio in cfg.ratios:
             for method in cfg.methods:
                 results["cells"].append(comparison.pruned(method, ratio, seed, done))
-    write_comparison(results, comparison.out)
+                write_comparison(results, comparison.out)  # the tables so far, after every cell
     return results
