@@ -94,6 +94,22 @@ def test_read_only_output_disk(w, tmp_path, capsys):
     assert list(locked.iterdir()) == []
 
 
+def test_read_only_output_disk_as_the_os_reports_it(w, tmp_path, monkeypatch, capsys):
+    """The same row where the tests run as root (which may write anywhere): the OS's refusal to
+    create the output folder, simulated at the call that makes it."""
+    import gradpruner.outputs as outputs
+
+    def refused(prefix, dir):
+        raise PermissionError(13, "Permission denied", str(dir))
+
+    monkeypatch.setattr(outputs.tempfile, "mkdtemp", refused)
+    assert main(["prune", "--model", str(w / "model"), "--criterion", "tail", "--layers", "1",
+                 "--merge", "none", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"gradpruner: error: Permission denied: {tmp_path}"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_full_output_disk_leaves_nothing(w, tmp_path, monkeypatch, capsys):
     import gradpruner.surgery as surgery
 
