@@ -15,7 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
-from gradpruner.compare_report import rows, spearman
+from gradpruner.compare_report import rows, spearman, write_comparison
 
 SINGLE = ("gradpruner", "gradpruner_nomerge", "gradpruner_unsquared", "tail", "random",
           "block_influence", "angular", "taylor", "ppl", "laco")
@@ -60,6 +60,7 @@ def main() -> None:
             print(f"<!-- {folder}: no results.json yet -->")
             continue
         results = json.loads((folder / "results.json").read_text())
+        write_comparison(results, folder)  # tables and plots drawn by this version
         task = results["task"]
         (docs / task).mkdir(parents=True, exist_ok=True)
         for plot in folder.glob("*.png"):

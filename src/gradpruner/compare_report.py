@@ -122,14 +122,17 @@ def plot_accuracy(table: list[dict], path: Path, title: str) -> None:
     dense = [r["acc_after"] for r in table if r["method"] == "dense"]
     if dense:
         ax.axhline(statistics.fmean(dense), color="black", linestyle="--", label="dense, fine-tuned")
-    for method in dict.fromkeys(r["method"] for r in table if r["method"] != "dense"):
+    colors = (*plt.get_cmap("tab10").colors, "black", "olive", "navy")
+    methods = list(dict.fromkeys(r["method"] for r in table if r["method"] != "dense"))
+    for index, method in enumerate(methods):
         by_ratio: dict[float, list[dict]] = {}
         for r in table:
             if r["method"] == method:
                 by_ratio.setdefault(r["ratio"], []).append(r)
         points = sorted((statistics.fmean(c["params_removed"] for c in cs),
                          statistics.fmean(c["acc_after"] for c in cs)) for cs in by_ratio.values())
-        ax.plot(*zip(*points), marker="o", label=method)
+        ax.plot(*zip(*points), marker="os^vD<>ph*X"[index % 11], color=colors[index % len(colors)],
+                label=method, linewidth=2.5 if method in ("auto", "gradpruner") else 1.2)
     ax.set_xlabel("fraction of parameters removed")
     ax.set_ylabel("accuracy after fine-tuning")
     ax.set_title(title)
@@ -140,7 +143,10 @@ def plot_accuracy(table: list[dict], path: Path, title: str) -> None:
 
 
 def plot_layer_choices(results: dict, ratio: float, path: Path) -> None:
-    """One row per method: its layer scores as within-method ranks, removed layers marked."""
+    """One row per method: its layer scores as within-method ranks, removed layers marked.
+
+    `auto` is shaded by the probe's score (which ranks its merge donors); methods without
+    per-layer scores (laco) get a neutral row."""
     plt = _pyplot()
     cells = [c for c in results["cells"] if c["ratio"] == ratio and c["seed"] == 0]
     if not cells:
@@ -149,6 +155,9 @@ def plot_layer_choices(results: dict, ratio: float, path: Path) -> None:
     grid = []
     for c in cells:
         scores = c["prune"]["layer_scores"] or [0.0] * total
+        if len(set(scores)) == 1:  # no per-layer score (laco, an explicit list): neutral row
+            grid.append([0.5] * total)
+            continue
         order = sorted(range(total), key=scores.__getitem__)
         rank = [0.0] * total
         for position, layer in enumerate(order):
