@@ -100,7 +100,8 @@ def test_run_writes_report_and_plot(workspace):
     losses = {c["name"]: c["loss"] for c in report["prune"]["auto"]["candidates"]}
     assert losses[chosen] == min(losses.values())
     assert (w / "run" / "layer_scores.png").stat().st_size > 1000
-    assert "pruned, fine-tuned" in (w / "run" / "report.md").read_text()
+    text = (w / "run" / "report.md").read_text()
+    assert "pruned, fine-tuned" in text and f"| {chosen} (chosen) |" in text
     assert AutoConfig.from_pretrained(w / "run" / "model").num_hidden_layers == 4
 
 

@@ -60,6 +60,25 @@ def _warnings(results: dict) -> list[str]:
             "scores below and consider fewer layers or an explicit `--remove` list.", ""]
 
 
+def _auto_section(prune: dict) -> list[str]:
+    """The candidate cuts `auto` judged, with their held-out losses, and the merge trials."""
+    auto = prune.get("auto")
+    if not auto:
+        return []
+    lines = [f"Cut chosen by `auto` from these candidates (held-out answer loss with the layers "
+             f"skipped, {auto['heldout_examples']} examples; selection {auto['seconds']:.0f} s):", "",
+             "| candidate | layers removed | held-out loss |", "|---|---|---|"]
+    for c in sorted(auto["candidates"], key=lambda c: c["loss"]):
+        mark = " (chosen)" if c["name"] == auto["chosen"] else ""
+        lines.append(f"| {c['name']}{mark} | {' '.join(map(str, c['removed']))} | {c['loss']:.3f} |")
+    trials = prune.get("merge_search", {}).get("trials")
+    if trials:
+        tried = ", ".join(f"{t['donors']} donors x {t['scale']:g}: {t['loss']:.3f}" if t["donors"]
+                          else f"none: {t['loss']:.3f}" for t in trials)
+        lines += ["", f"Merge trials (held-out loss): {tried}."]
+    return [*lines, ""]
+
+
 def run_markdown(results: dict) -> str:
     """The `run` report as Markdown."""
     prune = results["prune"]
@@ -99,6 +118,7 @@ def run_markdown(results: dict) -> str:
         f"{results['probe'].get('probe_seconds', 0):.1f} | - |",
         "",
         *_warnings(results),
+        *_auto_section(prune),
         f"Evaluation items: {results['dense_zero_shot'].get('n')}; "
         f"total wall time {results.get('total_seconds', 0) / 60:.1f} min.",
         "",
@@ -112,8 +132,10 @@ def write_report(results: dict, directory: Path) -> None:
     """`report.json`, `report.md` and `layer_scores.png` in `directory`; prints the Markdown."""
     prune = results["prune"]
     if prune.get("layer_scores"):
+        title = ("the probe's layer scores; red = removed by auto's chosen cut, hatched = merged"
+                 if prune.get("auto") else "")
         plot_layer_scores(prune["layer_scores"], prune["removed_layers"], prune["merged"],
-                          directory / "layer_scores.png")
+                          directory / "layer_scores.png", title)
     (directory / "report.json").write_text(json.dumps(results, indent=2, default=str))
     text = run_markdown(results)
     (directory / "report.md").write_text(text)
