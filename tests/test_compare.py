@@ -93,6 +93,16 @@ def test_other_settings_in_the_same_folder_are_refused(compared, workspace, caps
     assert "other settings (train)" in capsys.readouterr().err
 
 
+def test_seeds_start_at_the_given_seed(workspace, tmp_path):
+    out = tmp_path / "seeded"
+    assert main(["compare", "--model", str(workspace / "model"), "--data",
+                 str(workspace / "data.jsonl"), "--out", str(out), "--methods", "tail",
+                 "--ratio", "0.3", "--seed", "5", "--seeds", "2", *ARGS[:-2]]) == 0
+    assert sorted(p.name for p in (out / "cells").iterdir()) == [
+        "dense-s5.json", "dense-s6.json", "dense-zero-shot.json", "tail-r0.3-s5.json", "tail-r0.3-s6.json"]
+    assert (out / "layers-r0.3.png").is_file()
+
+
 def test_unknown_method_is_one_line(workspace, tmp_path, capsys):
     code = main(["compare", "--model", str(workspace / "model"), "--data",
                  str(workspace / "data.jsonl"), "--out", str(tmp_path / "x"), "--methods", "tail,nope"])

@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="all",
                    help="comma-separated methods, or 'all' (see the table in the README)")
     p.add_argument("--ratio", default="0.25,0.4", help="comma-separated fractions of layers to remove")
-    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 for every cell")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="N seeds for every cell: --seed, --seed + 1, ... (default 1)")
     p.add_argument("--density", type=float, default=0.2, help="kept fraction of each donor matrix")
     p.add_argument("--probe-steps", type=int, default=40)
     p.add_argument("--heldout", type=int, default=32,

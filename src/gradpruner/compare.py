@@ -215,7 +215,7 @@ def compare(cfg: CompareConfig) -> dict:
                "config": _jsonable(asdict(cfg)), "zero_shot": comparison.zero_shot(),
                "dense": [], "cells": []}
     done: dict[str, dict] = {}
-    for seed in range(cfg.seeds):
+    for seed in range(cfg.train.seed, cfg.train.seed + cfg.seeds):  # --seed is the first one
         results["dense"].append(comparison.dense(seed))
         for ratio in cfg.ratios:
             for method in cfg.methods:

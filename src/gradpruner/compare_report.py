@@ -148,7 +148,8 @@ def plot_layer_choices(results: dict, ratio: float, path: Path) -> None:
     `auto` is shaded by the probe's score (which ranks its merge donors); methods without
     per-layer scores (laco) get a neutral row."""
     plt = _pyplot()
-    cells = [c for c in results["cells"] if c["ratio"] == ratio and c["seed"] == 0]
+    first = min((c["seed"] for c in results["cells"]), default=0)
+    cells = [c for c in results["cells"] if c["ratio"] == ratio and c["seed"] == first]
     if not cells:
         return
     total = cells[0]["prune"]["num_layers_before"]
