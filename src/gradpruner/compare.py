@@ -21,6 +21,7 @@ from .criteria.baselines import _batches, task_loss
 from .errors import GradPrunerError
 from .igia import IGIA
 from .models import load_model
+from .outputs import atomic_output_dir, write_json
 from .pipeline import _jsonable, _say, resolve_task, timed_eval, versions
 from .prune import prune_model
 from .timing import compare_prefill
@@ -94,7 +95,6 @@ class Comparison:
         if len(examples) <= cfg.heldout:
             raise GradPrunerError(f"{len(examples)} training examples: too few to hold out {cfg.heldout}")
         self.train_examples, self.heldout = examples[:-cfg.heldout], examples[-cfg.heldout:]
-        self.eval_examples = self.task.eval_examples()[:cfg.eval_limit] if cfg.eval_limit else None
         self.model, self.tokenizer, self.source = load_model(cfg.model, cfg.dtype, cfg.device)
         held = ScoreContext(model=self.model, tokenizer=self.tokenizer, examples=self.heldout)
         self.heldout_batches = _batches(held, cfg.heldout, 8, "compare")
@@ -111,7 +111,7 @@ class Comparison:
         elif self.out.exists() and any(self.out.iterdir()):
             raise GradPrunerError(f"{self.out} exists and is not a comparison folder; use another --out")
         (self.out / "cells").mkdir(parents=True, exist_ok=True)
-        _write(path, fingerprint)
+        write_json(path, fingerprint)
 
     # ------------------------------------------------------------------ cells
     def cell(self, name: str, compute) -> dict:
@@ -121,17 +121,11 @@ class Comparison:
             return json.loads(path.read_text())
         _say(f"compare: {name}")
         result = _jsonable(compute())
-        _write(path, result)
+        write_json(path, result)
         return result
 
     def evaluate(self, model) -> dict:
-        if self.eval_examples is not None:
-            from .evaluate import evaluate_examples
-
-            start = time.perf_counter()
-            metrics = evaluate_examples(model, self.tokenizer, self.eval_examples, self.task.kind)
-            return {**metrics, "eval_seconds": time.perf_counter() - start}
-        return timed_eval(model, self.tokenizer, self.task, None)
+        return timed_eval(model, self.tokenizer, self.task, self.cfg.eval_limit)
 
     def heldout_loss(self, model) -> float:
         return task_loss(model, self.heldout_batches)
@@ -158,9 +152,8 @@ class Comparison:
             cfg = self.train_config(seed)
             igia, stats = probe(copy.deepcopy(self.model), self.tokenizer, self.train_examples, cfg,
                                 self.cfg.probe_steps, cfg.steps)
-            tmp = folder.with_name(folder.name + ".tmp")
-            igia.save(tmp, extra={"probe": stats, "task": self.task.name})
-            tmp.replace(folder)
+            with atomic_output_dir(folder) as tmp:
+                igia.save(tmp, extra={"probe": stats, "task": self.task.name})
         return IGIA.load(folder)
 
     def pruned(self, method: str, ratio: float, seed: int, done: dict[str, dict]) -> dict:
@@ -197,12 +190,6 @@ def _cut_key(record: dict, seed: int) -> str:
     """Cells with the same key give the same pruned weights and so the same fine-tune."""
     fields = ("removed_layers", "merged", "merge_rule", "density", "merge_scale")
     return json.dumps([seed, *[record.get(k) for k in fields]])
-
-
-def _write(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def compare(cfg: CompareConfig) -> dict:

@@ -9,18 +9,11 @@ import json
 import statistics
 from pathlib import Path
 
+from .report import primary_metric
+
 COLUMNS = ("method", "ratio", "seed", "layers_removed", "params_removed", "acc_before",
            "acc_after", "heldout_loss", "finetune_seconds", "finetune_vs_dense",
            "prefill_vs_dense", "select_seconds", "same_cut_as")
-
-
-def _acc(metrics: dict | None) -> float | None:
-    if not metrics:
-        return None
-    for key in ("acc", "rouge_l", "exact_match"):
-        if key in metrics:
-            return metrics[key]
-    return None
 
 
 def rows(results: dict) -> list[dict]:
@@ -28,7 +21,8 @@ def rows(results: dict) -> list[dict]:
     dense_by_seed = {d["seed"]: d for d in results["dense"]}
     zero = results["zero_shot"]
     out = [{"method": "dense", "ratio": 0.0, "seed": d["seed"], "layers_removed": "",
-            "params_removed": 0.0, "acc_before": _acc(zero["before"]), "acc_after": _acc(d["after"]),
+            "params_removed": 0.0, "acc_before": primary_metric(zero["before"]),
+            "acc_after": primary_metric(d["after"]),
             "heldout_loss": zero["heldout_loss"], "finetune_seconds": d["finetune"]["train_seconds"],
             "finetune_vs_dense": 1.0, "prefill_vs_dense": 1.0, "select_seconds": 0.0,
             "same_cut_as": ""} for d in results["dense"]]
@@ -39,7 +33,7 @@ def rows(results: dict) -> list[dict]:
             "method": c["method"], "ratio": c["ratio"], "seed": c["seed"],
             "layers_removed": " ".join(map(str, c["prune"]["removed_layers"])),
             "params_removed": c["prune"]["param_fraction_removed"],
-            "acc_before": _acc(c["before"]), "acc_after": _acc(c["after"]),
+            "acc_before": primary_metric(c["before"]), "acc_after": primary_metric(c["after"]),
             "heldout_loss": c["heldout_loss"], "finetune_seconds": c["finetune"]["train_seconds"],
             "finetune_vs_dense": c["finetune"]["train_seconds"] / dense["finetune"]["train_seconds"],
             "prefill_vs_dense": prefill["pruned"] / prefill["dense"],

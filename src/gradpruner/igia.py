@@ -201,7 +201,7 @@ class IGIACallback(TrainerCallback):
         prefix = layer_prefix(model)
         self._num_layers = base_model(model).config.num_hidden_layers
         self._info = model_info(model)
-        lora = _lora_modules(model)
+        lora = lora_modules(model)
         self._mode = "lora" if lora else "full"
         candidates = lora or _full_modules(model, prefix)
         for name, grads, shape, rank in candidates:
@@ -282,7 +282,7 @@ def _base_name(name: str) -> str:
     return name if name.endswith(".weight") else name + ".weight"
 
 
-def _lora_modules(model) -> list[tuple[str, tuple, tuple[int, int], int]]:
+def lora_modules(model) -> list[tuple[str, tuple, tuple[int, int], int]]:
     """(name, (A.weight, B.weight), (out, in), rank) of each LoRA-wrapped linear module."""
     found = []
     for name, module in model.named_modules():

@@ -98,17 +98,24 @@ def merge_layers(
     """
     deltas: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    for receiver, donors in plan.items():
-        for donor in donors:
-            for name, delta in donor_deltas(model, donor, receiver, importance, layer_prefix,
-                                            density, mergeable).items():
-                deltas[name] = deltas.get(name, 0) + delta
-                counts[name] = counts.get(name, 0) + int((delta != 0).sum())
+    for per_donor in plan_deltas(model, plan, importance, layer_prefix, density, mergeable).values():
+        for name, delta in per_donor.items():
+            deltas[name] = deltas.get(name, 0) + delta
+            counts[name] = counts.get(name, 0) + int((delta != 0).sum())
     add_deltas(model, deltas, scale)
     return counts
 
 
-def donor_deltas(
+def plan_deltas(
+    model: torch.nn.Module, plan: dict[int, list[int]], importance: Callable[[str], torch.Tensor],
+    layer_prefix: str, density: float = 0.2, mergeable: Collection[str] | None = None,
+) -> dict[int, dict[str, torch.Tensor]]:
+    """Donor -> {receiver weight name: fp32 amount at scale 1}, all from the current weights."""
+    return {donor: _donor_deltas(model, donor, receiver, importance, layer_prefix, density, mergeable)
+            for receiver, donors in plan.items() for donor in donors}
+
+
+def _donor_deltas(
     model: torch.nn.Module, donor: int, receiver: int, importance: Callable[[str], torch.Tensor],
     layer_prefix: str, density: float = 0.2, mergeable: Collection[str] | None = None,
 ) -> dict[str, torch.Tensor]:

@@ -28,7 +28,7 @@ from .evaluate import evaluate_examples
 from .igia import IGIA
 from .memory import check_fits
 from .models import load_config, load_model, resolve_device, resolve_dtype, resolve_model
-from .outputs import SIDECAR_NAME, atomic_output_dir, check_output_dir
+from .outputs import SIDECAR_NAME, atomic_output_dir, check_output_dir, write_json
 from .prune import check_igia_matches, prune_model
 from .surgery import save_pretrained_atomic
 from .selection import select_layers
@@ -167,9 +167,7 @@ def eval_stage(model: str | None, task: Task, limit: int | None = None, out: str
         if path.exists() and path.is_dir():
             raise GradPrunerError(f"--out {out} is a folder; give a file name such as metrics.json")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(path)
+        write_json(path, result)
     return result
 
 

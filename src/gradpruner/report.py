@@ -33,14 +33,20 @@ def plot_layer_scores(scores: list[float], removed: list[int], merged: dict, pat
     plt.close(fig)
 
 
-def _metric(result: dict | None) -> str:
-    if not result:
-        return "-"
+def primary_metric(metrics: dict | None) -> float | None:
+    """The headline number of an evaluation: accuracy, else ROUGE-L, else exact match."""
     for key in ("acc", "rouge_l", "exact_match"):
-        if key in result:
-            extra = f" (acc_norm {result['acc_norm']:.3f})" if "acc_norm" in result else ""
-            return f"{result[key]:.3f}{extra}"
-    return "-"
+        if metrics and key in metrics:
+            return metrics[key]
+    return None
+
+
+def _metric(result: dict | None) -> str:
+    value = primary_metric(result)
+    if value is None:
+        return "-"
+    extra = f" (acc_norm {result['acc_norm']:.3f})" if "acc_norm" in result else ""
+    return f"{value:.3f}{extra}"
 
 
 def _ratio(a: float | None, b: float | None) -> str:

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import GradPrunerError
+from .igia import lora_modules
 
 ADAPTERS = "adapters.safetensors"
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
@@ -24,14 +25,9 @@ _LAYER = re.compile(r"\.layers\.(\d+)\.")
 def _lora_weights(peft_model) -> dict[str, torch.Tensor]:
     """`<module>.lora_A` / `<module>.lora_B` -> the active adapter's weight, base-model names."""
     out = {}
-    for name, module in peft_model.named_modules():
-        lora_a = getattr(module, "lora_A", None)
-        if not isinstance(lora_a, torch.nn.ModuleDict) or not lora_a:
-            continue
-        adapter = next(iter(lora_a))
+    for name, (lora_a, lora_b), _, _ in lora_modules(peft_model):
         base = name.removeprefix("base_model.model.")
-        out[f"{base}.lora_A"] = lora_a[adapter].weight
-        out[f"{base}.lora_B"] = module.lora_B[adapter].weight
+        out[f"{base}.lora_A"], out[f"{base}.lora_B"] = lora_a, lora_b
     return out
 
 

@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import torch
 
-from ..merge import add_deltas, donor_deltas, plan_merge
+from ..merge import add_deltas, plan_deltas, plan_merge
 from ..selection import lowest_scored
 from ..surgery import decoder_layers, layer_prefix
 from . import Criterion, ScoreContext, get_criterion, register
@@ -95,9 +95,11 @@ class Auto(Criterion):
             criterion = get_criterion(name)
             if criterion.needs_probe and ctx.igia is None:
                 continue
-            scores[name] = criterion.layer_scores(scoring)
-            sets[name] = (criterion.removal(scoring, count) if hasattr(criterion, "removal")
-                          else lowest_scored(scores[name], count))
+            if hasattr(criterion, "removal"):  # chooses its set itself (angular): no scores needed
+                sets[name] = criterion.removal(scoring, count)
+            else:
+                scores[name] = criterion.layer_scores(scoring)
+                sets[name] = lowest_scored(scores[name], count)
         sets["greedy"] = greedy_removal(judge, count, scores["block_influence"])
         found = [{"name": name, "removed": removed, "loss": judge.loss(removed)}
                  for name, removed in sets.items()]
@@ -129,8 +131,10 @@ def search_merge(ctx: ScoreContext, removed: list[int], kept: list[int], donor_s
     trials = [{"donors": 0, "scale": 0.0, "loss": judge.loss(removed)}]
     best_plan: dict[int, list[int]] = {}
     best_scale = 0.0
-    deltas = _donor_deltas(ctx, removed, kept, donor_scores, density)
-    saved = _snapshot(model, plan_merge(removed, kept, donor_scores, max(MERGE_DONORS)))
+    widest = plan_merge(removed, kept, donor_scores, max(MERGE_DONORS))
+    deltas = plan_deltas(model, widest, ctx.igia.matrix, layer_prefix(model), density,
+                         set(ctx.igia.module_names))
+    saved = _snapshot(model, widest)
     for scale in MERGE_SCALES:
         previous = trials[0]["loss"]
         for k in (k for k in MERGE_DONORS if k <= len(removed)):
@@ -147,15 +151,6 @@ def search_merge(ctx: ScoreContext, removed: list[int], kept: list[int], donor_s
             previous = loss
     ctx.notes["merge_search"] = {"trials": trials, "density": density, "judge": judge.cost()}
     return best_plan, best_scale, trials
-
-
-def _donor_deltas(ctx: ScoreContext, removed: list[int], kept: list[int],
-                  donor_scores: list[float], density: float) -> dict[int, dict[str, torch.Tensor]]:
-    """Donor -> the deltas (scale 1) of folding it into its receiver, for the likeliest donors."""
-    plan = plan_merge(removed, kept, donor_scores, max(MERGE_DONORS))
-    prefix, mergeable = layer_prefix(ctx.model), set(ctx.igia.module_names)
-    return {donor: donor_deltas(ctx.model, donor, receiver, ctx.igia.matrix, prefix, density, mergeable)
-            for receiver, donors in plan.items() for donor in donors}
 
 
 def _snapshot(model, plan: dict[int, list[int]]) -> dict[int, dict[str, torch.Tensor]]:
