@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gradpruner.criteria import ScoreContext, get_criterion
-from gradpruner.criteria.auto import Judge, greedy_removal, heldout_judge
+from gradpruner.criteria.auto import greedy_removal, heldout_judge
 from gradpruner.criteria.baselines import _batches, task_loss
 from gradpruner.criteria.laco import collapse_into
 from gradpruner.data import MCExample

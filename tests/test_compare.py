@@ -8,8 +8,7 @@ import pytest
 from gradpruner.cli import main
 from gradpruner.compare import METHODS
 from gradpruner.compare_report import spearman
-from tiny_models import tiny_model
-from tiny_tokenizer import tiny_tokenizer
+from tiny_models import save_tiny_model
 
 ARGS = ["--steps", "3", "--batch-size", "4", "--lr", "5e-3", "--probe-steps", "3",
         "--heldout", "8", "--limit", "8", "--ratio", "0.3,0.5"]
@@ -18,8 +17,7 @@ ARGS = ["--steps", "3", "--batch-size", "4", "--lr", "5e-3", "--probe-steps", "3
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
-    tiny_model("llama").save_pretrained(root / "model")
-    tiny_tokenizer().save_pretrained(root / "model")
+    save_tiny_model(root / "model", "llama")
     colors = ["blue", "green", "red", "black"]
     with open(root / "data.jsonl", "w") as f:
         for i in range(60):

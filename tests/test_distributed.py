@@ -13,8 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from gradpruner.cli import main
 from gradpruner.igia import IGIA
-from tiny_models import tiny_model
-from tiny_tokenizer import tiny_tokenizer
+from tiny_models import save_tiny_model
 
 TRAIN = ["--steps", "3", "--lr", "5e-3", "--seed", "0", "--schedule-steps", "20"]
 
@@ -22,8 +21,7 @@ TRAIN = ["--steps", "3", "--lr", "5e-3", "--seed", "0", "--schedule-steps", "20"
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    tiny_model("qwen3").save_pretrained(root / "model")
-    tiny_tokenizer().save_pretrained(root / "model")
+    save_tiny_model(root / "model", "qwen3")
     with open(root / "data.jsonl", "w") as f:
         for i in range(48):
             f.write(json.dumps({"prompt": f"Question: color {i}? Answer:", "choices": ["blue", "red"],

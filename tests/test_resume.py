@@ -13,8 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from gradpruner.cli import main
-from tiny_models import tiny_model
-from tiny_tokenizer import tiny_tokenizer
+from tiny_models import save_tiny_model
 
 STEPS = ["--steps", "60", "--batch-size", "2", "--lr", "5e-3", "--seed", "0", "--save-every", "5"]
 
@@ -22,8 +21,7 @@ STEPS = ["--steps", "60", "--batch-size", "2", "--lr", "5e-3", "--seed", "0", "-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    tiny_model("llama").save_pretrained(root / "model")
-    tiny_tokenizer().save_pretrained(root / "model")
+    save_tiny_model(root / "model", "llama")
     with open(root / "data.jsonl", "w") as f:
         for i in range(64):
             f.write(json.dumps({"prompt": f"Question: color {i}? Answer:",

@@ -8,15 +8,13 @@ from gradpruner.cli import main
 from gradpruner.surgery import cut_layers
 from gradpruner.train import TrainConfig, add_lora
 from gradpruner.warm_start import load_adapters, warm_start
-from tiny_models import tiny_model
-from tiny_tokenizer import tiny_tokenizer
+from tiny_models import save_tiny_model, tiny_model
 
 TRAIN = ["--steps", "3", "--batch-size", "4", "--lr", "5e-3"]
 
 
 def test_adapters_of_each_kept_layer_come_from_its_original_layer(tmp_path):
-    tiny_model("llama").save_pretrained(tmp_path / "model")
-    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    save_tiny_model(tmp_path / "model", "llama")
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Q {i}?", "choices": ["a", "b"], "answer": i % 2})
                             + "\n" for i in range(24)))
@@ -44,8 +42,7 @@ def test_adapters_of_each_kept_layer_come_from_its_original_layer(tmp_path):
 
 
 def test_warm_start_from_a_folder_without_adapters_is_one_line(tmp_path, capsys):
-    tiny_model("llama").save_pretrained(tmp_path / "model")
-    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    save_tiny_model(tmp_path / "model", "llama")
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Q {i}?", "completion": " a"}) + "\n"
                             for i in range(8)))

@@ -51,3 +51,11 @@ def tiny_model(arch: str, seed: int = 0, **overrides) -> PreTrainedModel:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(arch, **overrides), dtype=torch.float32)
     return model.eval()
+
+
+def save_tiny_model(folder, arch: str = "llama") -> None:
+    """A tiny random model of `arch` and the tiny tokenizer, saved as one HF model folder."""
+    from tiny_tokenizer import tiny_tokenizer
+
+    tiny_model(arch).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
