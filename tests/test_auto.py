@@ -12,7 +12,7 @@ from gradpruner.criteria.laco import collapse_into
 from gradpruner.data import MCExample
 from gradpruner.prune import prune_model
 from gradpruner.train import TrainConfig, probe
-from tiny_models import tiny_model
+from tiny_models import ARCHS, tiny_model
 from tiny_tokenizer import tiny_tokenizer
 
 EXAMPLES = [MCExample.from_question(f"Question: color {i}? Answer:", ["blue", "green"], i % 2)
@@ -44,8 +44,8 @@ def test_auto_picks_the_planted_best_candidate_and_records_every_candidate(igia,
     import gradpruner.criteria.auto as auto
 
     model = identities(tiny_model("llama"), (1, 3))  # block influence ranks 1 and 3 lowest
-    planted = lambda model, batches, skip=(): 0.5 if sorted(skip) == [1, 3] else 3.0 + len(skip)
-    monkeypatch.setattr(auto, "task_loss", planted)
+    planted = lambda judge, removed, start: 0.5 if removed == [1, 3] else 3.0 + len(removed)
+    monkeypatch.setattr(auto.Judge, "_loss", planted)
     record = prune_model(model, igia, criterion="auto", count=2, merge=None,
                          context=context(model, igia))
     assert record["removed_layers"] == [1, 3]
@@ -57,15 +57,34 @@ def test_auto_picks_the_planted_best_candidate_and_records_every_candidate(igia,
     assert record["auto"]["judge"]["forward_batches"] > 0
 
 
-def test_the_judge_loss_is_the_loss_of_the_model_with_those_layers_cut():
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_judge_loss_is_the_loss_of_the_model_with_those_layers_cut(arch):
     from gradpruner.surgery import cut_layers
 
-    model = tiny_model("gemma2")
+    model = tiny_model(arch)
     judge = heldout_judge(context(model))
     for removed in ([1], [0, 4], [2, 3, 5]):
         cut = copy.deepcopy(model)
         cut_layers(cut, removed)
         assert judge.loss(removed) == pytest.approx(task_loss(cut, judge.batches), abs=1e-5)
+    # each cut runs from its first removed layer's dense input: layers 2-5; 1-3, 5; 4
+    assert judge.cost()["layer_passes"] == len(judge.batches) * (4 + 4 + 1)
+
+
+@pytest.mark.parametrize("budget", [2**30, 1])  # every layer's dense input kept; only layer 0's
+def test_the_judge_starts_at_a_changed_layer(budget, monkeypatch):
+    """A merge changes a kept layer before the cut: the judge reruns from that layer on."""
+    import gradpruner.criteria.auto as auto
+
+    monkeypatch.setattr(auto, "INPUTS_BYTES", budget)
+    model = tiny_model("qwen3")
+    judge = heldout_judge(context(model))
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.mul_(3.0)
+    expected = task_loss(model, judge.batches, skip=[3, 4])
+    assert judge.loss([3, 4], cached=False, changed_from=1) == pytest.approx(expected, abs=1e-5)
+    if budget > 1:  # with layer 3's dense input kept, not saying what changed gives a stale loss
+        assert judge.loss([3, 4], cached=False) != pytest.approx(expected, abs=1e-3)
 
 
 def test_auto_needs_no_probe_and_then_skips_the_igia_candidates():
@@ -97,10 +116,10 @@ def test_merge_search_keeps_no_merge_when_every_merge_raises_the_loss(igia, monk
     model = tiny_model("llama")
     before = copy.deepcopy(model.state_dict())
 
-    def planted(net, batches, skip=()):  # any change of the weights raises the loss
-        return 1.0 + sum(float((p - before[n]).abs().sum()) for n, p in net.named_parameters())
+    def planted(judge, removed, start):  # any change of the weights raises the loss
+        return 1.0 + sum(float((p - before[n]).abs().sum()) for n, p in judge.model.named_parameters())
 
-    monkeypatch.setattr(auto, "task_loss", planted)
+    monkeypatch.setattr(auto.Judge, "_loss", planted)
     record = prune_model(model, igia, criterion="gradpruner", remove=[1, 3], merge="auto",
                          context=context(model, igia))
     trials = record["merge_search"]["trials"]

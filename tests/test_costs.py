@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM
 from gradpruner.costs import (
     average_context,
     cut_costs,
+    flops_ratio,
     forward_flops_per_token,
     layer_flops,
     layer_parameter_counts,
@@ -88,6 +89,17 @@ def test_cut_costs():
     assert costs["flops_per_token_after"] == 4 * layer + head
     assert costs["ideal_speedup"] == pytest.approx((6 * layer + head) / (4 * layer + head))
     assert costs["layers_before"] == 6 and costs["layers_after"] == 4
+
+
+def test_flops_ratio_counts_the_head_only_where_it_runs():
+    config = tiny_config("llama")
+    head = 2 * 32 * 128
+    layer = 6144 + 576 + 12288  # at 8 tokens
+    kept = [0, 2, 4, 5]
+    assert flops_ratio(config, kept, 8) == pytest.approx(1 / cut_costs(config, kept, 8)["ideal_speedup"])
+    assert flops_ratio(config, kept, 8, head_share=0.25) == pytest.approx(
+        (4 * layer + head / 4) / (6 * layer + head / 4))
+    assert flops_ratio(config, kept, 8, head_share=0) == pytest.approx(4 / 6)
 
 
 @pytest.mark.parametrize("kept", [[], [0, 0], [6], [-1], [0.5]])

@@ -145,6 +145,20 @@ def forward_flops_per_token(config: PreTrainedConfig, seq_len: int) -> float:
     return sum(layer.total for layer in layer_flops(config, seq_len)) + lm_head_flops(config)
 
 
+def flops_ratio(config: PreTrainedConfig, kept_layers: Sequence[int], seq_len: int,
+                head_share: float = 1.0) -> float:
+    """Forward FLOPs of the cut model over the whole model's: the ideal time ratio of a cut.
+
+    `head_share` is the fraction of positions that go through the LM head: 1 (every position, as
+    in `cut_costs`), the answer positions' share in training, 1 / seq_len in a prefill that needs
+    the last position's logits only.
+    """
+    _check_kept(kept_layers, config.num_hidden_layers)
+    flops = [layer.total for layer in layer_flops(config, seq_len)]
+    head = head_share * lm_head_flops(config)
+    return (head + sum(flops[i] for i in kept_layers)) / (head + sum(flops))
+
+
 def _check_kept(kept_layers: Sequence[int], n_layers: int) -> None:
     """GradPrunerError unless `kept_layers` are distinct valid indices, at least one."""
     if not kept_layers:

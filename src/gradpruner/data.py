@@ -155,10 +155,17 @@ def pad_id(tokenizer) -> int:
 
 
 class PadCollator:
-    """Right-pads `input_ids` / `labels` of a batch and builds the attention mask."""
+    """Right-pads `input_ids` / `labels` of a batch and builds the attention mask.
 
-    def __init__(self, pad_token_id: int):
+    With `answer_logits`, the batch also says which positions need logits: `logits_to_keep` (the
+    positions, shared by the rows, whose next token is labelled in some row) and `shift_labels`
+    (the labels those positions predict). The model then runs its LM head and loss on those
+    positions only: the same loss, without the vocabulary projection of every prompt token.
+    """
+
+    def __init__(self, pad_token_id: int, answer_logits: bool = False):
         self.pad_token_id = pad_token_id
+        self.answer_logits = answer_logits
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
@@ -170,8 +177,16 @@ class PadCollator:
             ids.append(f["input_ids"] + [self.pad_token_id] * pad)
             labels.append(f["labels"] + [-100] * pad)
             mask.append([1] * len(f["input_ids"]) + [0] * pad)
-        return {
+        batch = {
             "input_ids": torch.tensor(ids),
             "labels": torch.tensor(labels),
             "attention_mask": torch.tensor(mask),
         }
+        return answer_positions(batch) if self.answer_logits else batch
+
+
+def answer_positions(batch: dict) -> dict:
+    """Add `logits_to_keep` / `shift_labels` to a padded batch: only positions that predict a label."""
+    labels = batch["labels"]
+    predicts = (labels[:, 1:] != -100).any(dim=0).nonzero().squeeze(1)
+    return {**batch, "logits_to_keep": predicts, "shift_labels": labels[:, predicts + 1]}

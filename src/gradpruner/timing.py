@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -23,6 +24,18 @@ def prefill_seconds(model, input_ids: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
+def interleaved_medians(runs: dict[str, Callable[[], float]], repeats: int = 5,
+                        warmup: int = 1) -> dict[str, float]:
+    """Median of each run's returned measurement; the runs alternate, after `warmup` rounds."""
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(warmup + repeats):
+        for name, run in runs.items():
+            value = run()
+            if round_ >= warmup:
+                samples[name].append(value)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def compare_prefill(models: dict[str, torch.nn.Module], batch: int = 8, seq_len: int = 128,
                     repeats: int = 5, vocab: int | None = None) -> dict[str, float]:
     """Median prefill seconds of each model on the same random batch, runs interleaved."""
@@ -31,9 +44,5 @@ def compare_prefill(models: dict[str, torch.nn.Module], batch: int = 8, seq_len:
     ids = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0))
     for model in models.values():
         model.eval()
-        prefill_seconds(model, ids)  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, model in models.items():
-            times[name].append(prefill_seconds(model, ids))
-    return {name: statistics.median(values) for name, values in times.items()}
+    return interleaved_medians({name: lambda m=model: prefill_seconds(m, ids) for name, model in models.items()},
+                               repeats)

@@ -7,6 +7,7 @@ the Trainer, `accelerate launch` / `torchrun` work unchanged.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import sys
@@ -23,6 +24,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 from .data import Example, PadCollator, pad_id, training_features
 from .errors import GradPrunerError
 from .igia import IGIA, IGIACallback
+from .surgery import base_model
 from .warm_start import adapter_state, warm_start
 
 
@@ -137,11 +139,17 @@ def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, ou
         model=model,
         args=args,
         train_dataset=features,
-        data_collator=PadCollator(pad_id(tokenizer)),
+        data_collator=PadCollator(pad_id(tokenizer), answer_logits=takes_logits_to_keep(model)),
         callbacks=callbacks or [],
     )
     trainer.schedule_steps = schedule_steps
     return trainer
+
+
+def takes_logits_to_keep(model) -> bool:
+    """Whether the causal LM's forward can limit its LM head to given positions (`logits_to_keep`);
+    training then projects only the answer positions onto the vocabulary (see `PadCollator`)."""
+    return "logits_to_keep" in inspect.signature(base_model(model).forward).parameters
 
 
 def _checkpointing(enabled: bool) -> dict:
