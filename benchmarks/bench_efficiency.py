@@ -265,6 +265,7 @@ def end_to_end(task_name: str, cfg: TrainConfig, probe_steps: int, ratio: float,
         start = time.perf_counter()
         finetune_stage(None, task, f"{tmp}/dense", cfg)
         out["dense fine-tune"] = {"total": time.perf_counter() - start}
+        print(f"[end to end] dense fine-tune: {out['dense fine-tune']['total']:.0f} s", flush=True)
         for criterion in criteria:
             parts = {}
             start = time.perf_counter()
@@ -280,6 +281,7 @@ def end_to_end(task_name: str, cfg: TrainConfig, probe_steps: int, ratio: float,
             parts["fine-tune"] = time.perf_counter() - mark
             parts["total"] = time.perf_counter() - start
             out[f"probe + prune ({criterion}) + fine-tune"] = parts
+            print(f"[end to end] {criterion}: {parts}", flush=True)
             for folder in ("probe", f"pruned-{criterion}", f"tuned-{criterion}"):
                 shutil.rmtree(Path(tmp) / folder)
     return out
@@ -288,16 +290,17 @@ def end_to_end(task_name: str, cfg: TrainConfig, probe_steps: int, ratio: float,
 # ---------------------------------------------------------------- report
 
 
-def print_ratios(title: str, medians: dict, dense_key: str, ideals: dict[str, float], unit="s") -> list[str]:
+def print_ratios(title: str, medians: dict, ideals: dict[str, float], unit="s") -> None:
+    """Each row against the dense row of its kind ("r0.4 (x)" against "dense (x)")."""
     lines = [f"\n### {title}", "", "| model | median | pruned / dense | ideal | speed-up / ideal |",
              "|---|---|---|---|---|"]
     for name, value in medians.items():
-        ratio = value / medians[dense_key]
+        variant, _, kind = name.partition(" ")
+        ratio = value / medians[" ".join(filter(None, ["dense", kind]))]
         ideal = ideals.get(name)
-        tail = f"{ideal:.3f} | {ideal / ratio:.2f}" if ideal and name != dense_key else "- | -"
+        tail = f"{ideal:.3f} | {ideal / ratio:.2f}" if variant != "dense" else "- | -"
         lines.append(f"| {name} | {value:.4g} {unit} | {ratio:.3f} | {tail} |")
     print("\n".join(lines), flush=True)
-    return lines
 
 
 def main() -> None:
@@ -348,12 +351,14 @@ def main() -> None:
         lora = training_table(variants(dense, ratios, True), tokenizer, examples, cfg, args.steps,
                               args.repeats, full=False)
         results["lora_step_s"] = lora
-        print_ratios("LoRA fine-tuning step", lora, "dense", train_ideal)
+        print_ratios("LoRA fine-tuning step", lora, train_ideal)
+        print(f"answer-only LM head: dense LoRA step {lora['dense'] / lora['dense (head on every position)']:.3f} "
+              "of the step with the head on every position")
     if "full" in parts:
         full = training_table(variants(dense, ratios, False), tokenizer, examples, cfg, args.steps,
                               args.repeats, full=True)
         results["full_step_s"] = full
-        print_ratios("full fine-tuning step", full, "dense", train_ideal)
+        print_ratios("full fine-tuning step", full, train_ideal)
         gc.collect()
 
     results["inference"] = {}
@@ -364,9 +369,9 @@ def main() -> None:
         mean_context = 2 * args.prompt + args.new_tokens  # a causal sequence averaging prompt + new / 2 keys
         decode_ideal = {k: flops_ratio(config, v, mean_context) for k, v in kept.items()}
         print_ratios(f"prefill, batch {batch} x {args.prompt} tokens",
-                     {k: v["prefill_s"] for k, v in table.items()}, "dense", prefill_ideal)
+                     {k: v["prefill_s"] for k, v in table.items()}, prefill_ideal)
         print_ratios(f"decode with KV cache, batch {batch}: seconds per token",
-                     {k: v["decode_s_per_token"] for k, v in table.items()}, "dense", decode_ideal)
+                     {k: v["decode_s_per_token"] for k, v in table.items()}, decode_ideal)
 
     if "memory" in parts:
         print_memory(memory_table(shared, tokenizer, examples, cfg, args.batch, args.prompt,

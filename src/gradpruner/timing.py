@@ -11,14 +11,15 @@ import torch
 
 
 def prefill_seconds(model, input_ids: torch.Tensor) -> float:
-    """Wall time of one forward pass over `input_ids` (no cache), synchronised on CUDA."""
+    """Wall time of a prefill over `input_ids`: the KV cache filled and the last position's
+    logits, as `generate` asks; synchronised on CUDA."""
     device = next(model.parameters()).device
     ids = input_ids.to(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     with torch.inference_mode():
-        model(input_ids=ids, use_cache=False)
+        model(input_ids=ids, use_cache=True, logits_to_keep=1)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
