@@ -34,7 +34,7 @@ def one_task(task_name: str, args, tmp: Path) -> dict:
     for arm, warm in (("cold", None), ("warm", str(tmp / "probe"))):
         tuned = finetune_stage(str(tmp / "pruned"), task, str(tmp / arm), cfg, warm_start=warm)
         metrics = eval_stage(str(tmp / arm), task, limit=args.limit)
-        out[arm] = {"accuracy": metrics["accuracy"], "train_seconds": tuned["finetune"]["train_seconds"],
+        out[arm] = {"accuracy": metrics["acc"], "train_seconds": tuned["finetune"]["train_seconds"],
                     "train_loss": tuned["finetune"]["train_loss"],
                     "warm_started_matrices": tuned["finetune"]["warm_started_matrices"]}
     return out

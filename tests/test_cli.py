@@ -103,6 +103,8 @@ def test_run_writes_report_and_plot(workspace):
     text = (w / "run" / "report.md").read_text()
     assert "pruned, fine-tuned" in text and f"| {chosen} (chosen) |" in text
     assert AutoConfig.from_pretrained(w / "run" / "model").num_hidden_layers == 4
+    # the default warm start: every LoRA matrix of the 4 kept layers started from the probe's
+    assert report["pruned_finetune"]["warm_started_matrices"] == 4 * 7 * 2
 
 
 @pytest.mark.parametrize("args,message", [

@@ -122,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-steps", type=int, default=40)
     p.add_argument("--limit", type=int, default=300, help="evaluation items (0 = all)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense reference fine-tune")
-    p.add_argument("--warm-start", action="store_true",
-                   help="the pruned model's adapters start from the probe's (not yet measured)")
+    p.add_argument("--cold-start", action="store_true",
+                   help="start the pruned model's LoRA adapters fresh instead of from the probe's")
     _add_output(p, default="runs/default")
 
     p = sub.add_parser("compare", help="pruning methods side by side: same model, data, budget, seeds")
@@ -252,7 +252,7 @@ def _dispatch(args) -> int:
         cfg = pipeline.RunConfig(
             model=args.model, task=None if args.data else args.task, data=args.data,
             eval_data=args.eval_data, out=args.out, probe_steps=args.probe_steps,
-            eval_limit=args.limit or None, dense=not args.no_dense, warm_start=args.warm_start,
+            eval_limit=args.limit or None, dense=not args.no_dense, warm_start=not args.cold_start,
             dtype=args.dtype,
             device=args.device, overwrite=args.overwrite, train=_train_config(args), **sel,
         )

@@ -200,7 +200,7 @@ class RunConfig:
     probe_steps: int = 40
     eval_limit: int | None = 300
     dense: bool = True
-    warm_start: bool = False
+    warm_start: bool = True  # LoRA only: the pruned model's adapters start from the probe's
     dtype: str = "auto"
     device: str = "auto"
     overwrite: bool = False
@@ -235,9 +235,9 @@ def run(cfg: RunConfig) -> dict:
                              task=task, seed=cfg.train.seed)
         results["prune"] = record
         _say("fine-tuning the pruned model")
+        warm = cfg.warm_start and not cfg.train.full
         tuned = finetune_stage(str(tmp / "pruned"), task, str(tmp / "model"), cfg.train,
-                               cfg.dtype, cfg.device,
-                               warm_start=str(tmp / "probe") if cfg.warm_start else None)
+                               cfg.dtype, cfg.device, warm_start=str(tmp / "probe") if warm else None)
         results["pruned_finetune"] = tuned["finetune"]
         pruned, _, _ = load_model(str(tmp / "model"), cfg.dtype, cfg.device)
         results["pruned_finetuned"] = timed_eval(pruned, tokenizer, task, cfg.eval_limit)
