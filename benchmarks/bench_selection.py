@@ -26,7 +26,7 @@ from gradpruner.prune import prune_model
 from gradpruner.train import TrainConfig, probe
 
 
-def full_passes(judge, removed: list[int], start_layer: int, capture: bool) -> float:
+def full_passes(judge, removed: list[int], start_layer: int) -> float:
     """The judge's loss the long way: every layer from the embeddings, skipped ones discarded."""
     return task_loss(judge.model, judge.batches, skip=removed)
 
@@ -61,7 +61,7 @@ def main() -> None:
         for name in args.judges.split(","):
             net, _, _ = load_model(None, "float32", "cpu")
             net.load_state_dict(original)
-            patch = {} if name == "shortcut" else {"_run": full_passes}
+            patch = {} if name == "shortcut" else {"_loss": full_passes}
             saved = {k: getattr(auto.Judge, k) for k in patch}
             for key, value in patch.items():
                 setattr(auto.Judge, key, value)

@@ -44,8 +44,8 @@ def test_auto_picks_the_planted_best_candidate_and_records_every_candidate(igia,
     import gradpruner.criteria.auto as auto
 
     model = identities(tiny_model("llama"), (1, 3))  # block influence ranks 1 and 3 lowest
-    planted = lambda judge, removed, start, capture: 0.5 if removed == [1, 3] else 3.0 + len(removed)
-    monkeypatch.setattr(auto.Judge, "_run", planted)
+    planted = lambda judge, removed, start: 0.5 if removed == [1, 3] else 3.0 + len(removed)
+    monkeypatch.setattr(auto.Judge, "_loss", planted)
     record = prune_model(model, igia, criterion="auto", count=2, merge=None,
                          context=context(model, igia))
     assert record["removed_layers"] == [1, 3]
@@ -69,14 +69,6 @@ def test_the_judge_loss_is_the_loss_of_the_model_with_those_layers_cut(arch):
         assert judge.loss(removed) == pytest.approx(task_loss(cut, judge.batches), abs=1e-5)
     # each cut runs from its first removed layer's dense input: layers 2-5; 1-3, 5; 4
     assert judge.cost()["layer_passes"] == len(judge.batches) * (4 + 4 + 1)
-    judge.rebase([2, 3])  # a greedy step: runs layers 4, 5 from layer 2's stored input
-    assert judge.cost()["layer_passes"] == len(judge.batches) * (4 + 4 + 1 + 2)
-    for removed in ([2, 3, 5], [2, 3], [1], [0, 2, 3], [3, 4]):
-        cut = copy.deepcopy(model)
-        cut_layers(cut, removed)
-        assert judge.loss(removed, cached=False) == pytest.approx(task_loss(cut, judge.batches), abs=1e-5)
-    # from the first layer whose skip differs from [2, 3]: none (5 is skipped), 5, 2-5, 1 4 5, 2 5
-    assert judge.cost()["layer_passes"] == len(judge.batches) * (4 + 4 + 1 + 2 + 0 + 1 + 4 + 3 + 2)
 
 
 @pytest.mark.parametrize("budget", [2**30, 1])  # every layer's dense input kept; only layer 0's
@@ -111,9 +103,6 @@ def test_greedy_drops_the_layer_that_raises_the_loss_least():
             self.tried.append(sorted(removed))
             return sum({0: 3.0, 1: 2.0, 4: 0.1}.get(i, 1.0) for i in removed)
 
-        def rebase(self, removed):
-            pass
-
     guide = [0.0, 1.0, 2.0, 3.0, 0.5, 9.0]  # width 3 tries layers 0, 4, 1 first
     judge = Planted()
     assert greedy_removal(judge, 2, guide, width=3) == [2, 4]
@@ -127,10 +116,10 @@ def test_merge_search_keeps_no_merge_when_every_merge_raises_the_loss(igia, monk
     model = tiny_model("llama")
     before = copy.deepcopy(model.state_dict())
 
-    def planted(judge, removed, start, capture):  # any change of the weights raises the loss
+    def planted(judge, removed, start):  # any change of the weights raises the loss
         return 1.0 + sum(float((p.detach() - before[n]).abs().sum()) for n, p in judge.model.named_parameters())
 
-    monkeypatch.setattr(auto.Judge, "_run", planted)
+    monkeypatch.setattr(auto.Judge, "_loss", planted)
     record = prune_model(model, igia, criterion="gradpruner", remove=[1, 3], merge="auto",
                          context=context(model, igia))
     trials = record["merge_search"]["trials"]

@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from functools import partial
 
 import torch
 
@@ -43,10 +42,8 @@ INPUTS_BYTES = 2**30  # the judge's store of the dense model's layer inputs
 class Judge:
     """Held-out answer loss of the model with some layers skipped; counts passes and seconds.
 
-    The judge keeps every layer's input from a pass of a base cut (first the dense model;
-    `rebase` moves it, e.g. to the greedy search's current cut). Judging another cut runs only
-    the layers from the first one whose skip differs from the base (or whose weights changed),
-    and skipped layers do no work: the losses are those of full passes, at a fraction of the cost.
+    The dense model's input to every layer is kept from one first pass, so judging a cut runs only
+    the layers after its first removed (or changed) one, and skipped layers do no work.
     """
 
     def __init__(self, model, batches: list[dict]):
@@ -54,70 +51,41 @@ class Judge:
         self.passes, self.seconds, self.layer_passes = 0, 0.0, 0
         self._cache: dict[frozenset[int], float] = {}
         self._stride = self._input_stride()
-        self._base: frozenset[int] = frozenset()
-        self._inputs: list[list[torch.Tensor]] = [[] for _ in batches]
-        self._tuple_output = False
-        self._dense_pass()
+        self._inputs, self._tuple_output = self._dense_inputs()
 
     def loss(self, removed, cached: bool = True, changed_from: int | None = None) -> float:
         """Loss with `removed` skipped; `changed_from`: first layer whose weights differ from
-        those of the stored pass (a merge receiver; such losses are not cached)."""
+        the dense pass's (a merge receiver; such losses are not cached)."""
         key = frozenset(removed)
         if cached and key in self._cache:
             return self._cache[key]
-        value = self._timed(key, self._start(key, changed_from), capture=False)
+        n = len(decoder_layers(self.model))
+        first_change = min([*key, n - 1 if changed_from is None else changed_from])
+        start_layer = first_change - first_change % self._stride  # the nearest kept dense input
+        started = time.perf_counter()
+        value = self._loss(sorted(key), start_layer)
+        self.seconds += time.perf_counter() - started
+        self.passes += len(self.batches)
+        self.layer_passes += len(self.batches) * (n - start_layer - sum(i >= start_layer for i in key))
         if cached:
             self._cache[key] = value
         return value
 
-    def rebase(self, removed) -> None:
-        """Store the layer inputs of the model with `removed` skipped, so cuts that add to it run
-        from their first added layer."""
-        key = frozenset(removed)
-        if key != self._base:
-            self._timed(key, self._start(key, None), capture=True)
-            self._base = key
-
-    def _start(self, key: frozenset[int], changed_from: int | None) -> int:
-        """The first layer to run: a stored input is valid up to the first layer whose skip
-        differs from the base's or whose weights changed."""
-        n = len(decoder_layers(self.model))
-        first = min([*(key ^ self._base), n - 1 if changed_from is None else changed_from])
-        return first - first % self._stride
-
-    def _timed(self, key: frozenset[int], start_layer: int, capture: bool) -> float:
-        n = len(decoder_layers(self.model))
-        started = time.perf_counter()
-        value = self._run(sorted(key), start_layer, capture)
-        self.seconds += time.perf_counter() - started
-        self.passes += len(self.batches)
-        self.layer_passes += len(self.batches) * (n - start_layer - sum(i >= start_layer for i in key))
-        return value
-
-    def _run(self, removed: list[int], start_layer: int, capture: bool) -> float:
-        """Mean answer loss over the batches, the layers from `start_layer` on fed the stored
-        input; with `capture`, the stored inputs of the later layers are replaced by this pass's."""
+    def _loss(self, removed: list[int], start_layer: int) -> float:
+        """Mean answer loss over the batches, the layers from `start_layer` on fed the dense input."""
         layers = decoder_layers(self.model)
-        stored = range(0, len(layers), self._stride)
+        skipped = sorted({*range(start_layer), *removed})
         total, tokens = 0.0, 0
-        for b, batch in enumerate(self.batches):
-            def feed(module, args, kwargs, hidden=self._inputs[b][start_layer // self._stride]):
+        for batch, inputs in zip(self.batches, self._inputs):
+            def dense_input(module, args, kwargs, hidden=inputs[start_layer // self._stride]):
                 return (hidden, *args[1:]), kwargs
 
-            def keep(module, args, kwargs, b=b, slot=0):
-                self._inputs[b][slot] = args[0] if args else kwargs["hidden_states"]
-
-            handles = [layers[start_layer].register_forward_pre_hook(feed, with_kwargs=True)]
-            if capture:
-                handles += [layers[i].register_forward_pre_hook(partial(keep, slot=i // self._stride),
-                                                                 with_kwargs=True)
-                            for i in stored if i > start_layer]
+            handle = layers[start_layer].register_forward_pre_hook(dense_input, with_kwargs=True)
             try:
-                with self._skipped(sorted({*range(start_layer), *removed})), torch.inference_mode():
+                with self._skipped(skipped), torch.inference_mode():
                     total -= sum(continuation_logprobs(self.model, batch))
             finally:
-                for handle in handles:
-                    handle.remove()
+                handle.remove()
             tokens += int((batch["labels"] != -100).sum())
         return total / max(tokens, 1)
 
@@ -134,25 +102,27 @@ class Judge:
             for i in indices:
                 del layers[i].forward
 
-    def _dense_pass(self) -> None:
-        """Store the dense model's input to every `stride`-th layer; learn whether layers return tuples."""
+    def _dense_inputs(self) -> tuple[list[list[torch.Tensor]], bool]:
+        """Every layer's input for every batch in the dense model, and whether layers return tuples."""
         layers = decoder_layers(self.model)
+        inputs: list[list[torch.Tensor]] = []
         outputs: list[object] = []
 
         def keep(module, args, kwargs):
-            self._inputs[b].append(args[0] if args else kwargs["hidden_states"])
+            inputs[-1].append(args[0] if args else kwargs["hidden_states"])
 
         handles = [layer.register_forward_pre_hook(keep, with_kwargs=True)
                    for layer in layers[::self._stride]]
         handles.append(layers[0].register_forward_hook(lambda m, a, o: outputs.append(o)))
         try:
-            for b, batch in enumerate(self.batches):
+            for batch in self.batches:
+                inputs.append([])
                 with torch.inference_mode():
                     continuation_logprobs(self.model, batch)
         finally:
             for handle in handles:
                 handle.remove()
-        self._tuple_output = isinstance(outputs[0], tuple)
+        return inputs, isinstance(outputs[0], tuple)
 
     def _input_stride(self) -> int:
         """Keep the dense input of every `stride`-th layer, so all of them fit in `INPUTS_BYTES`."""
@@ -182,7 +152,6 @@ def greedy_removal(judge: Judge, count: int, guide: list[float], width: int = GR
         left = [i for i in range(len(guide)) if i not in removed]
         tries = sorted(left, key=lambda i: (guide[i], -i))[:width]
         removed.append(min(tries, key=lambda i: (judge.loss(removed + [i]), -i)))
-        judge.rebase(removed)
     return sorted(removed)
 
 
@@ -237,7 +206,6 @@ def search_merge(ctx: ScoreContext, removed: list[int], kept: list[int], donor_s
     "No merge" is a trial, so the search never returns a merge that raises the loss.
     """
     judge = ctx.judge or heldout_judge(ctx)
-    judge.rebase(removed)
     model = ctx.model
     trials = [{"donors": 0, "scale": 0.0, "loss": judge.loss(removed)}]
     best_plan: dict[int, list[int]] = {}
