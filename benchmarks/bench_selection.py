@@ -52,6 +52,7 @@ def main() -> None:
     igia, _ = probe(model, tokenizer, task.train_examples(),
                     TrainConfig(steps=20, lr=2e-4, progress=False, logging_steps=10_000), args.probe_steps)
     original = model.state_dict()
+    n_layers = model.config.num_hidden_layers
     print(f"{args.task}, default model, {torch.get_num_threads()} threads\n")
     print("| ratio | judge | chosen | removed | merge | selection s | judge s | forward batches "
           "| layer passes |")
@@ -73,7 +74,7 @@ def main() -> None:
             records[name] = record
             judge = record["merge_search"]["judge"]
             layer_passes = judge["layer_passes"] if name == "shortcut" else (
-                judge["forward_batches"] * net.config.num_hidden_layers)
+                judge["forward_batches"] * n_layers)
             chosen = record["merge_search"]["chosen"]
             merge = f"{chosen['plan']} x {chosen['scale']}" if chosen["plan"] else "none"
             print(f"| {ratio} | {name} | {record['auto']['chosen']} | {record['removed_layers']} | "
