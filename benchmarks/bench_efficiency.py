@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, DynamicCache, LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_probe import StepTimer  # noqa: E402
@@ -51,7 +51,7 @@ from bench_probe import StepTimer  # noqa: E402
 from gradpruner.costs import flops_ratio  # noqa: E402
 from gradpruner.data import PadCollator, pad_id  # noqa: E402
 from gradpruner.igia import IGIACallback  # noqa: E402
-from gradpruner.models import load_model  # noqa: E402
+from gradpruner.models import load_model, resolve_device, resolve_model  # noqa: E402
 from gradpruner.pipeline import finetune_stage, probe_stage, prune_stage, resolve_task  # noqa: E402
 from gradpruner.selection import removal_count  # noqa: E402
 from gradpruner.surgery import cut_layers  # noqa: E402
@@ -100,13 +100,13 @@ def kept_of(model, dense) -> list[int]:
 
 def load(shape: str, layers: int | None):
     """(dense model, tokenizer): the default model, or a random Llama-3.1-8B-shaped one."""
-    model, tokenizer, _ = load_model(None, "float32", "auto")
     if shape == "default":
+        model, tokenizer, _ = load_model(None, "float32", "auto")
         return model, tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(None))  # the default model's
     config = LlamaConfig(**LLAMA_8B, num_hidden_layers=layers or 32)
     torch.manual_seed(0)
-    big = LlamaForCausalLM(config).to(model.device).eval()
-    return big, tokenizer
+    return LlamaForCausalLM(config).to(resolve_device("auto")).eval(), tokenizer
 
 
 # ---------------------------------------------------------------- fine-tuning

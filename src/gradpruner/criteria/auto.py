@@ -92,10 +92,9 @@ class Judge:
     @contextmanager
     def _skipped(self, indices: list[int]) -> Iterator[None]:
         """The `indices` layers return their input without computing anything."""
-        layers = decoder_layers(self.model)
+        layers, as_tuple = decoder_layers(self.model), self._tuple_output
         for i in indices:
-            as_tuple = self._tuple_output
-            layers[i].forward = lambda hidden, *args, t=as_tuple, **kwargs: (hidden,) if t else hidden
+            layers[i].forward = lambda hidden, *args, **kwargs: (hidden,) if as_tuple else hidden
         try:
             yield
         finally:
