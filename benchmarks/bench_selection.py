@@ -4,9 +4,8 @@
 
 `auto` judges each candidate cut by the held-out answer loss. The judge keeps the dense model's
 input to every layer and runs only the layers after a cut's first removed (or merged-into)
-layer, with skipped layers doing no work. "full passes" is the same search with every candidate
-run from the embeddings through every layer (skipped layers computed and discarded, as before
-the shortcut). Both must choose the same cut and merge with the same losses; the script checks
+layer, with skipped layers doing no work. "full passes" is the same search with only the first
+layer's input kept, so that every candidate runs from the embeddings through every kept layer. Both must choose the same cut and merge with the same losses; the script checks
 that and prints the seconds of each part, on the default model, probe included.
 """
 
@@ -17,18 +16,12 @@ import time
 
 import torch
 
-import gradpruner.criteria.auto as auto
+import gradpruner.criteria.judge as judge_module
 from gradpruner.criteria import ScoreContext
-from gradpruner.criteria.baselines import task_loss
 from gradpruner.models import load_model
 from gradpruner.pipeline import resolve_task
 from gradpruner.prune import prune_model
 from gradpruner.train import TrainConfig, probe
-
-
-def full_passes(judge, removed: list[int], start_layer: int) -> float:
-    """The judge's loss the long way: every layer from the embeddings, skipped ones discarded."""
-    return task_loss(judge.model, judge.batches, skip=removed)
 
 
 def select(model, tokenizer, task, igia, ratio: float) -> tuple[dict, float]:
@@ -52,7 +45,6 @@ def main() -> None:
     igia, _ = probe(model, tokenizer, task.train_examples(),
                     TrainConfig(steps=20, lr=2e-4, progress=False, logging_steps=10_000), args.probe_steps)
     original = model.state_dict()
-    n_layers = model.config.num_hidden_layers
     print(f"{args.task}, default model, {torch.get_num_threads()} threads\n")
     print("| ratio | judge | chosen | removed | merge | selection s | judge s | forward batches "
           "| layer passes |")
@@ -62,24 +54,19 @@ def main() -> None:
         for name in args.judges.split(","):
             net, _, _ = load_model(None, "float32", "cpu")
             net.load_state_dict(original)
-            patch = {} if name == "shortcut" else {"_loss": full_passes}
-            saved = {k: getattr(auto.Judge, k) for k in patch}
-            for key, value in patch.items():
-                setattr(auto.Judge, key, value)
+            budget = judge_module.INPUTS_BYTES
+            judge_module.INPUTS_BYTES = budget if name == "shortcut" else 1  # 1: layer 0's input only
             try:
                 record, seconds = select(net, tokenizer, task, igia, ratio)
             finally:
-                for key, value in saved.items():
-                    setattr(auto.Judge, key, value)
+                judge_module.INPUTS_BYTES = budget
             records[name] = record
             judge = record["merge_search"]["judge"]
-            layer_passes = judge["layer_passes"] if name == "shortcut" else (
-                judge["forward_batches"] * n_layers)
             chosen = record["merge_search"]["chosen"]
             merge = f"{chosen['plan']} x {chosen['scale']}" if chosen["plan"] else "none"
             print(f"| {ratio} | {name} | {record['auto']['chosen']} | {record['removed_layers']} | "
                   f"{merge} | {seconds:.0f} | {judge['seconds']:.0f} | "
-                  f"{judge['forward_batches']} | {layer_passes} |", flush=True)
+                  f"{judge['forward_batches']} | {judge['layer_passes']} |", flush=True)
         if len(records) < 2:
             continue
         a, b = (records[k]["auto"]["candidates"] for k in ("shortcut", "full passes"))

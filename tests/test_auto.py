@@ -7,7 +7,7 @@ import torch
 
 from gradpruner.criteria import ScoreContext, get_criterion
 from gradpruner.criteria.auto import greedy_removal, heldout_judge
-from gradpruner.criteria.baselines import _batches, task_loss
+from gradpruner.criteria.judge import Judge, task_batches, task_loss
 from gradpruner.criteria.laco import collapse_into
 from gradpruner.data import MCExample
 from gradpruner.prune import prune_model
@@ -41,11 +41,9 @@ def igia():
 
 
 def test_auto_picks_the_planted_best_candidate_and_records_every_candidate(igia, monkeypatch):
-    import gradpruner.criteria.auto as auto
-
     model = identities(tiny_model("llama"), (1, 3))  # block influence ranks 1 and 3 lowest
     planted = lambda judge, removed, start: 0.5 if removed == [1, 3] else 3.0 + len(removed)
-    monkeypatch.setattr(auto.Judge, "_loss", planted)
+    monkeypatch.setattr(Judge, "_loss", planted)
     record = prune_model(model, igia, criterion="auto", count=2, merge=None,
                          context=context(model, igia))
     assert record["removed_layers"] == [1, 3]
@@ -71,17 +69,39 @@ def test_the_judge_loss_is_the_loss_of_the_model_with_those_layers_cut(arch):
     assert judge.cost()["layer_passes"] == len(judge.batches) * (4 + 4 + 1)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_skipped_layers_give_the_cut_model_and_are_put_back(arch):
+    from gradpruner.criteria.judge import skipping
+    from gradpruner.surgery import cut_layers
+
+    model = tiny_model(arch)
+    batches = task_batches(context(model), 16, 8, "t")
+    dense = task_loss(model, batches)
+    placed = model.model.layers[3].forward  # a forward set on the layer, as accelerate's hooks do
+    model.model.layers[3].forward = placed
+    cut = copy.deepcopy(model)
+    cut_layers(cut, [1, 3])
+    with skipping(model, [1, 3]):
+        assert task_loss(model, batches) == pytest.approx(task_loss(cut, batches), abs=1e-5)
+    assert model.model.layers[3].__dict__["forward"] is placed
+    assert "forward" not in model.model.layers[1].__dict__
+    assert task_loss(model, batches) == pytest.approx(dense, abs=1e-6)
+
+
 @pytest.mark.parametrize("budget", [2**30, 1])  # every layer's dense input kept; only layer 0's
 def test_the_judge_starts_at_a_changed_layer(budget, monkeypatch):
     """A merge changes a kept layer before the cut: the judge reruns from that layer on."""
-    import gradpruner.criteria.auto as auto
+    import gradpruner.criteria.judge as judge_module
+    from gradpruner.surgery import cut_layers
 
-    monkeypatch.setattr(auto, "INPUTS_BYTES", budget)
+    monkeypatch.setattr(judge_module, "INPUTS_BYTES", budget)
     model = tiny_model("qwen3")
     judge = heldout_judge(context(model))
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight.mul_(3.0)
-    expected = task_loss(model, judge.batches, skip=[3, 4])
+    cut = copy.deepcopy(model)
+    cut_layers(cut, [3, 4])
+    expected = task_loss(cut, judge.batches)
     assert judge.loss([3, 4], cached=False, changed_from=1) == pytest.approx(expected, abs=1e-5)
     if budget > 1:  # with layer 3's dense input kept, not saying what changed gives a stale loss
         assert judge.loss([3, 4], cached=False) != pytest.approx(expected, abs=1e-3)
@@ -111,15 +131,13 @@ def test_greedy_drops_the_layer_that_raises_the_loss_least():
 
 
 def test_merge_search_keeps_no_merge_when_every_merge_raises_the_loss(igia, monkeypatch):
-    import gradpruner.criteria.auto as auto
-
     model = tiny_model("llama")
     before = copy.deepcopy(model.state_dict())
 
     def planted(judge, removed, start):  # any change of the weights raises the loss
         return 1.0 + sum(float((p.detach() - before[n]).abs().sum()) for n, p in judge.model.named_parameters())
 
-    monkeypatch.setattr(auto.Judge, "_loss", planted)
+    monkeypatch.setattr(Judge, "_loss", planted)
     record = prune_model(model, igia, criterion="gradpruner", remove=[1, 3], merge="auto",
                          context=context(model, igia))
     trials = record["merge_search"]["trials"]
@@ -142,7 +160,7 @@ def test_merge_search_applies_the_best_trial(igia):
     assert record["merge_search"]["chosen"]["scale"] == best["scale"]
     assert len(record["merged"]) == (0 if best["donors"] == 0 else
                                      len({1 if d == 2 else 3 for d in [2, 4][:best["donors"]]}))
-    held = _batches(ScoreContext(model=model, tokenizer=ctx.tokenizer, examples=EXAMPLES[-24:]),
+    held = task_batches(ScoreContext(model=model, tokenizer=ctx.tokenizer, examples=EXAMPLES[-24:]),
                     24, 8, "t")
     assert task_loss(model, held) == pytest.approx(best["loss"], abs=1e-5)
 

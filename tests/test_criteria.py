@@ -71,7 +71,7 @@ def test_block_influence_is_zero_for_identity_layers_and_matches_direct_computat
 def test_ppl_equals_the_loss_change_of_actually_removing_each_layer():
     import copy
 
-    from gradpruner.criteria.baselines import _batches, task_loss
+    from gradpruner.criteria.judge import task_batches, task_loss
     from gradpruner.surgery import cut_layers
 
     model = tiny_model("llama")
@@ -81,7 +81,7 @@ def test_ppl_equals_the_loss_change_of_actually_removing_each_layer():
     ctx = context(model)
     scores = get_criterion("ppl").layer_scores(ctx)
     assert scores[1] == pytest.approx(0, abs=1e-6)  # an identity layer costs nothing to skip
-    batches = _batches(ctx, 64, 8, "ppl")
+    batches = task_batches(ctx, 64, 8, "ppl")
     base = task_loss(model, batches)
     for i in range(6):
         cut = copy.deepcopy(model)
@@ -91,14 +91,14 @@ def test_ppl_equals_the_loss_change_of_actually_removing_each_layer():
 
 
 def test_taylor_matches_a_direct_weight_times_gradient_sum():
-    from gradpruner.criteria.baselines import _batches
+    from gradpruner.criteria.judge import task_batches
 
     model = tiny_model("mistral")
     ctx = context(model)
     scores = get_criterion("taylor").layer_scores(ctx)
     assert all(p.grad is None for p in model.parameters())  # no gradients left behind
     model.zero_grad()
-    batches = _batches(ctx, 64, 8, "taylor")
+    batches = task_batches(ctx, 64, 8, "taylor")
     for batch in batches:
         (model(**batch).loss / len(batches)).backward()
     expected = [sum(float((p * p.grad).abs().sum()) for p in layer.parameters())

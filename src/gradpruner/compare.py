@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .criteria import ScoreContext, get_criterion
-from .criteria.baselines import _batches, task_loss
+from .criteria.judge import task_batches, task_loss
 from .errors import GradPrunerError
 from .igia import IGIA
 from .models import load_model
@@ -97,7 +97,7 @@ class Comparison:
         self.train_examples, self.heldout = examples[:-cfg.heldout], examples[-cfg.heldout:]
         self.model, self.tokenizer, self.source = load_model(cfg.model, cfg.dtype, cfg.device)
         held = ScoreContext(model=self.model, tokenizer=self.tokenizer, examples=self.heldout)
-        self.heldout_batches = _batches(held, cfg.heldout, 8, "compare")
+        self.heldout_batches = task_batches(held, cfg.heldout, 8, "compare")
 
     def _check_settings(self) -> None:
         path = self.out / "settings.json"

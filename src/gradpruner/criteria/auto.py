@@ -14,10 +14,7 @@ donors k = 1, 2, 3 in turn until one more donor raises the loss, keeping the low
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -26,8 +23,7 @@ from ..merge import add_deltas, plan_deltas, plan_merge
 from ..selection import lowest_scored
 from ..surgery import decoder_layers, layer_prefix
 from . import Criterion, ScoreContext, get_criterion, register
-from ..evaluate import continuation_logprobs
-from .baselines import _batches
+from .judge import Judge, task_batches
 
 CANDIDATES = ("gradpruner", "gradpruner_unsquared", "gradpruner_relative", "block_influence",
               "angular", "taylor", "tail")
@@ -36,111 +32,13 @@ SCORING_EXAMPLES = 32
 GREEDY_WIDTH = 2
 MERGE_DONORS = (1, 2, 3)
 MERGE_SCALES = (1.0, 0.5, 0.25)
-INPUTS_BYTES = 2**30  # the judge's store of the dense model's layer inputs
-
-
-class Judge:
-    """Held-out answer loss of the model with some layers skipped; counts passes and seconds.
-
-    The dense model's input to every layer is kept from one first pass, so judging a cut runs only
-    the layers after its first removed (or changed) one, and skipped layers do no work.
-    """
-
-    def __init__(self, model, batches: list[dict]):
-        self.model, self.batches = model, batches
-        self.passes, self.seconds, self.layer_passes = 0, 0.0, 0
-        self._cache: dict[frozenset[int], float] = {}
-        self._stride = self._input_stride()
-        self._inputs, self._tuple_output = self._dense_inputs()
-
-    def loss(self, removed, cached: bool = True, changed_from: int | None = None) -> float:
-        """Loss with `removed` skipped; `changed_from`: first layer whose weights differ from
-        the dense pass's (a merge receiver; such losses are not cached)."""
-        key = frozenset(removed)
-        if cached and key in self._cache:
-            return self._cache[key]
-        n = len(decoder_layers(self.model))
-        first_change = min([*key, n - 1 if changed_from is None else changed_from])
-        start_layer = first_change - first_change % self._stride  # the nearest kept dense input
-        started = time.perf_counter()
-        value = self._loss(sorted(key), start_layer)
-        self.seconds += time.perf_counter() - started
-        self.passes += len(self.batches)
-        self.layer_passes += len(self.batches) * (n - start_layer - sum(i >= start_layer for i in key))
-        if cached:
-            self._cache[key] = value
-        return value
-
-    def _loss(self, removed: list[int], start_layer: int) -> float:
-        """Mean answer loss over the batches, the layers from `start_layer` on fed the dense input."""
-        layers = decoder_layers(self.model)
-        skipped = sorted({*range(start_layer), *removed})
-        total, tokens = 0.0, 0
-        for batch, inputs in zip(self.batches, self._inputs):
-            def dense_input(module, args, kwargs, hidden=inputs[start_layer // self._stride]):
-                return (hidden, *args[1:]), kwargs
-
-            handle = layers[start_layer].register_forward_pre_hook(dense_input, with_kwargs=True)
-            try:
-                with self._skipped(skipped), torch.inference_mode():
-                    total -= sum(continuation_logprobs(self.model, batch))
-            finally:
-                handle.remove()
-            tokens += int((batch["labels"] != -100).sum())
-        return total / max(tokens, 1)
-
-    @contextmanager
-    def _skipped(self, indices: list[int]) -> Iterator[None]:
-        """The `indices` layers return their input without computing anything."""
-        layers, as_tuple = decoder_layers(self.model), self._tuple_output
-        for i in indices:
-            layers[i].forward = lambda hidden, *args, **kwargs: (hidden,) if as_tuple else hidden
-        try:
-            yield
-        finally:
-            for i in indices:
-                del layers[i].forward
-
-    def _dense_inputs(self) -> tuple[list[list[torch.Tensor]], bool]:
-        """Every layer's input for every batch in the dense model, and whether layers return tuples."""
-        layers = decoder_layers(self.model)
-        inputs: list[list[torch.Tensor]] = []
-        outputs: list[object] = []
-
-        def keep(module, args, kwargs):
-            inputs[-1].append(args[0] if args else kwargs["hidden_states"])
-
-        handles = [layer.register_forward_pre_hook(keep, with_kwargs=True)
-                   for layer in layers[::self._stride]]
-        handles.append(layers[0].register_forward_hook(lambda m, a, o: outputs.append(o)))
-        try:
-            for batch in self.batches:
-                inputs.append([])
-                with torch.inference_mode():
-                    continuation_logprobs(self.model, batch)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return inputs, isinstance(outputs[0], tuple)
-
-    def _input_stride(self) -> int:
-        """Keep the dense input of every `stride`-th layer, so all of them fit in `INPUTS_BYTES`."""
-        config = self.model.config
-        tokens = sum(batch["input_ids"].numel() for batch in self.batches)
-        width = next(self.model.parameters()).element_size()
-        total = config.num_hidden_layers * tokens * config.hidden_size * width
-        return max(1, math.ceil(total / INPUTS_BYTES))
-
-    def cost(self) -> dict:
-        return {"forward_batches": self.passes, "layer_passes": self.layer_passes,
-                "seconds": round(self.seconds, 2)}
 
 
 def heldout_judge(ctx: ScoreContext) -> Judge:
     """A judge over `ctx.heldout`, or the last training examples when none are given."""
     examples = ctx.heldout or ctx.examples[-HELDOUT_EXAMPLES:]
     held = ScoreContext(model=ctx.model, tokenizer=ctx.tokenizer, examples=examples)
-    return Judge(ctx.model, _batches(held, len(examples), 8, "auto"))
+    return Judge(ctx.model, task_batches(held, len(examples), 8, "auto"))
 
 
 def greedy_removal(judge: Judge, count: int, guide: list[float], width: int = GREEDY_WIDTH) -> list[int]:

@@ -18,16 +18,12 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
 
 import torch
 
-from ..data import PadCollator, pad_id, training_features
-from ..errors import GradPrunerError
-from ..evaluate import continuation_logprobs
 from ..surgery import decoder_layers, num_layers
 from . import Criterion, ScoreContext, register
+from .judge import Judge, task_batches
 
 
 @register
@@ -61,7 +57,7 @@ class _OnTaskData(Criterion):
     batch_size = 8
 
     def batches(self, ctx: ScoreContext) -> list[dict]:
-        return _batches(ctx, self.max_examples, self.batch_size, self.name)
+        return task_batches(ctx, self.max_examples, self.batch_size, self.name)
 
 
 @register
@@ -89,9 +85,11 @@ class LossIncrease(_OnTaskData):
     paper = "Kim et al. 2024, Shortened LLaMA (PPL criterion); Song et al. 2024, SLEB"
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
-        batches = self.batches(ctx)
-        base = task_loss(ctx.model, batches)
-        return [task_loss(ctx.model, batches, skip=[i]) - base for i in range(num_layers(ctx.model))]
+        judge = Judge(ctx.model, self.batches(ctx))
+        base = judge.loss([])
+        scores = [judge.loss([i]) - base for i in range(num_layers(ctx.model))]
+        ctx.notes["ppl"] = {"judge": judge.cost()}
+        return scores
 
 
 @register
@@ -180,44 +178,6 @@ def block_distances(states: torch.Tensor, size: int) -> list[float]:
         cos = torch.nn.functional.cosine_similarity(states[start], states[start + size], dim=-1)
         out.append(float((torch.arccos(cos.clamp(-1, 1)) / torch.pi).mean()))
     return out
-
-
-def _batches(ctx: ScoreContext, max_examples: int, batch_size: int, name: str) -> list[dict]:
-    """Padded batches of the task's gold answers (labels on the answers only)."""
-    if not ctx.examples or ctx.tokenizer is None:
-        raise GradPrunerError(f"{name} needs task data (--task or --data)")
-    feats = training_features(ctx.tokenizer, ctx.examples[:max_examples])
-    collate = PadCollator(pad_id(ctx.tokenizer))
-    return [collate(feats[i:i + batch_size]) for i in range(0, len(feats), batch_size)]
-
-
-def task_loss(model, batches: list[dict], skip: Collection[int] = ()) -> float:
-    """Mean answer-token loss over `batches`; the `skip` layers pass their input through.
-
-    The LM head runs only from the first answer position on (see `continuation_logprobs`).
-    """
-    total, tokens = 0.0, 0
-    with skipping(model, skip), torch.inference_mode():
-        for batch in batches:
-            total -= sum(continuation_logprobs(model, batch))
-            tokens += int((batch["labels"] != -100).sum())
-    return total / max(tokens, 1)
-
-
-@contextmanager
-def skipping(model, layers: Collection[int]) -> Iterator[None]:
-    """Within the block, each decoder layer in `layers` returns its input unchanged."""
-    def passthrough(module, args, kwargs, output):
-        hidden_in = args[0] if args else kwargs["hidden_states"]
-        return (hidden_in, *output[1:]) if isinstance(output, tuple) else hidden_in
-
-    stack = decoder_layers(model)
-    handles = [stack[i].register_forward_hook(passthrough, with_kwargs=True) for i in layers]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def layer_cosines(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

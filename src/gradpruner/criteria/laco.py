@@ -15,7 +15,8 @@ import torch
 
 from ..surgery import decoder_layers, num_layers
 from . import ScoreContext, register
-from .baselines import _OnTaskData, last_token_states, skipping
+from .baselines import _OnTaskData, last_token_states
+from .judge import skipping
 
 GROUP = 4
 INTERVAL = 2
