@@ -61,7 +61,7 @@ def main() -> None:
     examples = task.train_examples()
     train, held = examples[:-32], examples[-32:]
     ctx = ScoreContext(model=model, tokenizer=tokenizer, examples=train, heldout=held)
-    judge = heldout_judge(ctx)
+    judge = heldout_judge(ctx, "answer")
     probes = {  # name: (steps, lr, full)
         "lora t=5 lr=2e-4": (5, 2e-4, False),
         "lora t=20 lr=2e-4": (20, 2e-4, False),

@@ -7,7 +7,7 @@ import torch
 
 from gradpruner.criteria import ScoreContext, get_criterion
 from gradpruner.criteria.auto import greedy_removal, heldout_judge
-from gradpruner.criteria.judge import Judge, task_batches, task_loss
+from gradpruner.criteria.judge import Judge, choice_scoring, task_batches, task_loss
 from gradpruner.criteria.laco import collapse_into
 from gradpruner.data import MCExample
 from gradpruner.prune import prune_model
@@ -64,9 +64,28 @@ def test_the_judge_loss_is_the_loss_of_the_model_with_those_layers_cut(arch):
     for removed in ([1], [0, 4], [2, 3, 5]):
         cut = copy.deepcopy(model)
         cut_layers(cut, removed)
-        assert judge.loss(removed) == pytest.approx(task_loss(cut, judge.batches), abs=1e-5)
+        assert judge.loss(removed) == pytest.approx(judge.scoring.evaluate(cut), abs=1e-5)
     # each cut runs from its first removed layer's dense input: layers 2-5; 1-3, 5; 4
     assert judge.cost()["layer_passes"] == len(judge.batches) * (4 + 4 + 1)
+
+
+def test_the_choice_loss_is_minus_log_softmax_of_the_choice_scores_at_the_gold_choice():
+    from gradpruner.evaluate import choice_logprobs
+
+    model = tiny_model("qwen3")
+    examples = [MCExample.from_question(f"Q{i}: pick", ["a", "b b", "c c c", "d"][: 2 + i % 3], i % 2)
+                for i in range(40)]  # 2, 3 or 4 choices: 120 rows, over the judge's cap
+    judge = heldout_judge(ScoreContext(model=model, tokenizer=tiny_tokenizer(), examples=examples))
+    assert judge.scoring.measure == "choice loss" and judge.scoring.examples == 21  # 63 rows
+    kept = examples[-21:]
+    padded = torch.full((21, 4), -torch.inf, dtype=torch.float64)
+    for i, row in enumerate(choice_logprobs(model, tiny_tokenizer(), kept)):
+        padded[i, :len(row)] = torch.tensor(row)
+    expected = -torch.log_softmax(padded, 1)[torch.arange(21), torch.tensor([ex.gold for ex in kept])]
+    assert judge.loss([]) == pytest.approx(float(expected.mean()), abs=1e-5)
+    answer = heldout_judge(ScoreContext(model=model, tokenizer=tiny_tokenizer(), examples=examples), "answer")
+    assert answer.scoring.measure == "answer loss" and answer.scoring.examples == 32
+    assert answer.loss([]) == pytest.approx(task_loss(model, answer.batches), abs=1e-6)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -101,7 +120,7 @@ def test_the_judge_starts_at_a_changed_layer(budget, monkeypatch):
         model.model.layers[1].mlp.down_proj.weight.mul_(3.0)
     cut = copy.deepcopy(model)
     cut_layers(cut, [3, 4])
-    expected = task_loss(cut, judge.batches)
+    expected = judge.scoring.evaluate(cut)
     assert judge.loss([3, 4], cached=False, changed_from=1) == pytest.approx(expected, abs=1e-5)
     if budget > 1:  # with layer 3's dense input kept, not saying what changed gives a stale loss
         assert judge.loss([3, 4], cached=False) != pytest.approx(expected, abs=1e-3)
@@ -160,9 +179,8 @@ def test_merge_search_applies_the_best_trial(igia):
     assert record["merge_search"]["chosen"]["scale"] == best["scale"]
     assert len(record["merged"]) == (0 if best["donors"] == 0 else
                                      len({1 if d == 2 else 3 for d in [2, 4][:best["donors"]]}))
-    held = task_batches(ScoreContext(model=model, tokenizer=ctx.tokenizer, examples=EXAMPLES[-24:]),
-                    24, 8, "t")
-    assert task_loss(model, held) == pytest.approx(best["loss"], abs=1e-5)
+    held = choice_scoring(ctx.tokenizer, EXAMPLES[-24:])  # the pruned model's choice loss
+    assert held.evaluate(model) == pytest.approx(best["loss"], abs=1e-5)
 
 
 def test_paper_rule_is_unchanged_by_the_search(igia):

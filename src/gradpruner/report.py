@@ -71,7 +71,8 @@ def _auto_section(prune: dict) -> list[str]:
     auto = prune.get("auto")
     if not auto:
         return []
-    lines = [f"Cut chosen by `auto` from these candidates (held-out answer loss with the layers "
+    measure = auto["judge"].get("measure", "answer loss")
+    lines = [f"Cut chosen by `auto` from these candidates (held-out {measure} with the layers "
              f"skipped, {auto['heldout_examples']} examples; selection {auto['seconds']:.0f} s):", "",
              "| candidate | layers removed | held-out loss |", "|---|---|---|"]
     for c in sorted(auto["candidates"], key=lambda c: c["loss"]):
@@ -81,7 +82,7 @@ def _auto_section(prune: dict) -> list[str]:
     if trials:
         tried = ", ".join(f"{t['donors']} donors x {t['scale']:g}: {t['loss']:.3f}" if t["donors"]
                           else f"none: {t['loss']:.3f}" for t in trials)
-        lines += ["", f"Merge trials (held-out loss): {tried}."]
+        lines += ["", f"Merge trials (held-out {measure}): {tried}."]
     return [*lines, ""]
 
 

@@ -3,9 +3,11 @@
 Candidates are the removal sets of the IGIA score variants (when a probe is given), of the
 criteria that need only forward passes or one gradient pass, and of a greedy removal that drops
 one layer at a time, trying the `GREEDY_WIDTH` lowest-scored layers by block influence and
-keeping the one whose removal raises the held-out loss least. Every candidate is judged by the
-answer-token loss on held-out task examples with its layers skipped (forward passes only, no
-copy of the model); each candidate, its loss and the cost of the search go into the sidecar.
+keeping the one whose removal raises the held-out answer loss least. Every candidate is judged
+on held-out task examples with its layers skipped (forward passes only, no copy of the model):
+by the choice loss where the task is multiple choice (it predicts the accuracy after healing
+better than the answer loss: `benchmarks/check_proxy.py`), else by the answer loss. Each
+candidate, its loss and the cost of the search go into the sidecar.
 
 `search_merge` does the same for the merge: for each scale (1, 0.5, 0.25) on the added weights,
 donors k = 1, 2, 3 in turn until one more donor raises the loss, keeping the lowest loss of all,
@@ -23,22 +25,42 @@ from ..merge import add_deltas, plan_deltas, plan_merge
 from ..selection import lowest_scored
 from ..surgery import decoder_layers, layer_prefix
 from . import Criterion, ScoreContext, get_criterion, register
-from .judge import Judge, task_batches
+from ..data import MCExample
+from .judge import Judge, Scoring, choice_scoring, task_batches
 
 CANDIDATES = ("gradpruner", "gradpruner_unsquared", "gradpruner_relative", "block_influence",
               "angular", "taylor", "tail")
 HELDOUT_EXAMPLES = 32
+CHOICE_ROWS = 64  # the choice loss scores every choice: at most this many (example, choice) rows
 SCORING_EXAMPLES = 32
 GREEDY_WIDTH = 2
 MERGE_DONORS = (1, 2, 3)
 MERGE_SCALES = (1.0, 0.5, 0.25)
 
 
-def heldout_judge(ctx: ScoreContext) -> Judge:
-    """A judge over `ctx.heldout`, or the last training examples when none are given."""
+def heldout_scoring(ctx: ScoreContext, measure: str = "choice") -> Scoring:
+    """The held-out measure on `ctx.heldout`, or the last training examples when none are given.
+
+    `measure` "choice": the choice loss of the last examples with at most `CHOICE_ROWS` choices
+    in all, where every example is multiple choice; otherwise (and for "answer") the answer loss.
+    """
     examples = ctx.heldout or ctx.examples[-HELDOUT_EXAMPLES:]
+    multiple_choice = all(isinstance(ex, MCExample) and len(ex.contexts) > 1 for ex in examples)
+    if examples and measure == "choice" and multiple_choice:
+        rows = 0
+        for taken, ex in enumerate(reversed(examples)):
+            rows += len(ex.contexts)
+            if rows > CHOICE_ROWS and taken:
+                examples = examples[len(examples) - taken:]
+                break
+        return choice_scoring(ctx.tokenizer, examples)
     held = ScoreContext(model=ctx.model, tokenizer=ctx.tokenizer, examples=examples)
-    return Judge(ctx.model, task_batches(held, len(examples), 8, "auto"))
+    return Scoring(task_batches(held, len(examples), 8, "auto"))
+
+
+def heldout_judge(ctx: ScoreContext, measure: str = "choice") -> Judge:
+    """A judge of `heldout_scoring(ctx, measure)`."""
+    return Judge(ctx.model, heldout_scoring(ctx, measure))
 
 
 def greedy_removal(judge: Judge, count: int, guide: list[float], width: int = GREEDY_WIDTH) -> list[int]:
@@ -65,6 +87,7 @@ class Auto(Criterion):
     def removal(self, ctx: ScoreContext, count: int) -> list[int]:
         start = time.perf_counter()
         judge = heldout_judge(ctx)
+        guide = judge if judge.scoring.measure == "answer loss" else heldout_judge(ctx, "answer")
         scoring = replace(ctx, examples=ctx.examples[:SCORING_EXAMPLES], notes={})
         sets, scores = {}, {}
         for name in CANDIDATES:
@@ -76,14 +99,14 @@ class Auto(Criterion):
             else:
                 scores[name] = criterion.layer_scores(scoring)
                 sets[name] = lowest_scored(scores[name], count)
-        sets["greedy"] = greedy_removal(judge, count, scores["block_influence"])
+        sets["greedy"] = greedy_removal(guide, count, scores["block_influence"])
         found = [{"name": name, "removed": removed, "loss": judge.loss(removed)}
                  for name, removed in sets.items()]
         best = min(found, key=lambda c: c["loss"])
         self._scores = scores.get("gradpruner", scores["block_influence"])
         ctx.notes["auto"] = {"chosen": best["name"], "candidates": found,
-                             "heldout_examples": sum(len(b["input_ids"]) for b in judge.batches),
-                             "judge": judge.cost(),
+                             "heldout_examples": judge.scoring.examples,
+                             "judge": judge.cost(), "greedy_judge": guide.cost(),
                              "seconds": round(time.perf_counter() - start, 2)}
         ctx.judge = judge
         return best["removed"]

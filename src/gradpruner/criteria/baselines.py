@@ -23,7 +23,7 @@ import torch
 
 from ..surgery import decoder_layers, num_layers
 from . import Criterion, ScoreContext, register
-from .judge import Judge, task_batches
+from .judge import Judge, Scoring, task_batches
 
 
 @register
@@ -85,7 +85,7 @@ class LossIncrease(_OnTaskData):
     paper = "Kim et al. 2024, Shortened LLaMA (PPL criterion); Song et al. 2024, SLEB"
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
-        judge = Judge(ctx.model, self.batches(ctx))
+        judge = Judge(ctx.model, Scoring(self.batches(ctx)))
         base = judge.loss([])
         scores = [judge.loss([i]) - base for i in range(num_layers(ctx.model))]
         ctx.notes["ppl"] = {"judge": judge.cost()}

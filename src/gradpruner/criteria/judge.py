@@ -1,21 +1,27 @@
-"""The answer-token loss of task examples with some decoder layers skipped.
+"""The loss of held-out task examples with some decoder layers skipped.
 
-`task_batches` pads the gold answers of task examples; `skipping` makes layers pass their input
-through without computing anything; `Judge` gives the loss of any removal set on fixed batches,
-starting each pass from the dense model's stored input to the first layer that differs. `auto`
-judges candidate cuts and merges with it, `ppl` the removal of each single layer.
+Two measures (`Scoring`): the answer loss, the mean loss of the gold answers' tokens; and, for
+multiple choice, the choice loss, the mean -log softmax over an example's choices (each choice
+scored by its summed log-probability, as accuracy is) at the gold one. The answer loss also
+counts how likely the answer's wording is, which a few healing steps fix; the choice loss counts
+only whether the right choice wins, a smooth held-out accuracy.
+
+`skipping` makes layers pass their input through without computing anything; `Judge` gives the
+loss of any removal set, starting each pass from the dense model's stored input to the first
+layer that differs. `auto` judges cuts and merges with it, `ppl` the removal of single layers.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 
-from ..data import PadCollator, pad_id, training_features
+from ..data import MCExample, PadCollator, pad_id, tokenize_pair, training_features
 from ..errors import GradPrunerError
 from ..evaluate import continuation_logprobs
 from ..surgery import decoder_layers
@@ -33,17 +39,60 @@ def task_batches(ctx: ScoreContext, max_examples: int, batch_size: int, name: st
     return [collate(feats[i:i + batch_size]) for i in range(0, len(feats), batch_size)]
 
 
-def task_loss(model, batches: list[dict]) -> float:
-    """Mean answer-token loss over `batches`.
+@dataclass
+class Scoring:
+    """Padded batches and how their rows' summed answer log-probabilities make one loss.
 
-    The LM head runs only from the first answer position on (see `continuation_logprobs`).
+    Without `rows`, each row is an example's gold answer and the loss is the mean answer-token
+    loss. With `rows` (each row's example and choice, in batch order) and `gold`, the loss is
+    the mean over examples of -log softmax over the example's choices at the gold choice.
     """
-    total, tokens = 0.0, 0
-    with torch.inference_mode():
-        for batch in batches:
-            total -= sum(continuation_logprobs(model, batch))
-            tokens += int((batch["labels"] != -100).sum())
-    return total / max(tokens, 1)
+
+    batches: list[dict]
+    rows: list[tuple[int, int]] = field(default_factory=list)
+    gold: list[int] = field(default_factory=list)
+
+    @property
+    def measure(self) -> str:
+        return "choice loss" if self.rows else "answer loss"
+
+    @property
+    def examples(self) -> int:
+        return len(self.gold) if self.rows else sum(len(b["input_ids"]) for b in self.batches)
+
+    def loss(self, sums: Sequence[float]) -> float:
+        values = torch.tensor(sums, dtype=torch.float64)
+        if not self.rows:
+            tokens = sum(int((b["labels"] != -100).sum()) for b in self.batches)
+            return -float(values.sum()) / max(tokens, 1)
+        where = torch.tensor(self.rows)
+        table = torch.full((len(self.gold), int(where[:, 1].max()) + 1), -torch.inf, dtype=torch.float64)
+        table[where[:, 0], where[:, 1]] = values
+        picked = torch.log_softmax(table, dim=1)[torch.arange(len(self.gold)), torch.tensor(self.gold)]
+        return -float(picked.mean())
+
+    def evaluate(self, model) -> float:
+        """The loss of `model` as it is, every layer run."""
+        with torch.inference_mode():
+            return self.loss([s for batch in self.batches for s in continuation_logprobs(model, batch)])
+
+
+def task_loss(model, batches: list[dict]) -> float:
+    """Mean answer-token loss over `batches` (the LM head runs only from the first answer on)."""
+    return Scoring(batches).evaluate(model)
+
+
+def choice_scoring(tokenizer, examples: list[MCExample], batch_size: int = 8,
+                   max_length: int = 256) -> Scoring:
+    """The choice loss of multiple-choice `examples`: every (context, continuation) pair a row,
+    longest first so that a batch holds similar lengths."""
+    pairs = [((i, j), tokenize_pair(tokenizer, context, continuation, max_length))
+             for i, ex in enumerate(examples)
+             for j, (context, continuation) in enumerate(zip(ex.contexts, ex.continuations))]
+    pairs.sort(key=lambda pair: len(pair[1]["input_ids"]), reverse=True)
+    collate = PadCollator(pad_id(tokenizer))
+    batches = [collate([f for _, f in pairs[i:i + batch_size]]) for i in range(0, len(pairs), batch_size)]
+    return Scoring(batches, [row for row, _ in pairs], [ex.gold for ex in examples])
 
 
 def returns_tuple(model) -> bool:
@@ -92,8 +141,8 @@ class Judge:
     the layers after its first removed (or changed) one, and skipped layers do no work.
     """
 
-    def __init__(self, model, batches: list[dict]):
-        self.model, self.batches = model, batches
+    def __init__(self, model, scoring: Scoring):
+        self.model, self.scoring, self.batches = model, scoring, scoring.batches
         self.passes, self.seconds, self.layer_passes = 0, 0.0, 0
         self._cache: dict[frozenset[int], float] = {}
         self._stride = self._input_stride()
@@ -118,10 +167,10 @@ class Judge:
         return value
 
     def _loss(self, removed: list[int], start_layer: int) -> float:
-        """Mean answer loss over the batches, the layers from `start_layer` on fed the dense input."""
+        """The scoring's loss, the layers from `start_layer` on fed the dense input."""
         layers = decoder_layers(self.model)
         skipped = sorted({*range(start_layer), *removed})
-        total, tokens = 0.0, 0
+        sums: list[float] = []
         for batch, inputs in zip(self.batches, self._inputs):
             def dense_input(module, args, kwargs, hidden=inputs[start_layer // self._stride]):
                 return (hidden, *args[1:]), kwargs
@@ -129,11 +178,10 @@ class Judge:
             handle = layers[start_layer].register_forward_pre_hook(dense_input, with_kwargs=True)
             try:
                 with skipping(self.model, skipped, self._tuple_output), torch.inference_mode():
-                    total -= sum(continuation_logprobs(self.model, batch))
+                    sums += continuation_logprobs(self.model, batch)
             finally:
                 handle.remove()
-            tokens += int((batch["labels"] != -100).sum())
-        return total / max(tokens, 1)
+        return self.scoring.loss(sums)
 
     def _dense_inputs(self) -> tuple[list[list[torch.Tensor]], bool]:
         """Every `stride`-th layer's input for every batch in the dense model, and whether
@@ -167,5 +215,5 @@ class Judge:
         return max(1, math.ceil(total / INPUTS_BYTES))
 
     def cost(self) -> dict:
-        return {"forward_batches": self.passes, "layer_passes": self.layer_passes,
+        return {"measure": self.scoring.measure, "forward_batches": self.passes, "layer_passes": self.layer_passes,
                 "seconds": round(self.seconds, 2)}
