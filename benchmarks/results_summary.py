@@ -34,11 +34,12 @@ def cell_summary(results: dict) -> list[str]:
         raw = [c for c in results["cells"] if c["method"] == "auto" and c["ratio"] == ratio]
         cost = "-"
         if raw:
-            judge = raw[0]["prune"]["auto"]["judge"]
-            merge = raw[0]["prune"].get("merge_search", {}).get("judge", judge)
-            cost = (f"{raw[0]['select_seconds']:.0f} s ({merge['forward_batches']} held-out "
-                    f"batches), {raw[0]['select_seconds'] / raw[0]['finetune']['train_seconds']:.2f}"
-                    f" of its healing; chose {raw[0]['prune']['auto']['chosen']}")
+            found = raw[0]["prune"]["auto"]
+            merge = raw[0]["prune"].get("merge_search", {}).get("judge", found["judge"])
+            batches = merge["forward_batches"] + found.get("greedy_judge", {}).get("forward_batches", 0)
+            cost = (f"{raw[0]['select_seconds']:.0f} s ({batches} held-out batches), "
+                    f"{raw[0]['select_seconds'] / raw[0]['finetune']['train_seconds']:.2f}"
+                    f" of its healing; chose {found['chosen']} by {merge.get('measure', 'answer loss')}")
         lines.append(
             f"| {results['task']} | {ratio} | {dense:.2f} | "
             f"{cell['gradpruner']['acc_after']:.2f} | " if "gradpruner" in cell else

@@ -106,7 +106,8 @@ class Auto(Criterion):
         self._scores = scores.get("gradpruner", scores["block_influence"])
         ctx.notes["auto"] = {"chosen": best["name"], "candidates": found,
                              "heldout_examples": judge.scoring.examples,
-                             "judge": judge.cost(), "greedy_judge": guide.cost(),
+                             "judge": judge.cost(),
+                             **({"greedy_judge": guide.cost()} if guide is not judge else {}),
                              "seconds": round(time.perf_counter() - start, 2)}
         ctx.judge = judge
         return best["removed"]
