@@ -31,10 +31,12 @@ INPUTS_BYTES = 2**30  # the judge's store of the dense model's layer inputs
 
 
 def task_batches(ctx: ScoreContext, max_examples: int, batch_size: int, name: str) -> list[dict]:
-    """Padded batches of the task's gold answers (labels on the answers only)."""
+    """Padded batches of the task's gold answers (labels on the answers only), longest first so
+    that a batch holds similar lengths."""
     if not ctx.examples or ctx.tokenizer is None:
         raise GradPrunerError(f"{name} needs task data (--task or --data)")
     feats = training_features(ctx.tokenizer, ctx.examples[:max_examples])
+    feats.sort(key=lambda f: len(f["input_ids"]), reverse=True)
     collate = PadCollator(pad_id(ctx.tokenizer))
     return [collate(feats[i:i + batch_size]) for i in range(0, len(feats), batch_size)]
 
