@@ -70,3 +70,22 @@ def test_refuses_non_empty_folder_and_file(tmp_path):
         check_output_dir(tmp_path / "out")
     with pytest.raises(GradPrunerError, match="not a folder"):
         check_output_dir(tmp_path / "out" / "f.txt", overwrite=True)
+
+
+def test_a_killed_runs_temporary_folder_is_removed_by_the_next_run(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = socket.gethostname()
+    stale = tmp_path / f".out.tmp-{host}-{dead}-abc"
+    live = tmp_path / f".out.tmp-{host}-{os.getppid()}-def"  # a running process's: kept
+    other = tmp_path / f".other.tmp-{host}-{dead}-ghi"  # another output's: kept
+    for folder in (stale, live, other):
+        folder.mkdir()
+    with atomic_output_dir(tmp_path / "out") as tmp:
+        (tmp / "f.txt").write_text("x")
+    assert _names(tmp_path) == sorted([live.name, other.name, "out"])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -68,13 +70,37 @@ def atomic_output_dir(
     check_output_dir(out, overwrite, source)
     out_path = Path(out).resolve()
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent))
+    _remove_stale_temporaries(out_path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(out_path, os.getpid()), dir=out_path.parent))
     try:
         yield tmp
         _move_into_place(tmp, out_path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _temporary_prefix(out: Path, pid: int) -> str:
+    return f".{out.name}.tmp-{socket.gethostname()}-{pid}-"
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Remove temporary siblings of `out` left by a process of this host that was killed."""
+    mine = _temporary_prefix(out, 0)[:-2]  # up to the process id
+    for tmp in out.parent.glob(f"{glob.escape(mine)}*-*"):
+        pid = tmp.name[len(mine):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
