@@ -75,6 +75,9 @@ def test_a_finished_comparison_resumes_without_recomputing(compared, workspace):
     stamps = {p.name: p.stat().st_mtime_ns for p in cells.iterdir()}
     victim = cells / "tail-r0.3-s0.json"
     victim.unlink()
+    settings = json.loads((compared / "settings.json").read_text())
+    settings["train"]["progress"] = True  # older versions recorded this control setting
+    (compared / "settings.json").write_text(json.dumps(settings))
     code = main(["compare", "--model", str(workspace / "model"), "--data",
                  str(workspace / "data.jsonl"), "--out", str(compared), *ARGS])
     assert code == 0

@@ -43,6 +43,9 @@ METHODS: dict[str, tuple[str, int | str | None]] = {
 }
 
 
+CONTROL_KEYS = ("progress", "save_every", "checkpoint_dir", "resume")  # do not change results
+
+
 @dataclass
 class CompareConfig:
     """Settings of one comparison; those that change results are checked on resume."""
@@ -77,8 +80,7 @@ class CompareConfig:
         """What must match for finished cells to be reused."""
         keep = ("model", "task", "data", "eval_data", "density", "probe_steps", "heldout",
                 "eval_limit", "dtype")
-        control = ("progress", "save_every", "checkpoint_dir", "resume")  # do not change results
-        train = {k: v for k, v in asdict(self.train).items() if k not in control}
+        train = {k: v for k, v in asdict(self.train).items() if k not in CONTROL_KEYS}
         return {**{k: getattr(self, k) for k in keep}, "train": train}
 
 
@@ -104,6 +106,8 @@ class Comparison:
         fingerprint = _jsonable(self.cfg.fingerprint())
         if path.is_file():
             previous = json.loads(path.read_text())
+            previous["train"] = {k: v for k, v in previous.get("train", {}).items()
+                                 if k not in CONTROL_KEYS}  # older versions recorded some
             if previous != fingerprint:
                 changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])
                 raise GradPrunerError(f"{self.out} holds a comparison with other settings "
