@@ -2,10 +2,11 @@
 
     python benchmarks/check_proxy.py runs/cmp/arc_easy runs/cmp/sst2 runs/cmp/piqa [--examples 128]
 
-For every cell of `gradpruner compare` runs, the cut (and merged) model is rebuilt from the
-cell's record (the removed layers, the merge plan and scale; LaCo's collapse rerun), checked
-against the held-out answer loss the cell recorded, and measured on the examples `compare` holds
-out (the last training examples) and, with `--examples N`, on the last N:
+For every cell of `gradpruner compare` runs but `auto`'s (chosen by one of these measures), the
+cut (and merged) model is rebuilt from the cell's record (the removed layers, the merge plan and
+scale; LaCo's collapse rerun), checked against the held-out answer loss the cell recorded, and
+measured on the examples `compare` holds out (the last training examples) and, with
+`--examples N`, on the last N:
 
 - answer loss: mean loss of the gold answer's tokens (what `compare` records);
 - choice loss: mean -log softmax over the choices of each choice's summed log-probability, at
@@ -99,6 +100,8 @@ def main() -> None:
         train = examples[:-held]
         rows = []
         for path in sorted((folder / "cells").glob("*-r*-s0.json")):
+            if path.name.startswith("auto-"):  # its cut was chosen by one of these measures
+                continue
             cell = json.loads(path.read_text())
             net = rebuild(dense, tokenizer, cell["prune"], folder, train)
             found = measures(net, tokenizer, examples, held, args.examples)
