@@ -79,7 +79,7 @@ def main() -> None:
     print("\n".join(summary))
     pooled = spearman([-r["heldout_loss"] for r in everything], [r["acc_after"] for r in everything])
     if pooled is not None:
-        print(f"\nPooled over {len(everything)} pruned cells: Spearman(-held-out loss, accuracy after "
+        print(f"\nPooled over {len(everything)} pruned cells: Spearman(-held-out answer loss, accuracy after "
               f"healing) = {pooled:.2f}.\n")
     print("\n".join(tables))
 
