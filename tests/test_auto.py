@@ -88,6 +88,18 @@ def test_the_choice_loss_is_minus_log_softmax_of_the_choice_scores_at_the_gold_c
     assert answer.loss([]) == pytest.approx(task_loss(model, answer.batches), abs=1e-6)
 
 
+def test_generation_examples_are_judged_by_the_answer_loss():
+    from gradpruner.criteria.auto import heldout_scoring
+    from gradpruner.data import GenExample
+
+    model = tiny_model("gemma")
+    examples = [GenExample(f"Say color {i}:", ["blue", "green"][i % 2]) for i in range(12)]
+    ctx = ScoreContext(model=model, tokenizer=tiny_tokenizer(), examples=examples)
+    scoring = heldout_scoring(ctx)
+    assert scoring.measure == "answer loss" and scoring.examples == 12
+    assert Judge(model, scoring).loss([]) == pytest.approx(task_loss(model, scoring.batches), abs=1e-6)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_skipped_layers_give_the_cut_model_and_are_put_back(arch):
     from gradpruner.criteria.judge import skipping
