@@ -73,19 +73,26 @@ def continuation_logprobs(model, batch: dict[str, torch.Tensor]) -> list[float]:
     return sums.index_add_(0, rows, token_logprobs.double()).tolist()
 
 
-def choice_logprobs(model, tokenizer, examples: list[MCExample], batch_size: int = 16,
-                    max_length: int = 1024) -> list[list[float]]:
-    """Per example, the summed log-probability of each choice's continuation given its context.
-
-    All (context, continuation) pairs of all examples are batched together, longest first so
-    that each batch holds similar lengths, right-padded and masked.
-    """
+def choice_pairs(tokenizer, examples: list[MCExample], max_length: int) -> list[tuple[int, int, dict]]:
+    """(example, choice, features) of every (context, continuation) pair, longest first so that
+    consecutive pairs batch with little padding."""
     pairs = [
         (i, j, tokenize_pair(tokenizer, context, continuation, max_length))
         for i, ex in enumerate(examples)
         for j, (context, continuation) in enumerate(zip(ex.contexts, ex.continuations))
     ]
     pairs.sort(key=lambda pair: len(pair[2]["input_ids"]), reverse=True)
+    return pairs
+
+
+def choice_logprobs(model, tokenizer, examples: list[MCExample], batch_size: int = 16,
+                    max_length: int = 1024) -> list[list[float]]:
+    """Per example, the summed log-probability of each choice's continuation given its context.
+
+    All (context, continuation) pairs of all examples are batched together (`choice_pairs`),
+    right-padded and masked.
+    """
+    pairs = choice_pairs(tokenizer, examples, max_length)
     scores = [[0.0] * len(ex.contexts) for ex in examples]
     collate = PadCollator(pad_id(tokenizer))
     starts = range(0, len(pairs), batch_size)

@@ -71,7 +71,7 @@ def atomic_output_dir(
     out_path = Path(out).resolve()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out_path)
-    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(out_path, os.getpid()), dir=out_path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_temporary_prefix(out_path)}{os.getpid()}-", dir=out_path.parent))
     try:
         yield tmp
         _move_into_place(tmp, out_path)
@@ -80,13 +80,14 @@ def atomic_output_dir(
         raise
 
 
-def _temporary_prefix(out: Path, pid: int) -> str:
-    return f".{out.name}.tmp-{socket.gethostname()}-{pid}-"
+def _temporary_prefix(out: Path) -> str:
+    """The start of this host's temporary siblings of `out`; the process id and a random part follow."""
+    return f".{out.name}.tmp-{socket.gethostname()}-"
 
 
 def _remove_stale_temporaries(out: Path) -> None:
     """Remove temporary siblings of `out` left by a process of this host that was killed."""
-    mine = _temporary_prefix(out, 0)[:-2]  # up to the process id
+    mine = _temporary_prefix(out)
     for tmp in out.parent.glob(f"{glob.escape(mine)}*-*"):
         pid = tmp.name[len(mine):].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):

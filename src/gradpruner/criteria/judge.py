@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..data import MCExample, PadCollator, pad_id, tokenize_pair, training_features
+from ..data import MCExample, PadCollator, pad_id, training_features
 from ..errors import GradPrunerError
-from ..evaluate import continuation_logprobs
+from ..evaluate import choice_pairs, continuation_logprobs
 from ..surgery import decoder_layers
 from . import ScoreContext
 
@@ -86,15 +86,12 @@ def task_loss(model, batches: list[dict]) -> float:
 
 def choice_scoring(tokenizer, examples: list[MCExample], batch_size: int = 8,
                    max_length: int = 256) -> Scoring:
-    """The choice loss of multiple-choice `examples`: every (context, continuation) pair a row,
-    longest first so that a batch holds similar lengths."""
-    pairs = [((i, j), tokenize_pair(tokenizer, context, continuation, max_length))
-             for i, ex in enumerate(examples)
-             for j, (context, continuation) in enumerate(zip(ex.contexts, ex.continuations))]
-    pairs.sort(key=lambda pair: len(pair[1]["input_ids"]), reverse=True)
+    """The choice loss of multiple-choice `examples`: every (context, continuation) pair a row
+    (`choice_pairs`: longest first)."""
+    pairs = choice_pairs(tokenizer, examples, max_length)
     collate = PadCollator(pad_id(tokenizer))
-    batches = [collate([f for _, f in pairs[i:i + batch_size]]) for i in range(0, len(pairs), batch_size)]
-    return Scoring(batches, [row for row, _ in pairs], [ex.gold for ex in examples])
+    batches = [collate([f for _, _, f in pairs[i:i + batch_size]]) for i in range(0, len(pairs), batch_size)]
+    return Scoring(batches, [(i, j) for i, j, _ in pairs], [ex.gold for ex in examples])
 
 
 def returns_tuple(model) -> bool:
@@ -137,18 +134,22 @@ def skipping(model, indices: Collection[int], as_tuple: bool | None = None) -> I
 
 
 class Judge:
-    """Held-out answer loss of the model with some layers skipped; counts passes and seconds.
+    """The scoring's loss of the model with some layers skipped; counts passes and seconds.
 
     The dense model's input to every layer is kept from one first pass, so judging a cut runs only
     the layers after its first removed (or changed) one, and skipped layers do no work.
     """
 
     def __init__(self, model, scoring: Scoring):
-        self.model, self.scoring, self.batches = model, scoring, scoring.batches
+        self.model, self.scoring = model, scoring
         self.passes, self.seconds, self.layer_passes = 0, 0.0, 0
         self._cache: dict[frozenset[int], float] = {}
         self._stride = self._input_stride()
         self._inputs, self._tuple_output = self._dense_inputs()
+
+    @property
+    def batches(self) -> list[dict]:
+        return self.scoring.batches
 
     def loss(self, removed, cached: bool = True, changed_from: int | None = None) -> float:
         """Loss with `removed` skipped; `changed_from`: first layer whose weights differ from
@@ -217,5 +218,5 @@ class Judge:
         return max(1, math.ceil(total / INPUTS_BYTES))
 
     def cost(self) -> dict:
-        return {"measure": self.scoring.measure, "forward_batches": self.passes, "layer_passes": self.layer_passes,
-                "seconds": round(self.seconds, 2)}
+        return {"measure": self.scoring.measure, "forward_batches": self.passes,
+                "layer_passes": self.layer_passes, "seconds": round(self.seconds, 2)}
