@@ -53,6 +53,23 @@ def test_auto_picks_the_planted_best_candidate_and_records_every_candidate(igia,
     assert found[record["auto"]["chosen"]]["loss"] == 0.5
     assert found["tail"]["removed"] == [3, 4] and found["tail"]["loss"] == 5.0
     assert record["auto"]["judge"]["forward_batches"] > 0
+    assert record["auto"]["judge"]["examples"] == 24 and record["auto"]["greedy_judge"]["examples"] == 16
+
+
+def test_the_candidates_share_one_pass_and_match_their_criteria(igia, monkeypatch):
+    import gradpruner.criteria.auto as auto_module
+
+    model = tiny_model("llama")
+    ctx = context(model, igia)
+    calls = []
+    one_pass = auto_module.layer_statistics
+    monkeypatch.setattr(auto_module, "layer_statistics", lambda *a: calls.append(a) or one_pass(*a))
+    sets, scores = auto_module.candidate_sets(ctx, 2)
+    assert len(calls) == 1 and calls[0][2] is True  # one forward and backward for all of them
+    alone = ScoreContext(model=model, tokenizer=ctx.tokenizer, examples=EXAMPLES[:auto_module.SCORING_EXAMPLES])
+    for name in ("block_influence", "taylor"):
+        assert scores[name] == pytest.approx(get_criterion(name).layer_scores(alone), rel=1e-6)
+    assert sets["angular"] == get_criterion("angular").removal(alone, 2)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -172,7 +189,7 @@ def test_merge_search_keeps_no_merge_when_every_merge_raises_the_loss(igia, monk
     record = prune_model(model, igia, criterion="gradpruner", remove=[1, 3], merge="auto",
                          context=context(model, igia))
     trials = record["merge_search"]["trials"]
-    # none, then per scale k = 1 only: a donor that raises the loss stops that scale's search
+    # none, then k = 1 at each scale; as no scale helped, no more donors are tried
     assert [(t["donors"], t["scale"]) for t in trials] == [(0, 0.0), (1, 1.0), (1, 0.5), (1, 0.25)]
     assert all(t["loss"] > trials[0]["loss"] for t in trials[1:])
     assert record["merged"] == {} and record["merged_entries"] == {}
@@ -180,6 +197,23 @@ def test_merge_search_keeps_no_merge_when_every_merge_raises_the_loss(igia, monk
     for new, old in enumerate(kept):  # kept layers untouched: every trial was undone
         for name, value in model.model.layers[new].state_dict().items():
             assert torch.equal(value, before[f"model.layers.{old}.{name}"])
+
+
+def test_merge_search_adds_donors_at_the_best_scale_only(igia, monkeypatch):
+    model = tiny_model("llama")
+    before = copy.deepcopy(model.state_dict())
+
+    def planted(judge, removed, start):  # the more the weights change, the lower the loss
+        return 1.0 / (1.0 + sum(float((p.detach() - before[n]).abs().sum())
+                                for n, p in judge.model.named_parameters()))
+
+    monkeypatch.setattr(Judge, "_loss", planted)
+    record = prune_model(model, igia, criterion="gradpruner", remove=[1, 3], merge="auto",
+                         context=context(model, igia))
+    trials = record["merge_search"]["trials"]
+    assert [(t["donors"], t["scale"]) for t in trials] == [(0, 0.0), (1, 1.0), (1, 0.5), (1, 0.25),
+                                                           (2, 1.0)]
+    assert record["merge_search"]["chosen"] == {"plan": {"0": [1], "2": [3]}, "scale": 1.0}
 
 
 def test_merge_search_applies_the_best_trial(igia):

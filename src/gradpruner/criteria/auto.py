@@ -3,15 +3,15 @@
 Candidates are the removal sets of the IGIA score variants (when a probe is given), of the
 criteria that need only forward passes or one gradient pass, and of a greedy removal that drops
 one layer at a time, trying the `GREEDY_WIDTH` lowest-scored layers by block influence and
-keeping the one whose removal raises the held-out answer loss least. Every candidate is judged
-on held-out task examples with its layers skipped (forward passes only, no copy of the model):
-by the choice loss where the task is multiple choice (it predicts the accuracy after healing
-better than the answer loss: `benchmarks/check_proxy.py`), else by the answer loss. Each
-candidate, its loss and the cost of the search go into the sidecar.
+keeping the one whose removal raises the held-out answer loss of `GREEDY_EXAMPLES` examples
+least. Every candidate is judged on held-out task examples with its layers skipped (forward
+passes only, no copy of the model): by the choice loss where the task is multiple choice (it
+predicts the accuracy after healing better than the answer loss: `benchmarks/check_proxy.py`),
+else by the answer loss. Each candidate, its loss and the cost of the search go into the sidecar.
 
-`search_merge` does the same for the merge: for each scale (1, 0.5, 0.25) on the added weights,
-donors k = 1, 2, 3 in turn until one more donor raises the loss, keeping the lowest loss of all,
-"no merge" included.
+`search_merge` does the same for the merge: one donor at each scale (1, 0.5, 0.25) on the added
+weights, then more donors at the best scale until one more raises the loss, keeping the lowest
+loss of all, "no merge" included.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ..selection import lowest_scored
 from ..surgery import decoder_layers, layer_prefix
 from . import Criterion, ScoreContext, get_criterion, register
 from ..data import MCExample
+from .baselines import FromStatistics, layer_statistics
 from .judge import Judge, Scoring, choice_scoring, task_batches
 
 CANDIDATES = ("gradpruner", "gradpruner_unsquared", "gradpruner_relative", "block_influence",
@@ -34,17 +35,20 @@ HELDOUT_EXAMPLES = 32
 CHOICE_ROWS = 64  # the choice loss scores every choice: at most this many (example, choice) rows
 SCORING_EXAMPLES = 32
 GREEDY_WIDTH = 2
+GREEDY_EXAMPLES = 16  # the greedy search's answer loss: on this many held-out examples
 MERGE_DONORS = (1, 2, 3)
 MERGE_SCALES = (1.0, 0.5, 0.25)
 
 
-def heldout_scoring(ctx: ScoreContext, measure: str = "choice") -> Scoring:
-    """The held-out measure on `ctx.heldout`, or the last training examples when none are given.
+def heldout_scoring(ctx: ScoreContext, measure: str = "choice",
+                    count: int = HELDOUT_EXAMPLES) -> Scoring:
+    """The held-out measure on the last `count` of `ctx.heldout`, or of the training examples
+    when none are held out.
 
     `measure` "choice": the choice loss of the last examples with at most `CHOICE_ROWS` choices
     in all, where every example is multiple choice; otherwise (and for "answer") the answer loss.
     """
-    examples = ctx.heldout or ctx.examples[-HELDOUT_EXAMPLES:]
+    examples = (ctx.heldout or ctx.examples)[-count:]
     multiple_choice = all(isinstance(ex, MCExample) and len(ex.contexts) > 1 for ex in examples)
     if examples and measure == "choice" and multiple_choice:
         rows = 0
@@ -58,9 +62,9 @@ def heldout_scoring(ctx: ScoreContext, measure: str = "choice") -> Scoring:
     return Scoring(task_batches(held, len(examples), 8, "auto"))
 
 
-def heldout_judge(ctx: ScoreContext, measure: str = "choice") -> Judge:
-    """A judge of `heldout_scoring(ctx, measure)`."""
-    return Judge(ctx.model, heldout_scoring(ctx, measure))
+def heldout_judge(ctx: ScoreContext, measure: str = "choice", count: int = HELDOUT_EXAMPLES) -> Judge:
+    """A judge of `heldout_scoring(ctx, measure, count)`."""
+    return Judge(ctx.model, heldout_scoring(ctx, measure, count))
 
 
 def greedy_removal(judge: Judge, count: int, guide: list[float], width: int = GREEDY_WIDTH) -> list[int]:
@@ -72,6 +76,29 @@ def greedy_removal(judge: Judge, count: int, guide: list[float], width: int = GR
         tries = sorted(left, key=lambda i: (guide[i], -i))[:width]
         removed.append(min(tries, key=lambda i: (judge.loss(removed + [i]), -i)))
     return sorted(removed)
+
+
+def candidate_sets(ctx: ScoreContext, count: int) -> tuple[dict[str, list[int]], dict[str, list[float]]]:
+    """Each of `CANDIDATES`' removal set of `count` layers, and the layer scores behind them.
+
+    The criteria read off task statistics (block influence, angular, Taylor) share one forward
+    and backward pass over the first `SCORING_EXAMPLES` training examples.
+    """
+    scoring = replace(ctx, examples=ctx.examples[:SCORING_EXAMPLES], notes={})
+    chosen = [get_criterion(name) for name in CANDIDATES]
+    chosen = [c for c in chosen if ctx.igia is not None or not c.needs_probe]
+    shared = [c for c in chosen if isinstance(c, FromStatistics)]
+    stats = (layer_statistics(ctx.model, shared[0].batches(scoring), any(c.gradients for c in shared))
+             if shared else None)
+    sets, scores = {}, {}
+    for criterion in chosen:
+        if hasattr(criterion, "removal_from"):  # chooses its set itself (angular): no scores needed
+            sets[criterion.name] = criterion.removal_from(stats, count)
+            continue
+        scores[criterion.name] = (criterion.scores_from(stats) if criterion in shared
+                                  else criterion.layer_scores(scoring))
+        sets[criterion.name] = lowest_scored(scores[criterion.name], count)
+    return sets, scores
 
 
 @register
@@ -87,18 +114,8 @@ class Auto(Criterion):
     def removal(self, ctx: ScoreContext, count: int) -> list[int]:
         start = time.perf_counter()
         judge = heldout_judge(ctx)
-        guide = judge if judge.scoring.measure == "answer loss" else heldout_judge(ctx, "answer")
-        scoring = replace(ctx, examples=ctx.examples[:SCORING_EXAMPLES], notes={})
-        sets, scores = {}, {}
-        for name in CANDIDATES:
-            criterion = get_criterion(name)
-            if criterion.needs_probe and ctx.igia is None:
-                continue
-            if hasattr(criterion, "removal"):  # chooses its set itself (angular): no scores needed
-                sets[name] = criterion.removal(scoring, count)
-            else:
-                scores[name] = criterion.layer_scores(scoring)
-                sets[name] = lowest_scored(scores[name], count)
+        guide = heldout_judge(ctx, "answer", GREEDY_EXAMPLES)
+        sets, scores = candidate_sets(ctx, count)
         sets["greedy"] = greedy_removal(guide, count, scores["block_influence"])
         found = [{"name": name, "removed": removed, "loss": judge.loss(removed)}
                  for name, removed in sets.items()]
@@ -107,7 +124,7 @@ class Auto(Criterion):
         ctx.notes["auto"] = {"chosen": best["name"], "candidates": found,
                              "heldout_examples": judge.scoring.examples,
                              "judge": judge.cost(),
-                             **({"greedy_judge": guide.cost()} if guide is not judge else {}),
+                             "greedy_judge": guide.cost(),
                              "seconds": round(time.perf_counter() - start, 2)}
         ctx.judge = judge
         return best["removed"]
@@ -129,28 +146,36 @@ def search_merge(ctx: ScoreContext, removed: list[int], kept: list[int], donor_s
     judge = ctx.judge or heldout_judge(ctx)
     model = ctx.model
     trials = [{"donors": 0, "scale": 0.0, "loss": judge.loss(removed)}]
-    best_plan: dict[int, list[int]] = {}
-    best_scale = 0.0
+    best: dict = {"plan": {}, "scale": 0.0, "loss": trials[0]["loss"]}
     widest = plan_merge(removed, kept, donor_scores, max(MERGE_DONORS))
     deltas = plan_deltas(model, widest, ctx.igia.matrix, layer_prefix(model), density,
                          set(ctx.igia.module_names))
     saved = _snapshot(model, widest)
-    for scale in MERGE_SCALES:
-        previous = trials[0]["loss"]
-        for k in (k for k in MERGE_DONORS if k <= len(removed)):
-            plan = plan_merge(removed, kept, donor_scores, k)
-            for donor in (d for donors in plan.values() for d in donors):
-                add_deltas(model, deltas[donor], scale)
+
+    def attempt(k: int, scale: float) -> float:
+        plan = plan_merge(removed, kept, donor_scores, k)
+        for donor in (d for donors in plan.values() for d in donors):
+            add_deltas(model, deltas[donor], scale)
+        try:
             loss = judge.loss(removed, cached=False, changed_from=min(plan, default=None))
+        finally:
             _restore(model, saved)
-            trials.append({"donors": k, "scale": scale, "loss": loss})
-            if loss < min(t["loss"] for t in trials[:-1]):
-                best_plan, best_scale = plan, scale
-            if loss >= previous:  # one more donor made it worse: more will not be tried
+        trials.append({"donors": k, "scale": scale, "loss": loss})
+        if loss < best["loss"]:
+            best.update(plan=plan, scale=scale, loss=loss)
+        return loss
+
+    for scale in MERGE_SCALES:
+        attempt(MERGE_DONORS[0], scale)
+    if best["plan"]:  # more donors at the best scale, until one more makes it worse
+        previous = best["loss"]
+        for k in (k for k in MERGE_DONORS[1:] if k <= len(removed)):
+            loss = attempt(k, best["scale"])
+            if loss >= previous:
                 break
             previous = loss
     ctx.notes["merge_search"] = {"trials": trials, "density": density, "judge": judge.cost()}
-    return best_plan, best_scale, trials
+    return best["plan"], best["scale"], trials
 
 
 def _snapshot(model, plan: dict[int, list[int]]) -> dict[int, dict[str, torch.Tensor]]:

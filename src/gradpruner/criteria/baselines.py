@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import torch
 
@@ -60,21 +61,27 @@ class _OnTaskData(Criterion):
         return task_batches(ctx, self.max_examples, self.batch_size, self.name)
 
 
+class FromStatistics(_OnTaskData):
+    """A criterion read off `layer_statistics` of the task data (one pass shared by several)."""
+
+    gradients = False  # whether it needs the pass's |weight * gradient| sums
+
+    def layer_scores(self, ctx: ScoreContext) -> list[float]:
+        return self.scores_from(layer_statistics(ctx.model, self.batches(ctx), self.gradients))
+
+    def scores_from(self, stats: LayerStatistics) -> list[float]:
+        raise NotImplementedError
+
+
 @register
-class BlockInfluence(_OnTaskData):
+class BlockInfluence(FromStatistics):
     """1 - mean cosine(input, output) of each layer over the non-padding tokens of task data."""
 
     name = "block_influence"
     paper = "Men et al. 2024, ShortGPT: Layers in LLMs are More Redundant Than You Expect"
 
-    def layer_scores(self, ctx: ScoreContext) -> list[float]:
-        sums = torch.zeros(num_layers(ctx.model), dtype=torch.float64)
-        count = 0
-        for batch in self.batches(ctx):
-            cosines = layer_cosines(ctx.model, batch["input_ids"], batch["attention_mask"])
-            sums += cosines.sum(dim=1)
-            count += cosines.shape[1]
-        return (1.0 - sums / count).tolist()
+    def scores_from(self, stats: LayerStatistics) -> list[float]:
+        return (1.0 - stats.cosines).tolist()
 
 
 @register
@@ -93,36 +100,19 @@ class LossIncrease(_OnTaskData):
 
 
 @register
-class Taylor(_OnTaskData):
+class Taylor(FromStatistics):
     """Sum of |weight * gradient| over each layer's parameters, gradients of the task loss."""
 
     name = "taylor"
     paper = "Kim et al. 2024, Shortened LLaMA (Taylor+ criterion)"
+    gradients = True
 
-    def layer_scores(self, ctx: ScoreContext) -> list[float]:
-        batches = self.batches(ctx)
-        params = [list(layer.parameters()) for layer in decoder_layers(ctx.model)]
-        in_layers = {id(p) for ps in params for p in ps}
-        everything = list(ctx.model.parameters())
-        saved = [p.requires_grad for p in everything]
-        device = everything[0].device
-        try:
-            for p in everything:  # gradients for the decoder layers only
-                p.requires_grad_(id(p) in in_layers)
-                p.grad = None
-            for batch in batches:
-                out = ctx.model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
-                (out.loss / len(batches)).backward()
-            return [sum(float((p.detach() * p.grad).abs().sum()) for p in ps if p.grad is not None)
-                    for ps in params]
-        finally:
-            for p, flag in zip(everything, saved):
-                p.grad = None
-                p.requires_grad_(flag)
+    def scores_from(self, stats: LayerStatistics) -> list[float]:
+        return stats.taylor
 
 
 @register
-class Angular(_OnTaskData):
+class Angular(FromStatistics):
     """Angular distance across blocks of layers at the last token; removes one contiguous block.
 
     Per-layer scores are the distances of single-layer blocks; `removal` picks the block of the
@@ -132,43 +122,85 @@ class Angular(_OnTaskData):
     name = "angular"
     paper = "Gromov et al. 2024, The Unreasonable Ineffectiveness of the Deeper Layers"
 
-    def layer_scores(self, ctx: ScoreContext) -> list[float]:
-        return block_distances(last_token_states(ctx.model, self.batches(ctx)), 1)
+    def scores_from(self, stats: LayerStatistics) -> list[float]:
+        return block_distances(stats.states, 1)
 
     def removal(self, ctx: ScoreContext, count: int) -> list[int]:
-        distances = block_distances(last_token_states(ctx.model, self.batches(ctx)), count)
+        return self.removal_from(layer_statistics(ctx.model, self.batches(ctx)), count)
+
+    def removal_from(self, stats: LayerStatistics, count: int) -> list[int]:
+        distances = block_distances(stats.states, count)
         start = min(range(len(distances)), key=distances.__getitem__)
         return list(range(start, start + count))
+
+
+@dataclass
+class LayerStatistics:
+    """What one pass over task data tells about each decoder layer.
+
+    `cosines`: (layers,) mean cosine of each layer's input and output over the real tokens;
+    `states`: (layers + 1, samples, hidden), every layer's input and the last layer's output at
+    each sample's last real token; `taylor`: per layer, sum of |weight * gradient| of the task
+    loss (when asked for).
+    """
+
+    cosines: torch.Tensor
+    states: torch.Tensor
+    taylor: list[float] | None = None
+
+
+def layer_statistics(model, batches: list[dict], gradients: bool = False) -> LayerStatistics:
+    """`LayerStatistics` of `batches` in one forward pass (and one backward with `gradients`)."""
+    layers = decoder_layers(model)
+    sums = torch.zeros(len(layers), dtype=torch.float64)
+    count, rows = 0, []
+    params = [list(layer.parameters()) for layer in layers]
+    in_layers = {id(p) for ps in params for p in ps}
+    everything = list(model.parameters())
+    saved = [p.requires_grad for p in everything]
+    device = everything[0].device
+    try:
+        for p in everything:  # gradients for the decoder layers only
+            p.requires_grad_(gradients and id(p) in in_layers)
+            p.grad = None
+        for batch in batches:
+            captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+            def keep(module, args, kwargs, output):
+                hidden_in = args[0] if args else kwargs["hidden_states"]
+                hidden_out = output[0] if isinstance(output, tuple) else output
+                captured.append((hidden_in.detach(), hidden_out.detach()))
+
+            handles = [layer.register_forward_hook(keep, with_kwargs=True) for layer in layers]
+            inputs = {k: v.to(device) for k, v in batch.items()}
+            try:
+                with torch.set_grad_enabled(gradients):
+                    out = model(**inputs, use_cache=False)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            if gradients:
+                (out.loss / len(batches)).backward()
+            real = inputs["attention_mask"].bool()
+            sums += torch.stack([torch.nn.functional.cosine_similarity(
+                a[real].double(), b[real].double(), dim=-1).sum() for a, b in captured]).cpu()
+            count += int(real.sum())
+            last = inputs["attention_mask"].sum(dim=1) - 1
+            picked = [a for a, _ in captured] + [captured[-1][1]]
+            rows.append(torch.stack([h[torch.arange(len(last)), last].double().cpu() for h in picked]))
+        taylor = ([sum(float((p.detach() * p.grad).abs().sum()) for p in ps if p.grad is not None)
+                   for ps in params] if gradients else None)
+        return LayerStatistics(sums / max(count, 1), torch.cat(rows, dim=1), taylor)
+    finally:
+        for p, flag in zip(everything, saved):
+            p.grad = None
+            p.requires_grad_(flag)
 
 
 def last_token_states(model, batches: list[dict]) -> torch.Tensor:
     """(layers + 1, samples, hidden): the input of every layer and the last layer's output,
     at each sample's last real token."""
-    layers = decoder_layers(model)
-    rows: list[torch.Tensor] = []
-    for batch in batches:
-        captured: list[torch.Tensor] = []
-
-        def keep_input(module, args, kwargs):
-            captured.append((args[0] if args else kwargs["hidden_states"]).detach())
-
-        def keep_output(module, args, kwargs, output):
-            captured.append((output[0] if isinstance(output, tuple) else output).detach())
-
-        handles = [layer.register_forward_pre_hook(keep_input, with_kwargs=True) for layer in layers]
-        handles.append(layers[-1].register_forward_hook(keep_output, with_kwargs=True))
-        device = next(model.parameters()).device
-        try:
-            with torch.inference_mode():
-                model(input_ids=batch["input_ids"].to(device),
-                      attention_mask=batch["attention_mask"].to(device), use_cache=False)
-        finally:
-            for handle in handles:
-                handle.remove()
-        last = batch["attention_mask"].sum(dim=1) - 1
-        rows.append(torch.stack([h[torch.arange(len(last)), last.to(h.device)].double().cpu()
-                                 for h in captured]))
-    return torch.cat(rows, dim=1)
+    return layer_statistics(model, batches).states
 
 
 def block_distances(states: torch.Tensor, size: int) -> list[float]:
@@ -178,28 +210,3 @@ def block_distances(states: torch.Tensor, size: int) -> list[float]:
         cos = torch.nn.functional.cosine_similarity(states[start], states[start + size], dim=-1)
         out.append(float((torch.arccos(cos.clamp(-1, 1)) / torch.pi).mean()))
     return out
-
-
-def layer_cosines(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(layers, tokens) cosine similarity of each layer's input and output at the real tokens."""
-    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def hook(module, args, kwargs, output):
-        hidden_in = args[0] if args else kwargs["hidden_states"]
-        hidden_out = output[0] if isinstance(output, tuple) else output
-        captured.append((hidden_in.detach(), hidden_out.detach()))
-
-    handles = [layer.register_forward_hook(hook, with_kwargs=True) for layer in decoder_layers(model)]
-    device = next(model.parameters()).device
-    try:
-        with torch.inference_mode():
-            model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                  use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    real = attention_mask.to(device).bool()
-    return torch.stack([
-        torch.nn.functional.cosine_similarity(a[real].double(), b[real].double(), dim=-1)
-        for a, b in captured
-    ]).cpu()

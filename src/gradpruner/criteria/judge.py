@@ -218,5 +218,6 @@ class Judge:
         return max(1, math.ceil(total / INPUTS_BYTES))
 
     def cost(self) -> dict:
-        return {"measure": self.scoring.measure, "forward_batches": self.passes,
+        return {"measure": self.scoring.measure, "examples": self.scoring.examples,
+                "forward_batches": self.passes,
                 "layer_passes": self.layer_passes, "seconds": round(self.seconds, 2)}
