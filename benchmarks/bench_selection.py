@@ -1,12 +1,19 @@
-"""The cost of `auto`'s selection and merge search, with the judge's shortcut and without it.
+"""The cost of `auto`'s selection and merge search, in seconds and in healing steps.
 
-    python benchmarks/bench_selection.py --task arc_easy --ratios 0.25,0.4
+    python benchmarks/bench_selection.py --task arc_easy --ratios 0.25,0.4 --heal-steps 10
+    python benchmarks/bench_selection.py --task arc_easy --ratios 0.25 --judges shortcut,full passes
 
-`auto` judges each candidate cut by the held-out answer loss. The judge keeps the dense model's
-input to every layer and runs only the layers after a cut's first removed (or merged-into)
-layer, with skipped layers doing no work. "full passes" is the same search with only the first
-layer's input kept, so that every candidate runs from the embeddings through every kept layer. Both must choose the same cut and merge with the same losses; the script checks
-that and prints the seconds of each part, on the default model, probe included.
+`auto` judges each candidate cut and merge by a held-out loss (the choice loss on multiple-choice
+tasks). The judge keeps the dense model's input to every layer and runs only the layers after a
+cut's first removed (or merged-into) layer, with skipped layers doing no work. "full passes" is
+the same search with only the first layer's input kept, so that every candidate runs from the
+embeddings through every kept layer; both must choose the same cut and merge with the same
+losses, which the script checks.
+
+With `--heal-steps N`, each cut model is then fine-tuned for N LoRA steps (batch 8, lr 2e-4) in
+the same process, and the selection's parts are printed in those steps: the issue's budget is
+10 % of the healing fine-tune. On the default model; the probe is not counted (its steps are
+fine-tuning steps).
 """
 
 from __future__ import annotations
@@ -21,11 +28,11 @@ from gradpruner.criteria import ScoreContext
 from gradpruner.models import load_model
 from gradpruner.pipeline import resolve_task
 from gradpruner.prune import prune_model
-from gradpruner.train import TrainConfig, probe
+from gradpruner.train import TrainConfig, finetune, probe
 
 
 def select(model, tokenizer, task, igia, ratio: float) -> tuple[dict, float]:
-    """`auto` with the merge search on a fresh copy of the model: the record and its seconds."""
+    """`auto` with the merge search on `model`: the record and its seconds."""
     context = ScoreContext(model=model, tokenizer=tokenizer, examples=task.train_examples(),
                            igia=igia, seed=0)
     start = time.perf_counter()
@@ -33,22 +40,38 @@ def select(model, tokenizer, task, igia, ratio: float) -> tuple[dict, float]:
     return record, time.perf_counter() - start
 
 
+def parts(record: dict, seconds: float) -> dict[str, float]:
+    """Seconds of each part of one selection, from its record."""
+    found, merge = record["auto"], record["merge_search"]
+    judge, greedy = found["judge"], found["greedy_judge"]
+    return {"candidate criteria (IGIA scores; one pass for the others)": found["criteria_seconds"],
+            "greedy search (answer loss, its first pass included)":
+                greedy["seconds"] + greedy["first_pass_seconds"],
+            f"judging the candidates ({judge['measure']}, its first pass included)":
+                judge["seconds"] + judge["first_pass_seconds"],
+            "merge search (deltas and trials)": merge["seconds"],
+            "the rest (surgery)": seconds - found["seconds"] - merge["seconds"],
+            "selection in all": seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", default="arc_easy")
     parser.add_argument("--ratios", default="0.25,0.4")
     parser.add_argument("--probe-steps", type=int, default=20)
-    parser.add_argument("--judges", default="shortcut,full passes")
+    parser.add_argument("--judges", default="shortcut")
+    parser.add_argument("--heal-steps", type=int, default=0, help="0: no healing steps measured")
     args = parser.parse_args()
     task = resolve_task(args.task, None)
     model, tokenizer, _ = load_model(None, "float32", "cpu")
-    igia, _ = probe(model, tokenizer, task.train_examples(),
-                    TrainConfig(steps=20, lr=2e-4, progress=False, logging_steps=10_000), args.probe_steps)
+    config = TrainConfig(steps=20, lr=2e-4, progress=False, logging_steps=10_000)
+    igia, _ = probe(model, tokenizer, task.train_examples(), config, args.probe_steps)
     original = model.state_dict()
     print(f"{args.task}, default model, {torch.get_num_threads()} threads\n")
     print("| ratio | judge | chosen | removed | merge | selection s | judge s | forward batches "
           "| layer passes |")
     print("|---|---|---|---|---|---|---|---|---|")
+    costs = []
     for ratio in (float(r) for r in args.ratios.split(",")):
         records = {}
         for name in args.judges.split(","):
@@ -67,12 +90,23 @@ def main() -> None:
             print(f"| {ratio} | {name} | {record['auto']['chosen']} | {record['removed_layers']} | "
                   f"{merge} | {seconds:.0f} | {judge['seconds']:.0f} | "
                   f"{judge['forward_batches']} | {judge['layer_passes']} |", flush=True)
+            if args.heal_steps and name == "shortcut":
+                heal = TrainConfig(steps=args.heal_steps, lr=2e-4, progress=False, logging_steps=10_000)
+                _, stats = finetune(net, tokenizer, task.train_examples(), heal)
+                costs.append((ratio, parts(record, seconds), stats["seconds_per_step"]))
         if len(records) < 2:
             continue
         a, b = (records[k]["auto"]["candidates"] for k in ("shortcut", "full passes"))
         worst = max(abs(x["loss"] - y["loss"]) for x, y in zip(a, b))
         same = records["shortcut"]["removed_layers"] == records["full passes"]["removed_layers"]
         print(f"|  | same cut: {same}; largest candidate-loss difference {worst:.1e} | | | | | | | |")
+    for ratio, seconds, step in costs:
+        print(f"\nratio {ratio}: one healing step of the cut model {step:.2f} s "
+              f"(mean of {args.heal_steps})\n\n| part | seconds | healing steps |\n|---|---|---|")
+        for part, value in seconds.items():
+            print(f"| {part} | {value:.1f} | {value / step:.1f} |")
+        print(f"\nSelection = {seconds['selection in all'] / step:.1f} healing steps: 10 % of a "
+              f"{10 * seconds['selection in all'] / step:.0f}-step heal.", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Copies each task's plots next to the document and prints Markdown: each task's tables, `auto`
 against the best single criterion and the paper's rule in every cell, the cost of `auto`'s
-selection against the healing fine-tune, and the rank correlation of held-out loss before
+selection in healing steps of the same cell, and the rank correlation of held-out loss before
 healing with accuracy after it, per task and pooled.
 
     python benchmarks/results_summary.py runs/cmp/arc_easy runs/cmp/piqa runs/cmp/sst2 --docs docs/results
@@ -37,9 +37,10 @@ def cell_summary(results: dict) -> list[str]:
             found = raw[0]["prune"]["auto"]
             merge = raw[0]["prune"].get("merge_search", {}).get("judge", found["judge"])
             batches = merge["forward_batches"] + found.get("greedy_judge", {}).get("forward_batches", 0)
-            cost = (f"{raw[0]['select_seconds']:.0f} s ({batches} held-out batches), "
-                    f"{raw[0]['select_seconds'] / raw[0]['finetune']['train_seconds']:.2f}"
-                    f" of its healing; chose {found['chosen']} by {merge.get('measure', 'answer loss')}")
+            steps = raw[0]["select_seconds"] / raw[0]["finetune"]["seconds_per_step"]
+            cost = (f"{raw[0]['select_seconds']:.0f} s = {steps:.0f} of its healing steps, 10 % of a "
+                    f"{10 * steps:.0f}-step heal ({batches} held-out batches); chose {found['chosen']}"
+                    f" by {merge.get('measure', 'answer loss')}")
         lines.append(
             f"| {results['task']} | {ratio} | {dense:.2f} | "
             f"{cell['gradpruner']['acc_after']:.2f} | " if "gradpruner" in cell else

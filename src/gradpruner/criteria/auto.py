@@ -115,7 +115,9 @@ class Auto(Criterion):
         start = time.perf_counter()
         judge = heldout_judge(ctx)
         guide = heldout_judge(ctx, "answer", GREEDY_EXAMPLES)
+        criteria_start = time.perf_counter()
         sets, scores = candidate_sets(ctx, count)
+        criteria_seconds = time.perf_counter() - criteria_start
         sets["greedy"] = greedy_removal(guide, count, scores["block_influence"])
         found = [{"name": name, "removed": removed, "loss": judge.loss(removed)}
                  for name, removed in sets.items()]
@@ -125,6 +127,7 @@ class Auto(Criterion):
                              "heldout_examples": judge.scoring.examples,
                              "judge": judge.cost(),
                              "greedy_judge": guide.cost(),
+                             "criteria_seconds": round(criteria_seconds, 2),
                              "seconds": round(time.perf_counter() - start, 2)}
         ctx.judge = judge
         return best["removed"]
@@ -143,6 +146,7 @@ def search_merge(ctx: ScoreContext, removed: list[int], kept: list[int], donor_s
 
     "No merge" is a trial, so the search never returns a merge that raises the loss.
     """
+    start = time.perf_counter()
     judge = ctx.judge or heldout_judge(ctx)
     model = ctx.model
     trials = [{"donors": 0, "scale": 0.0, "loss": judge.loss(removed)}]
@@ -174,7 +178,8 @@ def search_merge(ctx: ScoreContext, removed: list[int], kept: list[int], donor_s
             if loss >= previous:
                 break
             previous = loss
-    ctx.notes["merge_search"] = {"trials": trials, "density": density, "judge": judge.cost()}
+    ctx.notes["merge_search"] = {"trials": trials, "density": density, "judge": judge.cost(),
+                                 "seconds": round(time.perf_counter() - start, 2)}
     return best["plan"], best["scale"], trials
 
 

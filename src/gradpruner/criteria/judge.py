@@ -134,7 +134,8 @@ def skipping(model, indices: Collection[int], as_tuple: bool | None = None) -> I
 
 
 class Judge:
-    """The scoring's loss of the model with some layers skipped; counts passes and seconds.
+    """The scoring's loss of the model with some layers skipped; counts passes and seconds (those
+of the first, dense pass apart).
 
     The dense model's input to every layer is kept from one first pass, so judging a cut runs only
     the layers after its first removed (or changed) one, and skipped layers do no work.
@@ -145,7 +146,9 @@ class Judge:
         self.passes, self.seconds, self.layer_passes = 0, 0.0, 0
         self._cache: dict[frozenset[int], float] = {}
         self._stride = self._input_stride()
+        started = time.perf_counter()
         self._inputs, self._tuple_output = self._dense_inputs()
+        self.first_pass_seconds = time.perf_counter() - started
 
     @property
     def batches(self) -> list[dict]:
@@ -219,5 +222,5 @@ class Judge:
 
     def cost(self) -> dict:
         return {"measure": self.scoring.measure, "examples": self.scoring.examples,
-                "forward_batches": self.passes,
+                "first_pass_seconds": round(self.first_pass_seconds, 2), "forward_batches": self.passes,
                 "layer_passes": self.layer_passes, "seconds": round(self.seconds, 2)}
