@@ -1,7 +1,8 @@
 """`auto`: among several candidate cuts, the one whose held-out task loss is lowest.
 
 Candidates are the removal sets of the IGIA score variants (when a probe is given), of the
-criteria that need only forward passes or one gradient pass, and of a greedy removal that drops
+criteria that need only forward passes or one gradient pass (block influence, angular distance
+and Taylor, read off one shared pass: `candidate_sets`), and of a greedy removal that drops
 one layer at a time, trying the `GREEDY_WIDTH` lowest-scored layers by block influence and
 keeping the one whose removal raises the held-out answer loss of `GREEDY_EXAMPLES` examples
 least. Every candidate is judged on held-out task examples with its layers skipped (forward
