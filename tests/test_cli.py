@@ -102,6 +102,10 @@ def test_run_writes_report_and_plot(workspace):
     assert (w / "run" / "layer_scores.png").stat().st_size > 1000
     text = (w / "run" / "report.md").read_text()
     assert "pruned, fine-tuned" in text and f"| {chosen} (chosen) |" in text
+    selection, tune = report["prune"]["auto"]["seconds"], report["pruned_finetune"]
+    assert (f"Selection and merge search: {selection:.0f} s, as long as "
+            f"{selection / tune['seconds_per_step']:.0f} of the pruned model's fine-tuning steps "
+            f"({selection / tune['train_seconds']:.0%} of its {tune['steps']}-step fine-tune)") in text
     assert AutoConfig.from_pretrained(w / "run" / "model").num_hidden_layers == 4
     # the default warm start: every LoRA matrix of the 4 kept layers started from the probe's
     assert report["pruned_finetune"]["warm_started_matrices"] == 4 * 7 * 2

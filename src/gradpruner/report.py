@@ -66,8 +66,24 @@ def _warnings(results: dict) -> list[str]:
             "scores below and consider fewer layers or an explicit `--remove` list.", ""]
 
 
-def _auto_section(prune: dict) -> list[str]:
-    """The candidate cuts `auto` judged, with their held-out losses, and the merge trials."""
+def _selection_cost(prune: dict, finetune: dict) -> list[str]:
+    """`auto`'s selection and merge search against the pruned model's fine-tune."""
+    seconds = prune["auto"]["seconds"] + prune.get("merge_search", {}).get("seconds", 0.0)
+    if not finetune.get("seconds_per_step") or not finetune.get("train_seconds"):
+        return []
+    share = seconds / finetune["train_seconds"]
+    line = (f"Selection and merge search: {seconds:.0f} s, as long as "
+            f"{seconds / finetune['seconds_per_step']:.0f} of the pruned model's fine-tuning steps "
+            f"({share:.0%} of its {finetune.get('steps', '-')}-step fine-tune).")
+    if share > 0.1:
+        line += (" For fine-tunes this short, one criterion (e.g. `--criterion block_influence "
+                 "--merge none`: one forward pass over 64 examples) selects for much less.")
+    return ["", line]
+
+
+def _auto_section(prune: dict, finetune: dict) -> list[str]:
+    """The candidate cuts `auto` judged, with their held-out losses, the merge trials, and what
+    the selection cost against the fine-tune."""
     auto = prune.get("auto")
     if not auto:
         return []
@@ -83,7 +99,7 @@ def _auto_section(prune: dict) -> list[str]:
         tried = ", ".join(f"{t['donors']} donors x {t['scale']:g}: {t['loss']:.3f}" if t["donors"]
                           else f"none: {t['loss']:.3f}" for t in trials)
         lines += ["", f"Merge trials (held-out {measure}): {tried}."]
-    return [*lines, ""]
+    return [*lines, *_selection_cost(prune, finetune), ""]
 
 
 def run_markdown(results: dict) -> str:
@@ -125,7 +141,7 @@ def run_markdown(results: dict) -> str:
         f"{results['probe'].get('probe_seconds', 0):.1f} | - |",
         "",
         *_warnings(results),
-        *_auto_section(prune),
+        *_auto_section(prune, pruned_ft),
         f"Evaluation items: {results['dense_zero_shot'].get('n')}; "
         f"total wall time {results.get('total_seconds', 0) / 60:.1f} min.",
         "",
