@@ -29,7 +29,8 @@ import torch
 
 from gradpruner.criteria import ScoreContext
 from gradpruner.criteria.auto import heldout_scoring
-from gradpruner.criteria.judge import task_batches, task_loss
+from gradpruner.compare_report import spearman
+from gradpruner.criteria.judge import choice_loss, task_batches, task_loss
 from gradpruner.evaluate import choice_logprobs
 from gradpruner.igia import IGIA
 from gradpruner.merge import merge_layers
@@ -66,24 +67,13 @@ def measures(net, tokenizer, examples: list, held: int, more: int) -> dict:
     if not more:
         return found
     wide = examples[-more:]
-    scores = torch.tensor(choice_logprobs(net, tokenizer, wide))
-    gold = torch.tensor([ex.gold for ex in wide])
-    choice = -torch.log_softmax(scores, dim=1)[torch.arange(len(gold)), gold]
+    scores = choice_logprobs(net, tokenizer, wide)
+    gold = [ex.gold for ex in wide]
+    right = [max(range(len(row)), key=row.__getitem__) == g for row, g in zip(scores, gold)]
     return {**found,
             f"answer loss {more}": task_loss(net, task_batches(ctx(wide), more, 8, "check")),
-            f"choice loss {more}": float(choice.mean()),
-            f"accuracy {more}": float((scores.argmax(dim=1) == gold).double().mean())}
-
-
-def ranks(values: list[float]) -> torch.Tensor:
-    """Ranks from 0, tied values sharing their mean rank."""
-    x = torch.tensor(values, dtype=torch.float64)
-    order = x.argsort().argsort().double()
-    return torch.stack([order[x == v].mean() for v in x])
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    return float(torch.corrcoef(torch.stack([ranks(x), ranks(y)]))[0, 1])
+            f"choice loss {more}": choice_loss(scores, gold),
+            f"accuracy {more}": sum(right) / len(right)}
 
 
 def main() -> None:
@@ -119,7 +109,8 @@ def main() -> None:
         for key in keys:
             sign = -1.0 if "loss" in key else 1.0
             values = [sign * r[key] for r in rows]
-            cols.append(f"{spearman(values, [r['after'] for r in rows]):.2f}")
+            rho = spearman(values, [r["after"] for r in rows])
+            cols.append("-" if rho is None else f"{rho:.2f}")
         print(f"| {task} | {len(rows)} | " + " | ".join(cols) + " |")
     print("\nlargest difference from the recorded answer loss:",
           f"{max(r['drift'] for rows in table.values() for r in rows):.1e}")

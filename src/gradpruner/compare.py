@@ -80,8 +80,12 @@ class CompareConfig:
         """What must match for finished cells to be reused."""
         keep = ("model", "task", "data", "eval_data", "density", "probe_steps", "heldout",
                 "eval_limit", "dtype")
-        train = {k: v for k, v in asdict(self.train).items() if k not in CONTROL_KEYS}
-        return {**{k: getattr(self, k) for k in keep}, "train": train}
+        return {**{k: getattr(self, k) for k in keep}, "train": _results_settings(asdict(self.train))}
+
+
+def _results_settings(train: dict) -> dict:
+    """The training settings that change results: all but `CONTROL_KEYS`."""
+    return {k: v for k, v in train.items() if k not in CONTROL_KEYS}
 
 
 class Comparison:
@@ -106,8 +110,7 @@ class Comparison:
         fingerprint = _jsonable(self.cfg.fingerprint())
         if path.is_file():
             previous = json.loads(path.read_text())
-            previous["train"] = {k: v for k, v in previous.get("train", {}).items()
-                                 if k not in CONTROL_KEYS}  # older versions recorded some
+            previous["train"] = _results_settings(previous.get("train", {}))  # older versions kept all
             if previous != fingerprint:
                 changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])
                 raise GradPrunerError(f"{self.out} holds a comparison with other settings "

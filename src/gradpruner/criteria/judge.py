@@ -67,16 +67,26 @@ class Scoring:
         if not self.rows:
             tokens = sum(int((b["labels"] != -100).sum()) for b in self.batches)
             return -float(values.sum()) / max(tokens, 1)
-        where = torch.tensor(self.rows)
-        table = torch.full((len(self.gold), int(where[:, 1].max()) + 1), -torch.inf, dtype=torch.float64)
-        table[where[:, 0], where[:, 1]] = values
-        picked = torch.log_softmax(table, dim=1)[torch.arange(len(self.gold)), torch.tensor(self.gold)]
-        return -float(picked.mean())
+        scores: list[list[float]] = [[] for _ in self.gold]
+        for (i, j), value in zip(self.rows, values.tolist()):
+            scores[i] += [-torch.inf] * (j + 1 - len(scores[i]))
+            scores[i][j] = value
+        return choice_loss(scores, self.gold)
 
     def evaluate(self, model) -> float:
         """The loss of `model` as it is, every layer run."""
         with torch.inference_mode():
             return self.loss([s for batch in self.batches for s in continuation_logprobs(model, batch)])
+
+
+def choice_loss(scores: Sequence[Sequence[float]], gold: Sequence[int]) -> float:
+    """Mean over examples of -log softmax over the example's choice scores at its gold choice
+    (examples may have different numbers of choices)."""
+    table = torch.full((len(scores), max(map(len, scores))), -torch.inf, dtype=torch.float64)
+    for i, row in enumerate(scores):
+        table[i, :len(row)] = torch.tensor(row, dtype=torch.float64)
+    picked = torch.log_softmax(table, dim=1)[torch.arange(len(scores)), torch.tensor(list(gold))]
+    return -float(picked.mean())
 
 
 def task_loss(model, batches: list[dict]) -> float:
