@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -152,33 +154,13 @@ class LayerStatistics:
 def layer_statistics(model, batches: list[dict], gradients: bool = False) -> LayerStatistics:
     """`LayerStatistics` of `batches` in one forward pass (and one backward with `gradients`)."""
     layers = decoder_layers(model)
-    sums = torch.zeros(len(layers), dtype=torch.float64)
-    count, rows = 0, []
-    params = [list(layer.parameters()) for layer in layers]
-    in_layers = {id(p) for ps in params for p in ps}
-    everything = list(model.parameters())
-    saved = [p.requires_grad for p in everything]
-    device = everything[0].device
-    try:
-        for p in everything:  # gradients for the decoder layers only
-            p.requires_grad_(gradients and id(p) in in_layers)
-            p.grad = None
+    sums, count, rows = torch.zeros(len(layers), dtype=torch.float64), 0, []
+    device = next(model.parameters()).device
+    with decoder_gradients(model, gradients) as params:
         for batch in batches:
-            captured: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-            def keep(module, args, kwargs, output):
-                hidden_in = args[0] if args else kwargs["hidden_states"]
-                hidden_out = output[0] if isinstance(output, tuple) else output
-                captured.append((hidden_in.detach(), hidden_out.detach()))
-
-            handles = [layer.register_forward_hook(keep, with_kwargs=True) for layer in layers]
             inputs = {k: v.to(device) for k, v in batch.items()}
-            try:
-                with torch.set_grad_enabled(gradients):
-                    out = model(**inputs, use_cache=False)
-            finally:
-                for handle in handles:
-                    handle.remove()
+            with torch.set_grad_enabled(gradients), layer_io(layers) as captured:
+                out = model(**inputs, use_cache=False)
             if gradients:
                 (out.loss / len(batches)).backward()
             real = inputs["attention_mask"].bool()
@@ -190,11 +172,45 @@ def layer_statistics(model, batches: list[dict], gradients: bool = False) -> Lay
             rows.append(torch.stack([h[torch.arange(len(last)), last].double().cpu() for h in picked]))
         taylor = ([sum(float((p.detach() * p.grad).abs().sum()) for p in ps if p.grad is not None)
                    for ps in params] if gradients else None)
-        return LayerStatistics(sums / max(count, 1), torch.cat(rows, dim=1), taylor)
+    return LayerStatistics(sums / max(count, 1), torch.cat(rows, dim=1), taylor)
+
+
+@contextmanager
+def decoder_gradients(model, enabled: bool) -> Iterator[list[list[torch.nn.Parameter]]]:
+    """Within the block only the decoder layers' weights take gradients (none unless
+    `enabled`), starting from none; yields each layer's parameters. Put back afterwards."""
+    params = [list(layer.parameters()) for layer in decoder_layers(model)]
+    in_layers = {id(p) for ps in params for p in ps}
+    everything = list(model.parameters())
+    saved = [p.requires_grad for p in everything]
+    try:
+        for p in everything:
+            p.requires_grad_(enabled and id(p) in in_layers)
+            p.grad = None
+        yield params
     finally:
         for p, flag in zip(everything, saved):
             p.grad = None
             p.requires_grad_(flag)
+
+
+@contextmanager
+def layer_io(layers) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Within the block, each forward of `layers` appends its (input, output) hidden states,
+    detached, to the yielded list."""
+    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def keep(module, args, kwargs, output):
+        hidden_in = args[0] if args else kwargs["hidden_states"]
+        hidden_out = output[0] if isinstance(output, tuple) else output
+        captured.append((hidden_in.detach(), hidden_out.detach()))
+
+    handles = [layer.register_forward_hook(keep, with_kwargs=True) for layer in layers]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def last_token_states(model, batches: list[dict]) -> torch.Tensor:
