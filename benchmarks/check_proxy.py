@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
+from gradpruner.compare_report import spearman
 from gradpruner.criteria import ScoreContext
 from gradpruner.criteria.auto import heldout_scoring
-from gradpruner.compare_report import spearman
 from gradpruner.criteria.judge import choice_loss, task_batches, task_loss
 from gradpruner.evaluate import choice_logprobs
 from gradpruner.igia import IGIA

@@ -89,7 +89,7 @@ def _auto_section(prune: dict, finetune: dict) -> list[str]:
         return []
     measure = auto["judge"].get("measure", "answer loss")
     lines = [f"Cut chosen by `auto` from these candidates (held-out {measure} with the layers "
-             f"skipped, {auto['heldout_examples']} examples; selection {auto['seconds']:.0f} s):", "",
+             f"skipped, {auto['judge']['examples']} examples; selection {auto['seconds']:.0f} s):", "",
              "| candidate | layers removed | held-out loss |", "|---|---|---|"]
     for c in sorted(auto["candidates"], key=lambda c: c["loss"]):
         mark = " (chosen)" if c["name"] == auto["chosen"] else ""

@@ -125,7 +125,6 @@ class Auto(Criterion):
         best = min(found, key=lambda c: c["loss"])
         self._scores = scores.get("gradpruner", scores["block_influence"])
         ctx.notes["auto"] = {"chosen": best["name"], "candidates": found,
-                             "heldout_examples": judge.scoring.examples,
                              "judge": judge.cost(),
                              "greedy_judge": guide.cost(),
                              "criteria_seconds": round(criteria_seconds, 2),
@@ -151,7 +150,6 @@ def search_merge(ctx: ScoreContext, removed: list[int], kept: list[int], donor_s
     judge = ctx.judge or heldout_judge(ctx)
     model = ctx.model
     trials = [{"donors": 0, "scale": 0.0, "loss": judge.loss(removed)}]
-    best: dict = {"plan": {}, "scale": 0.0, "loss": trials[0]["loss"]}
     widest = plan_merge(removed, kept, donor_scores, max(MERGE_DONORS))
     deltas = plan_deltas(model, widest, ctx.igia.matrix, layer_prefix(model), density,
                          set(ctx.igia.module_names))
@@ -166,13 +164,12 @@ def search_merge(ctx: ScoreContext, removed: list[int], kept: list[int], donor_s
         finally:
             _restore(model, saved)
         trials.append({"donors": k, "scale": scale, "loss": loss})
-        if loss < best["loss"]:
-            best.update(plan=plan, scale=scale, loss=loss)
         return loss
 
     for scale in MERGE_SCALES:
         attempt(MERGE_DONORS[0], scale)
-    if best["plan"]:  # more donors at the best scale, until one more makes it worse
+    best = _lowest(trials)
+    if best["donors"]:  # more donors at the best scale, until one more makes it worse
         previous = best["loss"]
         for k in (k for k in MERGE_DONORS[1:] if k <= len(removed)):
             loss = attempt(k, best["scale"])
@@ -181,7 +178,13 @@ def search_merge(ctx: ScoreContext, removed: list[int], kept: list[int], donor_s
             previous = loss
     ctx.notes["merge_search"] = {"trials": trials, "density": density, "judge": judge.cost(),
                                  "seconds": round(time.perf_counter() - start, 2)}
-    return best["plan"], best["scale"], trials
+    best = _lowest(trials)
+    return plan_merge(removed, kept, donor_scores, best["donors"]), best["scale"], trials
+
+
+def _lowest(trials: list[dict]) -> dict:
+    """The trial with the lowest loss, the first of equal ones."""
+    return min(trials, key=lambda t: t["loss"])
 
 
 def _snapshot(model, plan: dict[int, list[int]]) -> dict[int, dict[str, torch.Tensor]]:

@@ -158,9 +158,9 @@ def layer_statistics(model, batches: list[dict], gradients: bool = False) -> Lay
     device = next(model.parameters()).device
     with decoder_gradients(model, gradients) as params:
         for batch in batches:
-            inputs = {k: v.to(device) for k, v in batch.items()}
+            inputs = {k: v.to(device) for k, v in batch.items() if gradients or k != "labels"}
             with torch.set_grad_enabled(gradients), layer_io(layers) as captured:
-                out = model(**inputs, use_cache=False)
+                out = model(**inputs, use_cache=False)  # with labels (Taylor): the task loss
             if gradients:
                 (out.loss / len(batches)).backward()
             real = inputs["attention_mask"].bool()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,9 +68,9 @@ class Scoring:
         if not self.rows:
             tokens = sum(int((b["labels"] != -100).sum()) for b in self.batches)
             return -float(values.sum()) / max(tokens, 1)
-        scores: list[list[float]] = [[] for _ in self.gold]
+        choices = Counter(i for i, _ in self.rows)
+        scores = [[0.0] * choices[i] for i in range(len(self.gold))]
         for (i, j), value in zip(self.rows, values.tolist()):
-            scores[i] += [-torch.inf] * (j + 1 - len(scores[i]))
             scores[i][j] = value
         return choice_loss(scores, self.gold)
 
