@@ -90,7 +90,7 @@ def test_run_writes_report_and_plot(workspace):
     w = workspace
     assert cli("run", "--model", w / "model", "--data", w / "data.jsonl", "--out", w / "run",
                "--probe-steps", "3", "--layers", "2", "--merge", "none", "--limit", "8",
-               *TRAIN) == 0
+               "--selection-budget", "none", *TRAIN) == 0
     report = json.loads((w / "run" / "report.json").read_text())
     for key in ("dense_zero_shot", "pruned_finetuned", "dense_finetuned"):
         assert 0 <= report[key]["acc"] <= 1
@@ -120,6 +120,10 @@ def test_run_writes_report_and_plot(workspace):
     (["prune", "--scores", "{w}/probe", "--remove", "a", "--out", "{w}/x"], "not a layer"),
     (["prune", "--scores", "{w}", "--layers", "1", "--out", "{w}/x"], "not a probe output"),
     (["prune", "--scores", "{w}/probe", "--layers", "1", "--out", "{w}/x"], "auto needs task data"),
+    (["prune", "--scores", "{w}/probe", "--layers", "1", "--selection-budget", "-1", "--out", "{w}/x"],
+     "--selection-budget"),
+    (["prune", "--scores", "{w}/probe", "--layers", "1", "--heal-steps", "0", "--data", "{w}/data.jsonl",
+      "--out", "{w}/x"], "--heal-steps"),
     (["eval", "--model", "{w}/nope", "--data", "{w}/data.jsonl"], "model not found"),
     (["eval", "--task", "no_such_task"], "unknown task"),
     (["probe", "--model", "{w}/model", "--data", "{w}/empty.jsonl", "--out", "{w}/x"], "empty"),
@@ -141,6 +145,22 @@ def test_bad_input_gives_one_line_and_nonzero_exit(workspace, capsys, args, mess
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert sorted(p.name for p in w.iterdir()) == before  # nothing half-written
+
+
+def test_prune_keeps_auto_within_the_heal_budget(workspace):
+    w = workspace
+    if not (w / "probe").exists():
+        cli("probe", "--model", w / "model", "--data", w / "data.jsonl", "--out", w / "probe", *TRAIN)
+    probe = json.loads((w / "probe" / "scores.json").read_text())["probe"]
+    assert cli("prune", "--model", w / "model", "--scores", w / "probe", "--data", w / "data.jsonl",
+               "--layers", "2", "--heal-steps", "3", "--out", w / "budgeted") == 0
+    side = json.loads((w / "budgeted" / "gradpruner.json").read_text())
+    budget = side["auto"]["budget"]
+    assert budget["seconds"] == pytest.approx(
+        0.1 * 3 * probe["probe_seconds"] / probe["steps"] * 4 / 6, abs=0.006)
+    assert budget["skipped"] and side["merged"] == {}  # a 3-step heal affords no held-out search
+    assert side["auto"]["judge"] is None and side["auto"]["chosen"] == "block_influence"
+    assert side["removed_layers"] == side["auto"]["candidates"][0]["removed"]
 
 
 def test_scores_from_another_model_are_refused(workspace, tmp_path, capsys):

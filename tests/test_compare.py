@@ -64,10 +64,15 @@ def test_shared_work_is_done_once_and_same_cuts_share_a_fine_tune(compared):
             assert cell["after"] == by_key[key]["after"]
         else:
             by_key[key] = cell
-    auto = [c for c in results["cells"] if c["method"] == "auto"][0]["prune"]["auto"]
-    assert auto["chosen"] in {c["name"] for c in auto["candidates"]}
-    assert min(c["loss"] for c in auto["candidates"]) == pytest.approx(
-        [c["loss"] for c in auto["candidates"] if c["name"] == auto["chosen"]][0])
+    probe = json.loads((compared / "probe-s0" / "scores.json").read_text())["probe"]
+    for ratio in (0.3, 0.5):
+        cells = {c["method"]: c for c in results["cells"] if c["ratio"] == ratio}
+        auto = cells["auto"]["prune"]["auto"]
+        # 10 % of a 3-step heal, timed by the probe: too little to judge, so block influence's cut
+        assert auto["budget"]["heal_steps"] == 3 and auto["budget"]["fraction"] == 0.1
+        assert auto["budget"]["step_seconds"] == pytest.approx(probe["probe_seconds"] / probe["steps"], abs=1e-3)
+        assert auto["judge"] is None and auto["chosen"] == "block_influence"
+        assert cells["auto"]["prune"]["removed_layers"] == cells["block_influence"]["prune"]["removed_layers"]
 
 
 def test_a_finished_comparison_resumes_without_recomputing(compared, workspace):

@@ -70,7 +70,24 @@ def _add_selection(p: argparse.ArgumentParser, ratio: float | None) -> None:
                    help="donor layers to merge: a number (the paper: 3), 'all', 'none', or 'auto' "
                         "(default: donors 0-3 and scales 1, 0.5, 0.25 judged on held-out loss)")
     p.add_argument("--density", type=float, default=0.2, help="kept fraction of each donor matrix")
+    _add_budget(p)
     p.set_defaults(default_ratio=ratio)
+
+
+def _budget(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a fraction or 'none', got {text!r}") from None
+
+
+def _add_budget(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--selection-budget", type=_budget, default=0.1, metavar="F",
+                   help="auto's search and the merge search take at most this fraction of the "
+                        "pruned model's fine-tune (timed by the probe), skipping the parts that do "
+                        "not fit; 'none': the whole search (default 0.1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
     _add_selection(p, ratio=None)
+    p.add_argument("--heal-steps", type=int, default=None,
+                   help="steps of the fine-tune planned after pruning: sets the selection budget "
+                        "(default: no budget)")
     _add_output(p)
 
     p = sub.add_parser("finetune", help="fine-tune a model (dense or pruned) on a task")
@@ -136,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1,
                    help="N seeds for every cell: --seed, --seed + 1, ... (default 1)")
     p.add_argument("--density", type=float, default=0.2, help="kept fraction of each donor matrix")
+    _add_budget(p)
     p.add_argument("--probe-steps", type=int, default=40)
     p.add_argument("--heldout", type=int, default=32,
                    help="training examples held out to judge cuts (auto) and report their loss")
@@ -161,6 +182,7 @@ def _train_config(args):
 
 
 def _selection(args) -> dict:
+    from .criteria.budget import check_fraction
     from .merge import parse_merge_count
     from .selection import parse_layer_list
 
@@ -170,8 +192,10 @@ def _selection(args) -> dict:
         if args.default_ratio is None:
             raise GradPrunerError("give one of --ratio, --layers or --remove")
         ratio = args.default_ratio
+    check_fraction(args.selection_budget)
     return {"criterion": args.criterion, "ratio": ratio, "count": args.layers, "remove": remove,
-            "merge": parse_merge_count(args.merge), "density": args.density}
+            "merge": parse_merge_count(args.merge), "density": args.density,
+            "selection_budget": args.selection_budget}
 
 
 def _floats(text: str, option: str) -> list[float]:
@@ -213,7 +237,7 @@ def _dispatch(args) -> int:
         _check_density(sel["density"])
         task = pipeline.resolve_task(args.task, args.data) if args.task or args.data else None
         record = pipeline.prune_stage(args.model, args.scores, args.out, overwrite=args.overwrite,
-                                      task=task, seed=args.seed, **sel)
+                                      task=task, seed=args.seed, heal_steps=args.heal_steps, **sel)
         print(json.dumps({k: record[k] for k in ("removed_layers", "kept_layers", "merged",
                                                   "params_before", "params_after")}))
         return 0
@@ -239,7 +263,8 @@ def _dispatch(args) -> int:
         cfg = CompareConfig(
             model=args.model, task=None if args.data else args.task, data=args.data,
             eval_data=args.eval_data, methods=methods, ratios=_floats(args.ratio, "--ratio"),
-            seeds=args.seeds, density=args.density, probe_steps=args.probe_steps,
+            seeds=args.seeds, density=args.density, selection_budget=args.selection_budget,
+            probe_steps=args.probe_steps,
             heldout=args.heldout, eval_limit=args.limit or None, dtype=args.dtype,
             device=args.device, out=args.out, train=_train_config(args),
         )

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .criteria import ScoreContext, get_criterion
+from .criteria.budget import SelectionBudget, check_fraction, heal_budget
 from .criteria.judge import task_batches, task_loss
 from .errors import GradPrunerError
 from .igia import IGIA
@@ -24,6 +25,7 @@ from .models import load_model
 from .outputs import atomic_output_dir, write_json
 from .pipeline import _jsonable, _say, resolve_task, timed_eval, versions
 from .prune import prune_model
+from .selection import removal_count
 from .timing import compare_prefill
 from .train import TrainConfig, finetune, probe
 
@@ -58,6 +60,7 @@ class CompareConfig:
     ratios: list[float] = field(default_factory=lambda: [0.25, 0.4])
     seeds: int = 1
     density: float = 0.2
+    selection_budget: float | None = 0.1  # of each cell's healing fine-tune; None: no limit
     probe_steps: int = 40
     heldout: int = 32
     eval_limit: int | None = 300
@@ -74,12 +77,13 @@ class CompareConfig:
             raise GradPrunerError(f"--seeds must be at least 1, got {self.seeds}")
         if self.heldout < 1:
             raise GradPrunerError(f"--heldout must be at least 1, got {self.heldout}")
+        check_fraction(self.selection_budget)
         self.train.validate()
 
     def fingerprint(self) -> dict:
         """What must match for finished cells to be reused."""
-        keep = ("model", "task", "data", "eval_data", "density", "probe_steps", "heldout",
-                "eval_limit", "dtype")
+        keep = ("model", "task", "data", "eval_data", "density", "selection_budget", "probe_steps",
+                "heldout", "eval_limit", "dtype")
         return {**{k: getattr(self, k) for k in keep}, "train": _results_settings(asdict(self.train))}
 
 
@@ -111,6 +115,7 @@ class Comparison:
         if path.is_file():
             previous = json.loads(path.read_text())
             previous["train"] = _results_settings(previous.get("train", {}))  # older versions kept all
+            previous.setdefault("selection_budget", None)  # older versions searched without a limit
             if previous != fingerprint:
                 changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])
                 raise GradPrunerError(f"{self.out} holds a comparison with other settings "
@@ -152,8 +157,19 @@ class Comparison:
 
         return self.cell(f"dense-s{seed}", compute)
 
+    def probe_folder(self, seed: int) -> Path:
+        return self.out / f"probe-s{seed}"
+
+    def budget(self, ratio: float, seed: int, probed: bool) -> SelectionBudget:
+        """The selection budget of a cell: a share of its healing fine-tune, timed by the probe."""
+        total = self.model.config.num_hidden_layers
+        record = (json.loads((self.probe_folder(seed) / "scores.json").read_text()).get("probe")
+                  if probed else None)
+        return heal_budget(self.cfg.selection_budget, self.cfg.train.planned_steps(len(self.train_examples)),
+                           total, removal_count(total, ratio), record)
+
     def probe(self, seed: int) -> IGIA:
-        folder = self.out / f"probe-s{seed}"
+        folder = self.probe_folder(seed)
         if not (folder / "scores.json").is_file():
             _say(f"compare: probe, seed {seed}")
             cfg = self.train_config(seed)
@@ -171,7 +187,8 @@ class Comparison:
             net = copy.deepcopy(self.model)
             igia = self.probe(seed) if get_criterion(criterion).needs_probe or merge else None
             ctx = ScoreContext(model=net, tokenizer=self.tokenizer, examples=self.train_examples,
-                               igia=igia, seed=seed, heldout=self.heldout)
+                               igia=igia, seed=seed, heldout=self.heldout,
+                               budget=self.budget(ratio, seed, igia is not None))
             start = time.perf_counter()
             record = prune_model(net, igia, criterion=criterion, ratio=ratio, merge=merge,
                                  density=self.cfg.density, context=ctx)

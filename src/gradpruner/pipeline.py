@@ -22,6 +22,7 @@ import torch
 from . import __version__
 from .costs import cut_costs
 from .criteria import ScoreContext
+from .criteria.budget import heal_budget
 from .distributed import is_main_process, main_process_output, refuse_sharded_probe
 from .errors import GradPrunerError
 from .evaluate import evaluate_examples
@@ -101,25 +102,33 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
                 ratio: float | None = None, count: int | None = None,
                 remove: list[int] | None = None, merge: int | str | None = 3,
                 density: float = 0.2, merge_scale: float = 1.0, dtype: str = "float32",
-                overwrite: bool = False, task: Task | None = None, seed: int = 0) -> dict:
+                device: str = "auto", overwrite: bool = False, task: Task | None = None,
+                seed: int = 0, heal_steps: int | None = None,
+                selection_budget: float | None = 0.1) -> dict:
     """Prune `model` by a criterion's scores and save the smaller model with its sidecar.
 
     GradPruner's criteria read the probe's output (`scores`); criteria that score layers or
     judge cuts on task data use the training split of `task` (default: the probed task).
+    `auto` and the merge search take at most `selection_budget` of the time of the
+    `heal_steps`-step fine-tune planned after (no limit when either is None), timed by the probe.
+    The model is pruned in `dtype` (fp32: merges add in full precision) on `device`.
     """
     source = resolve_model(model)
     check_output_dir(out, overwrite, source)
     igia = IGIA.load(scores) if scores else None
-    if task is None and scores:
-        probed = json.loads((Path(scores) / "scores.json").read_text()).get("task")
-        task = get_task(probed) if probed in {t.name for t in list_tasks()} else None
+    probed = json.loads((Path(scores) / "scores.json").read_text()) if scores else {}
+    if task is None and probed.get("task") in {t.name for t in list_tasks()}:
+        task = get_task(probed["task"])
     config = load_config(source)
     if igia is not None:
         check_igia_matches(igia, config)
-    select_layers([0.0] * config.num_hidden_layers, ratio=ratio, count=count, remove=remove)
+    total = config.num_hidden_layers
+    removed = len(select_layers([0.0] * total, ratio=ratio, count=count, remove=remove))
     examples = task.train_examples() if task is not None else []
-    net, tokenizer, source = load_model(source, dtype, "cpu")
-    context = ScoreContext(model=net, tokenizer=tokenizer, examples=examples, igia=igia, seed=seed)
+    budget = heal_budget(selection_budget, heal_steps, total, removed, probed.get("probe"))
+    net, tokenizer, source = load_model(source, dtype, device)
+    context = ScoreContext(model=net, tokenizer=tokenizer, examples=examples, igia=igia, seed=seed,
+                           budget=budget)
     record = prune_model(net, igia, criterion=criterion, ratio=ratio, count=count, remove=remove,
                          merge=merge, density=density, merge_scale=merge_scale, context=context)
     record["costs"] = cut_costs(config, record["kept_layers"])
@@ -197,6 +206,7 @@ class RunConfig:
     remove: list[int] | None = None
     merge: int | str | None = "auto"
     density: float = 0.2
+    selection_budget: float | None = 0.1  # of the pruned fine-tune's time; None: no limit
     probe_steps: int = 40
     eval_limit: int | None = 300
     dense: bool = True
@@ -232,7 +242,9 @@ def run(cfg: RunConfig) -> dict:
         record = prune_stage(source, str(tmp / "probe"), str(tmp / "pruned"),
                              criterion=cfg.criterion, ratio=cfg.ratio, count=cfg.count,
                              remove=cfg.remove, merge=cfg.merge, density=cfg.density,
-                             task=task, seed=cfg.train.seed)
+                             device=cfg.device, task=task, seed=cfg.train.seed,
+                             heal_steps=cfg.train.planned_steps(len(task.train_examples())),
+                             selection_budget=cfg.selection_budget)
         results["prune"] = record
         _say("fine-tuning the pruned model")
         warm = cfg.warm_start and not cfg.train.full

@@ -67,18 +67,23 @@ def _warnings(results: dict) -> list[str]:
 
 
 def _selection_cost(prune: dict, finetune: dict) -> list[str]:
-    """`auto`'s selection and merge search against the pruned model's fine-tune."""
+    """`auto`'s selection and merge search against the pruned model's fine-tune, and what its
+    budget left out."""
     seconds = prune["auto"]["seconds"] + prune.get("merge_search", {}).get("seconds", 0.0)
-    if not finetune.get("seconds_per_step") or not finetune.get("train_seconds"):
-        return []
-    share = seconds / finetune["train_seconds"]
-    line = (f"Selection and merge search: {seconds:.0f} s, as long as "
-            f"{seconds / finetune['seconds_per_step']:.0f} of the pruned model's fine-tuning steps "
-            f"({share:.0%} of its {finetune.get('steps', '-')}-step fine-tune).")
-    if share > 0.1:
-        line += (" For fine-tunes this short, one criterion (e.g. `--criterion block_influence "
-                 "--merge none`: one forward pass over 64 examples) selects for much less.")
-    return ["", line]
+    lines = []
+    if finetune.get("seconds_per_step") and finetune.get("train_seconds"):
+        share = seconds / finetune["train_seconds"]
+        lines.append(f"Selection and merge search: {seconds:.0f} s, as long as "
+                     f"{seconds / finetune['seconds_per_step']:.0f} of the pruned model's "
+                     f"fine-tuning steps ({share:.0%} of its {finetune.get('steps', '-')}-step fine-tune).")
+    budget = prune["auto"].get("budget") or {}
+    if budget.get("heal_steps"):
+        skipped = [*budget["skipped"], *prune.get("merge_search", {}).get("budget", {}).get("skipped", [])]
+        lines.append(f"Budget: {budget['fraction']:.0%} of a {budget['heal_steps']}-step fine-tune, "
+                     f"about {budget['seconds']:.0f} s" + (f"; skipped: {'; '.join(dict.fromkeys(skipped))}"
+                                                           if skipped else "; nothing skipped") +
+                     ". `--selection-budget none` runs the whole search.")
+    return ["", *lines] if lines else []
 
 
 def _auto_section(prune: dict, finetune: dict) -> list[str]:
@@ -87,18 +92,23 @@ def _auto_section(prune: dict, finetune: dict) -> list[str]:
     auto = prune.get("auto")
     if not auto:
         return []
-    measure = auto["judge"].get("measure", "answer loss")
-    lines = [f"Cut chosen by `auto` from these candidates (held-out {measure} with the layers "
-             f"skipped, {auto['judge']['examples']} examples; selection {auto['seconds']:.0f} s):", "",
+    judge = auto.get("judge")
+    if judge is None:
+        lines = [f"`auto` kept {auto['chosen']}'s cut unjudged: judging candidates on held-out "
+                 f"examples did not fit its budget (selection {auto['seconds']:.0f} s)."]
+        return [*lines, *_selection_cost(prune, finetune), ""]
+    lines = [f"Cut chosen by `auto` from these candidates (held-out {judge['measure']} with the "
+             f"layers skipped, {judge['examples']} examples; selection {auto['seconds']:.0f} s):", "",
              "| candidate | layers removed | held-out loss |", "|---|---|---|"]
-    for c in sorted(auto["candidates"], key=lambda c: c["loss"]):
+    for c in sorted(auto["candidates"], key=lambda c: (c["loss"] is None, c["loss"] or 0.0)):
         mark = " (chosen)" if c["name"] == auto["chosen"] else ""
-        lines.append(f"| {c['name']}{mark} | {' '.join(map(str, c['removed']))} | {c['loss']:.3f} |")
+        loss = "not judged (budget)" if c["loss"] is None else f"{c['loss']:.3f}"
+        lines.append(f"| {c['name']}{mark} | {' '.join(map(str, c['removed']))} | {loss} |")
     trials = prune.get("merge_search", {}).get("trials")
     if trials:
         tried = ", ".join(f"{t['donors']} donors x {t['scale']:g}: {t['loss']:.3f}" if t["donors"]
                           else f"none: {t['loss']:.3f}" for t in trials)
-        lines += ["", f"Merge trials (held-out {measure}): {tried}."]
+        lines += ["", f"Merge trials (held-out {judge['measure']}): {tried}."]
     return [*lines, *_selection_cost(prune, finetune), ""]
 
 

@@ -54,6 +54,12 @@ class TrainConfig:
     checkpoint_dir: str | None = None
     resume: bool = False
 
+    def planned_steps(self, examples: int) -> int:
+        """Optimizer steps of the run: `steps`, or `epochs` (default one) over `examples`."""
+        if self.steps is not None:
+            return self.steps
+        return math.ceil((self.epochs or 1.0) * examples / (self.batch_size * self.grad_accum))
+
     def validate(self) -> None:
         if self.steps is not None and self.steps < 1:
             raise GradPrunerError(f"--steps must be at least 1, got {self.steps}")

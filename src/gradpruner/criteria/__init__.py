@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import GradPrunerError
+from .budget import SelectionBudget
 
 
 @dataclass
@@ -18,7 +19,7 @@ class ScoreContext:
 
     `heldout` are task examples kept apart for judging cuts by their loss (`auto`); `notes` is
     where a criterion leaves what it found for the sidecar; `judge` is `auto`'s held-out loss,
-    shared with the merge search.
+    shared with the merge search; `budget` is how long `auto` and the merge search may take.
     """
 
     model: object = None
@@ -29,6 +30,7 @@ class ScoreContext:
     heldout: list = field(default_factory=list)
     notes: dict = field(default_factory=dict)
     judge: object = None
+    budget: SelectionBudget = field(default_factory=SelectionBudget)
 
 
 class Criterion:

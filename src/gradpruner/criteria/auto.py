@@ -1,22 +1,28 @@
 """`auto`: among several candidate cuts, the one whose held-out task loss is lowest.
 
-Candidates are the removal sets of the IGIA score variants (when a probe is given), of the
-criteria that need only forward passes or one gradient pass (block influence, angular distance
-and Taylor, read off one shared pass: `candidate_sets`), and of a greedy removal that drops
-one layer at a time, trying the `GREEDY_WIDTH` lowest-scored layers by block influence and
-keeping the one whose removal raises the held-out answer loss of `GREEDY_EXAMPLES` examples
-least. Every candidate is judged on held-out task examples with its layers skipped (forward
-passes only, no copy of the model): by the choice loss where the task is multiple choice (it
-predicts the accuracy after healing better than the answer loss: `benchmarks/check_proxy.py`),
-else by the answer loss. Each candidate, its loss and the cost of the search go into the sidecar.
+Candidates are the removal sets of the criteria that need only forward passes or one gradient
+pass (block influence, angular distance and Taylor, read off one shared pass: `candidate_sets`),
+of the IGIA score variants (when a probe is given), and of a greedy removal that drops one
+layer at a time, trying the `GREEDY_WIDTH` lowest-scored layers by block influence and keeping
+the one whose removal raises the held-out answer loss of `GREEDY_EXAMPLES` examples least.
+Every candidate is judged on held-out task examples with its layers skipped (forward passes
+only, no copy of the model): by the choice loss where the task is multiple choice (it predicts
+the accuracy after healing better than the answer loss: `benchmarks/check_proxy.py`), else by
+the answer loss. Each candidate, its loss and the cost of the search go into the sidecar.
 
 `search_merge` does the same for the merge: one donor at each scale (1, 0.5, 0.25) on the added
 weights, then more donors at the best scale until one more raises the loss, keeping the lowest
 loss of all, "no merge" included.
+
+Both stay within the context's `SelectionBudget` (a share of the healing fine-tune): parts that
+do not fit are skipped, greedy search first, then merge trials, then judging (block influence's
+cut, the best single criterion of the comparison on average, is kept when nothing can be
+judged); what was skipped is recorded.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import replace
 
@@ -28,10 +34,11 @@ from ..surgery import decoder_layers, layer_prefix
 from . import Criterion, ScoreContext, get_criterion, register
 from ..data import MCExample
 from .baselines import FromStatistics, layer_statistics
+from .budget import FORWARD_SHARE, SelectionBudget
 from .judge import Judge, Scoring, choice_scoring, task_batches
 
-CANDIDATES = ("gradpruner", "gradpruner_unsquared", "gradpruner_relative", "block_influence",
-              "angular", "taylor", "tail")
+CANDIDATES = ("block_influence", "gradpruner", "angular", "gradpruner_relative", "taylor",
+              "gradpruner_unsquared", "tail")  # judged in this order while the budget lasts
 HELDOUT_EXAMPLES = 32
 CHOICE_ROWS = 64  # the choice loss scores every choice: at most this many (example, choice) rows
 SCORING_EXAMPLES = 32
@@ -80,17 +87,26 @@ def greedy_removal(judge: Judge, count: int, guide: list[float], width: int = GR
 
 
 def candidate_sets(ctx: ScoreContext, count: int) -> tuple[dict[str, list[int]], dict[str, list[float]]]:
-    """Each of `CANDIDATES`' removal set of `count` layers, and the layer scores behind them.
+    """Each of `CANDIDATES`' removal set of `count` layers, in that order, and the layer scores
+    behind them.
 
-    The criteria read off task statistics (block influence, angular, Taylor) share one forward
-    and backward pass over the first `SCORING_EXAMPLES` training examples.
+    The criteria read off task statistics (block influence, angular, Taylor) share one pass over
+    the first `SCORING_EXAMPLES` training examples; it is forward only, and Taylor left out, when
+    the budget does not fit its backward pass.
     """
     scoring = replace(ctx, examples=ctx.examples[:SCORING_EXAMPLES], notes={})
     chosen = [get_criterion(name) for name in CANDIDATES]
     chosen = [c for c in chosen if ctx.igia is not None or not c.needs_probe]
     shared = [c for c in chosen if isinstance(c, FromStatistics)]
-    stats = (layer_statistics(ctx.model, shared[0].batches(scoring), any(c.gradients for c in shared))
-             if shared else None)
+    batches = shared[0].batches(scoring) if shared else []
+    budget = ctx.budget
+    gradients = (any(c.gradients for c in shared)
+                 and budget.affords("Taylor's backward pass", len(batches) * (budget.step_seconds or 0.0)))
+    chosen = [c for c in chosen if gradients or not getattr(c, "gradients", False)]
+    started = time.perf_counter()
+    stats = layer_statistics(ctx.model, batches, gradients) if shared else None
+    if batches:
+        budget.calibrate((time.perf_counter() - started) / len(batches) / (1 if gradients else FORWARD_SHARE))
     sets, scores = {}, {}
     for criterion in chosen:
         if hasattr(criterion, "removal_from"):  # chooses its set itself (angular): no scores needed
@@ -100,6 +116,23 @@ def candidate_sets(ctx: ScoreContext, count: int) -> tuple[dict[str, list[int]],
                                   else criterion.layer_scores(scoring))
         sets[criterion.name] = lowest_scored(scores[criterion.name], count)
     return sets, scores
+
+
+def judged(judge: Judge, sets: dict[str, list[int]], budget: SelectionBudget) -> list[dict]:
+    """Each candidate with its held-out loss, in order, while the budget lasts (the first one
+    always); the rest with loss None."""
+    found = []
+    for name, removed in sets.items():
+        fits = not found or budget.affords(f"judging {name}", judge.mean_seconds())
+        found.append({"name": name, "removed": removed, "loss": judge.loss(removed) if fits else None})
+    return found
+
+
+def greedy_seconds(judge: Judge, guide: Scoring, count: int) -> float:
+    """Estimated seconds of `greedy_removal` judged on `guide`, from what `judge` measured."""
+    batch = judge.first_pass_seconds / max(len(judge.batches), 1)
+    share = judge.mean_seconds() / max(judge.first_pass_seconds, 1e-9)  # a trial runs part of the model
+    return len(guide.batches) * batch * (1 + count * GREEDY_WIDTH * share)
 
 
 @register
@@ -113,23 +146,28 @@ class Auto(Criterion):
         self._scores: list[float] | None = None
 
     def removal(self, ctx: ScoreContext, count: int) -> list[int]:
-        start = time.perf_counter()
-        judge = heldout_judge(ctx)
-        guide = heldout_judge(ctx, "answer", GREEDY_EXAMPLES)
-        criteria_start = time.perf_counter()
+        start, budget = time.perf_counter(), ctx.budget
+        scoring = heldout_scoring(ctx)  # first: without task data, this is the error to show
         sets, scores = candidate_sets(ctx, count)
-        criteria_seconds = time.perf_counter() - criteria_start
-        sets["greedy"] = greedy_removal(guide, count, scores["block_influence"])
-        found = [{"name": name, "removed": removed, "loss": judge.loss(removed)}
-                 for name, removed in sets.items()]
-        best = min(found, key=lambda c: c["loss"])
+        criteria_seconds = time.perf_counter() - start
+        notes: dict = {"criteria_seconds": round(criteria_seconds, 2), "judge": None}
+        if budget.affords("judging the candidates", budget.forward(2 * len(scoring.batches))):
+            judge = Judge(ctx.model, scoring)
+            found = judged(judge, sets, budget)
+            guide = heldout_scoring(ctx, "answer", GREEDY_EXAMPLES)
+            merge_reserve = (len(MERGE_SCALES) + 2) * judge.mean_seconds() if ctx.igia else 0.0
+            if budget.affords("the greedy search", greedy_seconds(judge, guide, count) + merge_reserve):
+                guide_judge = Judge(ctx.model, guide)
+                sets["greedy"] = greedy_removal(guide_judge, count, scores["block_influence"])
+                found.append({"name": "greedy", "removed": sets["greedy"], "loss": judge.loss(sets["greedy"])})
+                notes["greedy_judge"] = guide_judge.cost()
+            ctx.judge, notes["judge"] = judge, judge.cost()
+        else:  # no held-out judging fits: block influence, the best single criterion on average
+            found = [{"name": name, "removed": removed, "loss": None} for name, removed in sets.items()]
+        best = min((c for c in found if c["loss"] is not None), key=lambda c: c["loss"], default=found[0])
         self._scores = scores.get("gradpruner", scores["block_influence"])
-        ctx.notes["auto"] = {"chosen": best["name"], "candidates": found,
-                             "judge": judge.cost(),
-                             "greedy_judge": guide.cost(),
-                             "criteria_seconds": round(criteria_seconds, 2),
-                             "seconds": round(time.perf_counter() - start, 2)}
-        ctx.judge = judge
+        ctx.notes["auto"] = {"chosen": best["name"], "candidates": found, **notes,
+                             "budget": budget.notes(), "seconds": round(time.perf_counter() - start, 2)}
         return best["removed"]
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
@@ -142,12 +180,19 @@ class Auto(Criterion):
 
 def search_merge(ctx: ScoreContext, removed: list[int], kept: list[int], donor_scores: list[float],
                  density: float = 0.2) -> tuple[dict[int, list[int]], float, list[dict]]:
-    """The merge (plan, scale) with the lowest held-out loss on the cut `removed`, and all trials.
+    """The merge (plan, scale) with the lowest held-out loss on the cut `removed`, and all trials
+    (those the budget allows).
 
     "No merge" is a trial, so the search never returns a merge that raises the loss.
     """
-    start = time.perf_counter()
-    judge = ctx.judge or heldout_judge(ctx)
+    start, budget = time.perf_counter(), ctx.budget
+    judge = ctx.judge
+    if judge is None:
+        scoring = heldout_scoring(ctx)
+        if not budget.affords("the merge search", budget.forward(2 * len(scoring.batches))):
+            ctx.notes["merge_search"] = {"trials": [], "budget": budget.notes(), "seconds": 0.0}
+            return {}, 0.0, []
+        judge = Judge(ctx.model, scoring)
     model = ctx.model
     trials = [{"donors": 0, "scale": 0.0, "loss": judge.loss(removed)}]
     widest = plan_merge(removed, kept, donor_scores, max(MERGE_DONORS))
@@ -156,6 +201,8 @@ def search_merge(ctx: ScoreContext, removed: list[int], kept: list[int], donor_s
     saved = _snapshot(model, widest)
 
     def attempt(k: int, scale: float) -> float:
+        if not budget.affords(f"merge trial {k} x {scale:g}", judge.mean_seconds()):
+            return math.inf
         plan = plan_merge(removed, kept, donor_scores, k)
         for donor in (d for donors in plan.values() for d in donors):
             add_deltas(model, deltas[donor], scale)
@@ -177,6 +224,7 @@ def search_merge(ctx: ScoreContext, removed: list[int], kept: list[int], donor_s
                 break
             previous = loss
     ctx.notes["merge_search"] = {"trials": trials, "density": density, "judge": judge.cost(),
+                                 "budget": budget.notes(),
                                  "seconds": round(time.perf_counter() - start, 2)}
     best = _lowest(trials)
     return plan_merge(removed, kept, donor_scores, best["donors"]), best["scale"], trials

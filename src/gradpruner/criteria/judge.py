@@ -154,7 +154,7 @@ of the first, dense pass apart).
 
     def __init__(self, model, scoring: Scoring):
         self.model, self.scoring = model, scoring
-        self.passes, self.seconds, self.layer_passes = 0, 0.0, 0
+        self.calls, self.passes, self.seconds, self.layer_passes = 0, 0, 0.0, 0
         self._cache: dict[frozenset[int], float] = {}
         self._stride = self._input_stride()
         started = time.perf_counter()
@@ -177,6 +177,7 @@ of the first, dense pass apart).
         started = time.perf_counter()
         value = self._loss(sorted(key), start_layer)
         self.seconds += time.perf_counter() - started
+        self.calls += 1
         self.passes += len(self.batches)
         self.layer_passes += len(self.batches) * (n - start_layer - sum(i >= start_layer for i in key))
         if cached:
@@ -230,6 +231,10 @@ of the first, dense pass apart).
         width = next(self.model.parameters()).element_size()
         total = config.num_hidden_layers * tokens * config.hidden_size * width
         return max(1, math.ceil(total / INPUTS_BYTES))
+
+    def mean_seconds(self) -> float:
+        """Seconds of one judged removal set so far (the dense pass's before any)."""
+        return self.seconds / self.calls if self.calls else self.first_pass_seconds
 
     def cost(self) -> dict:
         return {"measure": self.scoring.measure, "examples": self.scoring.examples,
