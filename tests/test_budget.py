@@ -34,8 +34,10 @@ def pruned(igia, budget: SelectionBudget) -> dict:
 
 
 def test_heal_budget_is_the_share_of_the_heal_timed_by_the_probe():
-    budget = heal_budget(0.1, 200, 30, 6, {"steps": 20, "probe_seconds": 40.0})
-    assert budget.seconds == pytest.approx(0.1 * 200 * 2.0 * 24 / 30)
+    budget = heal_budget(0.1, 200, 30, 6, {"steps": 20, "probe_seconds": 40.0, "step_seconds": 1.5})
+    assert budget.seconds == pytest.approx(0.1 * 200 * 1.5 * 24 / 30)  # the steady step time
+    older = heal_budget(0.1, 200, 30, 6, {"steps": 20, "probe_seconds": 40.0})
+    assert older.seconds == pytest.approx(0.1 * 200 * 2.0 * 24 / 30)  # or the probe's mean step
     assert heal_budget(0.1, None, 30, 6).seconds == math.inf
     assert heal_budget(None, 200, 30, 6).seconds == math.inf
     assert heal_budget(0.1, 200, 30, 6).step_seconds is None  # no probe: timed by the first pass

@@ -157,7 +157,8 @@ def test_prune_keeps_auto_within_the_heal_budget(workspace):
     side = json.loads((w / "budgeted" / "gradpruner.json").read_text())
     budget = side["auto"]["budget"]
     assert budget["seconds"] == pytest.approx(
-        0.1 * 3 * probe["probe_seconds"] / probe["steps"] * 4 / 6, abs=0.006)
+        0.1 * 3 * probe["step_seconds"] * 4 / 6, abs=0.006)
+    assert 0 < probe["step_seconds"] < probe["probe_seconds"]
     assert budget["skipped"] and side["merged"] == {}  # a 3-step heal affords no held-out search
     assert side["auto"]["judge"] is None and side["auto"]["chosen"] == "block_influence"
     assert side["removed_layers"] == side["auto"]["candidates"][0]["removed"]

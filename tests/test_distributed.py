@@ -15,7 +15,7 @@ from gradpruner.cli import main
 from gradpruner.igia import IGIA
 from tiny_models import save_tiny_model
 
-TRAIN = ["--steps", "3", "--lr", "5e-3", "--seed", "0", "--schedule-steps", "20"]
+TRAIN = ["--steps", "3", "--lr", "5e-3", "--seed", "0", "--schedule-steps", "20", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from gradpruner.cli import main
 from tiny_models import save_tiny_model
 
-STEPS = ["--steps", "60", "--batch-size", "2", "--lr", "5e-3", "--seed", "0", "--save-every", "5"]
+STEPS = ["--steps", "60", "--batch-size", "2", "--lr", "5e-3", "--seed", "0", "--save-every", "5",
+         "--device", "cpu"]  # the killed run is pinned to the CPU too
 
 
 @pytest.fixture(scope="module")

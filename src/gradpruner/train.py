@@ -18,8 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from .data import Example, PadCollator, pad_id, training_features
 from .errors import GradPrunerError
@@ -116,7 +115,9 @@ def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, ou
     if not features:
         raise GradPrunerError("no training examples")
     steps = max_steps if max_steps is not None else cfg.steps
-    on_cpu = next(model.parameters()).device.type == "cpu" and not torch.cuda.is_available()
+    # train where the model is (`--device cpu` on a GPU machine included); a model spread by
+    # device_map stays where accelerate put it
+    on_cpu = next(model.parameters()).device.type == "cpu" and not getattr(model, "hf_device_map", None)
     args = TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=cfg.batch_size,
@@ -240,9 +241,10 @@ def probe(model, tokenizer, examples: list[Example], cfg: TrainConfig, steps: in
     horizon = max(schedule_steps or cfg.steps or 100 * steps, steps)
     set_seed(cfg.seed)
     trainable = model if cfg.full else add_lora(model, cfg)
-    callback = IGIACallback(max_steps=steps)
+    callback, timer = IGIACallback(max_steps=steps), StepTimer()
     with tempfile.TemporaryDirectory(prefix="gradpruner-probe-") as tmp:
-        trainer = make_trainer(trainable, tokenizer, examples, cfg, tmp, [callback], steps, horizon)
+        trainer = make_trainer(trainable, tokenizer, examples, cfg, tmp, [callback, timer], steps,
+                               horizon)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
@@ -250,5 +252,22 @@ def probe(model, tokenizer, examples: list[Example], cfg: TrainConfig, steps: in
         if adapters is not None:  # kept for --warm-start
             adapters.update(adapter_state(trainable))
         trainable.unload()
-    stats = {"steps": callback.steps_seen, "probe_seconds": seconds, "schedule_steps": horizon}
+    stats = {"steps": callback.steps_seen, "probe_seconds": seconds, "schedule_steps": horizon,
+             "step_seconds": timer.steady_seconds()}
     return callback.result(), stats
+
+
+class StepTimer(TrainerCallback):
+    """The end time of every optimizer step."""
+
+    def __init__(self):
+        self.ends: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ends.append(time.perf_counter())
+
+    def steady_seconds(self) -> float | None:
+        """Seconds per step after the first (which also pays for warm-up: CUDA kernels, caches)."""
+        if len(self.ends) < 2:
+            return None
+        return (self.ends[-1] - self.ends[0]) / (len(self.ends) - 1)

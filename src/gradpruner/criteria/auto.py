@@ -195,15 +195,16 @@ def search_merge(ctx: ScoreContext, removed: list[int], kept: list[int], donor_s
         judge = Judge(ctx.model, scoring)
     model = ctx.model
     trials = [{"donors": 0, "scale": 0.0, "loss": judge.loss(removed)}]
-    widest = plan_merge(removed, kept, donor_scores, max(MERGE_DONORS))
-    deltas = plan_deltas(model, widest, ctx.igia.matrix, layer_prefix(model), density,
-                         set(ctx.igia.module_names))
-    saved = _snapshot(model, widest)
+    deltas: dict[int, dict[str, torch.Tensor]] = {}  # donor -> its amounts, planned when first tried
+    saved = _snapshot(model, plan_merge(removed, kept, donor_scores, max(MERGE_DONORS)))
 
     def attempt(k: int, scale: float) -> float:
         if not budget.affords(f"merge trial {k} x {scale:g}", judge.mean_seconds()):
             return math.inf
         plan = plan_merge(removed, kept, donor_scores, k)
+        new = {r: [d for d in donors if d not in deltas] for r, donors in plan.items()}
+        deltas.update(plan_deltas(model, new, ctx.igia.matrix, layer_prefix(model), density,
+                                  set(ctx.igia.module_names)))
         for donor in (d for donors in plan.values() for d in donors):
             add_deltas(model, deltas[donor], scale)
         try:

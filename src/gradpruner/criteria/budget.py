@@ -63,7 +63,7 @@ class SelectionBudget:
         left = self.left()
         if estimate <= left:
             return True
-        self.skipped.append(f"{part} (about {estimate:.0f} s, {max(left, 0):.0f} s left)")
+        self.skipped.append(f"{part} (about {estimate:.2g} s, {max(left, 0):.2g} s left)")
         return False
 
     def notes(self) -> dict:
@@ -84,12 +84,14 @@ def check_fraction(fraction: float | None) -> None:
 def heal_budget(fraction: float | None, heal_steps: int | None, total_layers: int, removed: int,
                 probe: dict | None = None) -> SelectionBudget:
     """The budget of a selection that `heal_steps` healing steps will follow: `fraction` of
-    their time (None for either: no limit). `probe`: the probe's record (`steps`,
-    `probe_seconds`), which times a dense training step."""
+    their time (None for either: no limit). `probe`: the probe's record (`step_seconds`, or
+    `steps` and `probe_seconds`), which times a dense training step."""
     check_fraction(fraction)
     if heal_steps is not None and heal_steps < 1:
         raise GradPrunerError(f"--heal-steps must be at least 1, got {heal_steps}")
     if fraction is None or heal_steps is None:
         return SelectionBudget()
-    step = probe["probe_seconds"] / probe["steps"] if probe and probe.get("steps") else None
+    step = None
+    if probe and probe.get("steps"):  # steady steps when recorded (older probes: the mean)
+        step = probe.get("step_seconds") or probe["probe_seconds"] / probe["steps"]
     return SelectionBudget(fraction, heal_steps, 1 - removed / total_layers, step)
