@@ -108,8 +108,9 @@ def main() -> None:
                 heal = TrainConfig(steps=steps, lr=2e-4, progress=False, logging_steps=10_000)
                 _, stats = finetune(net, tokenizer, task.train_examples(), heal)
                 costs.append((ratio, parts(record, seconds), stats["seconds_per_step"]))
-                skipped[ratio] = "; ".join(record["auto"]["budget"].get("skipped", []) +
-                                           record["merge_search"].get("budget", {}).get("skipped", []))
+                skipped[ratio] = "; ".join(dict.fromkeys(  # the merge search's list goes on from auto's
+                    record["auto"]["budget"].get("skipped", []) +
+                    record["merge_search"].get("budget", {}).get("skipped", [])))
         if len(records) < 2:
             continue
         a, b = (records[k]["auto"]["candidates"] for k in ("shortcut", "full passes"))

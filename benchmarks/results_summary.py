@@ -35,12 +35,12 @@ def cell_summary(results: dict) -> list[str]:
         cost = "-"
         if raw:
             found = raw[0]["prune"]["auto"]
-            merge = raw[0]["prune"].get("merge_search", {}).get("judge", found["judge"])
-            batches = merge["forward_batches"] + found.get("greedy_judge", {}).get("forward_batches", 0)
+            merge = raw[0]["prune"].get("merge_search", {}).get("judge") or found["judge"] or {}
+            batches = merge.get("forward_batches", 0) + found.get("greedy_judge", {}).get("forward_batches", 0)
             steps = raw[0]["select_seconds"] / raw[0]["finetune"]["seconds_per_step"]
-            cost = (f"{raw[0]['select_seconds']:.0f} s = {steps:.0f} of its healing steps, 10 % of a "
-                    f"{10 * steps:.0f}-step heal ({batches} held-out batches); chose {found['chosen']}"
-                    f" by {merge.get('measure', 'answer loss')}")
+            how = f"by {merge['measure']}" if merge else "unjudged (budget)"
+            cost = (f"{raw[0]['select_seconds']:.1f} s = {steps:.1f} of its healing steps, 10 % of a "
+                    f"{10 * steps:.0f}-step heal ({batches} held-out batches); chose {found['chosen']} {how}")
         lines.append(
             f"| {results['task']} | {ratio} | {dense:.2f} | "
             f"{cell['gradpruner']['acc_after']:.2f} | " if "gradpruner" in cell else

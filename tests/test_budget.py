@@ -85,3 +85,26 @@ def test_without_a_probe_timing_the_first_pass_sets_the_step_time(igia):
     assert budget.seconds == math.inf
     pruned(igia, budget)
     assert 0 < budget.step_seconds < 60 and math.isfinite(budget.seconds)
+
+
+def test_the_report_says_what_the_budget_skipped(igia):
+    from gradpruner.report import _auto_section
+
+    record = pruned(igia, SelectionBudget(0.1, 1, 0.5, step_seconds=1.0))
+    text = "\n".join(_auto_section(record, {"seconds_per_step": 1.0, "train_seconds": 1.0, "steps": 1}))
+    assert "kept block_influence's cut unjudged" in text
+    assert "Budget: 10% of a 1-step fine-tune" in text
+    assert text.count("Taylor's backward pass") == 1  # auto's and the merge search's lists, once
+    assert "the merge search (about" in text and "--selection-budget none" in text
+
+
+def test_taylor_needs_room_for_its_backward_pass_and_the_judging_after_it(igia):
+    from gradpruner.criteria import get_criterion
+
+    ctx = ScoreContext(model=tiny_model("llama"), tokenizer=tiny_tokenizer(), examples=EXAMPLES)
+    backward = len(get_criterion("taylor").batches(ctx))  # seconds at 1 s a training step
+    judging = 2 * len(auto_module.heldout_scoring(ctx).batches) / 3
+    record = pruned(igia, SelectionBudget(1.0, 1, judging + backward / 2, step_seconds=1.0))
+    names = {c["name"] for c in record["auto"]["candidates"]}
+    assert "taylor" not in names  # its backward pass alone would have fitted
+    assert record["auto"]["judge"] is not None and record["auto"]["candidates"][0]["loss"] is not None

@@ -86,13 +86,15 @@ def greedy_removal(judge: Judge, count: int, guide: list[float], width: int = GR
     return sorted(removed)
 
 
-def candidate_sets(ctx: ScoreContext, count: int) -> tuple[dict[str, list[int]], dict[str, list[float]]]:
+def candidate_sets(ctx: ScoreContext, count: int,
+                   judging: float = 0.0) -> tuple[dict[str, list[int]], dict[str, list[float]]]:
     """Each of `CANDIDATES`' removal set of `count` layers, in that order, and the layer scores
     behind them.
 
     The criteria read off task statistics (block influence, angular, Taylor) share one pass over
     the first `SCORING_EXAMPLES` training examples; it is forward only, and Taylor left out, when
-    the budget does not fit its backward pass.
+    the budget does not fit its backward pass and then `judging` seconds (an unjudged Taylor
+    set is of no use).
     """
     scoring = replace(ctx, examples=ctx.examples[:SCORING_EXAMPLES], notes={})
     chosen = [get_criterion(name) for name in CANDIDATES]
@@ -101,7 +103,8 @@ def candidate_sets(ctx: ScoreContext, count: int) -> tuple[dict[str, list[int]],
     batches = shared[0].batches(scoring) if shared else []
     budget = ctx.budget
     gradients = (any(c.gradients for c in shared)
-                 and budget.affords("Taylor's backward pass", len(batches) * (budget.step_seconds or 0.0)))
+                 and budget.affords("Taylor's backward pass and judging",
+                                    len(batches) * (budget.step_seconds or 0.0) + judging))
     chosen = [c for c in chosen if gradients or not getattr(c, "gradients", False)]
     started = time.perf_counter()
     stats = layer_statistics(ctx.model, batches, gradients) if shared else None
@@ -148,10 +151,11 @@ class Auto(Criterion):
     def removal(self, ctx: ScoreContext, count: int) -> list[int]:
         start, budget = time.perf_counter(), ctx.budget
         scoring = heldout_scoring(ctx)  # first: without task data, this is the error to show
-        sets, scores = candidate_sets(ctx, count)
+        judging = budget.forward(2 * len(scoring.batches))  # the dense pass and one candidate
+        sets, scores = candidate_sets(ctx, count, judging)
         criteria_seconds = time.perf_counter() - start
         notes: dict = {"criteria_seconds": round(criteria_seconds, 2), "judge": None}
-        if budget.affords("judging the candidates", budget.forward(2 * len(scoring.batches))):
+        if budget.affords("judging the candidates", judging):
             judge = Judge(ctx.model, scoring)
             found = judged(judge, sets, budget)
             guide = heldout_scoring(ctx, "answer", GREEDY_EXAMPLES)

@@ -72,7 +72,7 @@ class SelectionBudget:
             return {"limit": None}
         return {"fraction": self.fraction, "heal_steps": self.heal_steps,
                 "step_seconds": None if self.step_seconds is None else round(self.step_seconds, 3),
-                "seconds": round(self.seconds, 2), "skipped": self.skipped}
+                "seconds": round(self.seconds, 2), "skipped": list(self.skipped)}
 
 
 def check_fraction(fraction: float | None) -> None:
