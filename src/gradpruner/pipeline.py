@@ -125,8 +125,8 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
     total = config.num_hidden_layers
     removed = len(select_layers([0.0] * total, ratio=ratio, count=count, remove=remove))
     examples = task.train_examples() if task is not None else []
-    budget = heal_budget(selection_budget, heal_steps, total, removed, probed.get("probe"))
     net, tokenizer, source = load_model(source, dtype, device)
+    budget = heal_budget(selection_budget, heal_steps, total, removed, probed.get("probe"))  # from now
     context = ScoreContext(model=net, tokenizer=tokenizer, examples=examples, igia=igia, seed=seed,
                            budget=budget)
     record = prune_model(net, igia, criterion=criterion, ratio=ratio, count=count, remove=remove,
