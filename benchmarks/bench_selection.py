@@ -28,7 +28,7 @@ import torch
 
 import gradpruner.criteria.judge as judge_module
 from gradpruner.criteria import ScoreContext
-from gradpruner.criteria.budget import SelectionBudget, heal_budget
+from gradpruner.criteria.budget import SelectionBudget, heal_budget, skipped_parts
 from gradpruner.models import load_model
 from gradpruner.pipeline import resolve_task
 from gradpruner.prune import prune_model
@@ -108,9 +108,7 @@ def main() -> None:
                 heal = TrainConfig(steps=steps, lr=2e-4, progress=False, logging_steps=10_000)
                 _, stats = finetune(net, tokenizer, task.train_examples(), heal)
                 costs.append((ratio, parts(record, seconds), stats["seconds_per_step"]))
-                skipped[ratio] = "; ".join(dict.fromkeys(  # the merge search's list goes on from auto's
-                    record["auto"]["budget"].get("skipped", []) +
-                    record["merge_search"].get("budget", {}).get("skipped", [])))
+                skipped[ratio] = "; ".join(skipped_parts(record))
         if len(records) < 2:
             continue
         a, b = (records[k]["auto"]["candidates"] for k in ("shortcut", "full passes"))

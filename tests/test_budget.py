@@ -7,23 +7,14 @@ import pytest
 import gradpruner.criteria.auto as auto_module
 from gradpruner.criteria import ScoreContext
 from gradpruner.criteria.budget import SelectionBudget, heal_budget
-from gradpruner.data import MCExample
 from gradpruner.errors import GradPrunerError
 from gradpruner.prune import prune_model
-from gradpruner.train import TrainConfig, probe
+import test_auto
 from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
 
-EXAMPLES = [MCExample.from_question(f"Question: color {i}? Answer:", ["blue", "green"], i % 2)
-            for i in range(24)]
-
-
-@pytest.fixture(scope="module")
-def igia():
-    model = tiny_model("llama")
-    result, _ = probe(model, tiny_tokenizer(), EXAMPLES, TrainConfig(steps=3, batch_size=4,
-                                                                     progress=False), 3)
-    return result
+EXAMPLES = test_auto.EXAMPLES
+igia = test_auto.igia  # the same module-scoped probe fixture
 
 
 def pruned(igia, budget: SelectionBudget) -> dict:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .criteria.budget import skipped_parts
+
 
 def plot_layer_scores(scores: list[float], removed: list[int], merged: dict, path: Path,
                       title: str = "") -> None:
@@ -78,9 +80,9 @@ def _selection_cost(prune: dict, finetune: dict) -> list[str]:
                      f"fine-tuning steps ({share:.0%} of its {finetune.get('steps', '-')}-step fine-tune).")
     budget = prune["auto"].get("budget") or {}
     if budget.get("heal_steps"):
-        skipped = [*budget["skipped"], *prune.get("merge_search", {}).get("budget", {}).get("skipped", [])]
+        skipped = skipped_parts(prune)
         lines.append(f"Budget: {budget['fraction']:.0%} of a {budget['heal_steps']}-step fine-tune, "
-                     f"about {budget['seconds']:.0f} s" + (f"; skipped: {'; '.join(dict.fromkeys(skipped))}"
+                     f"about {budget['seconds']:.0f} s" + (f"; skipped: {'; '.join(skipped)}"
                                                            if skipped else "; nothing skipped") +
                      ". `--selection-budget none` runs the whole search.")
     return ["", *lines] if lines else []

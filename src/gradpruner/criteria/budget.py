@@ -75,6 +75,13 @@ class SelectionBudget:
                 "seconds": round(self.seconds, 2), "skipped": list(self.skipped)}
 
 
+def skipped_parts(record: dict) -> list[str]:
+    """The parts a pruning record's budget skipped: the merge search's list, which goes on from
+    `auto`'s, or `auto`'s alone when no merge search ran under the budget."""
+    merge = record.get("merge_search", {}).get("budget")
+    return (merge or record["auto"].get("budget") or {}).get("skipped", [])
+
+
 def check_fraction(fraction: float | None) -> None:
     """Refuse a budget share that is not a non-negative number (None: no limit)."""
     if fraction is not None and not (math.isfinite(fraction) and fraction >= 0):
