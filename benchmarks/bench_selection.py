@@ -26,9 +26,9 @@ import time
 
 import torch
 
-import gradpruner.criteria.judge as judge_module
+import gradpruner.search.judge as judge_module
 from gradpruner.criteria import ScoreContext
-from gradpruner.criteria.budget import SelectionBudget, heal_budget, skipped_parts
+from gradpruner.search.budget import SelectionBudget, heal_budget, skipped_parts
 from gradpruner.models import load_model
 from gradpruner.pipeline import resolve_task
 from gradpruner.prune import prune_model

@@ -29,11 +29,11 @@ import torch
 
 from gradpruner.compare_report import spearman
 from gradpruner.criteria import ScoreContext
-from gradpruner.criteria.auto import heldout_scoring
-from gradpruner.criteria.judge import choice_loss, task_batches, task_loss
+from gradpruner.search.auto import heldout_scoring
+from gradpruner.search.judge import choice_loss, task_batches, task_loss
 from gradpruner.evaluate import choice_logprobs
 from gradpruner.igia import IGIA
-from gradpruner.merge import merge_layers
+from gradpruner.apply.merge import merge_layers
 from gradpruner.models import load_model
 from gradpruner.pipeline import resolve_task
 from gradpruner.prune import prune_model

@@ -22,7 +22,7 @@ import torch
 
 from gradpruner.compare_report import spearman
 from gradpruner.criteria import ScoreContext, get_criterion
-from gradpruner.criteria.auto import heldout_judge
+from gradpruner.search.auto import heldout_judge
 from gradpruner.models import load_model
 from gradpruner.selection import lowest_scored
 from gradpruner.tasks import get_task

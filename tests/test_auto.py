@@ -1,14 +1,15 @@
 """`auto` selection, the held-out merge search, LaCo's collapse and the relative IGIA score."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 
 from gradpruner.criteria import ScoreContext, get_criterion
-from gradpruner.criteria.auto import greedy_removal, heldout_judge
-from gradpruner.criteria.judge import Judge, choice_scoring, task_batches, task_loss
-from gradpruner.criteria.laco import collapse_into
+from gradpruner.search.auto import Auto, AutoSettings, greedy_removal, heldout_scoring
+from gradpruner.search.judge import Judge, choice_scoring, task_batches, task_loss
+from gradpruner.apply.collapse import collapse_into
 from gradpruner.data import MCExample
 from gradpruner.prune import prune_model
 from gradpruner.train import TrainConfig, probe
@@ -32,6 +33,16 @@ def context(model, igia=None):
     return ScoreContext(model=model, tokenizer=tiny_tokenizer(), examples=EXAMPLES, igia=igia)
 
 
+def heldout_judge(ctx: ScoreContext, measure: str = "choice") -> Judge:
+    """The judge `auto` builds: `heldout_scoring` with the default settings."""
+    return Judge(ctx.model, heldout_scoring(ctx, AutoSettings(), measure))
+
+
+def pruned(model, igia=None, **kwargs) -> dict:
+    """The sidecar of `prune_model` on the tiny task's examples."""
+    return prune_model(model, igia, tiny_tokenizer(), EXAMPLES, **kwargs).to_json()
+
+
 @pytest.fixture(scope="module")
 def igia():
     model = tiny_model("llama")
@@ -44,32 +55,36 @@ def test_auto_picks_the_planted_best_candidate_and_records_every_candidate(igia,
     model = identities(tiny_model("llama"), (1, 3))  # block influence ranks 1 and 3 lowest
     planted = lambda judge, removed, start: 0.5 if removed == [1, 3] else 3.0 + len(removed)
     monkeypatch.setattr(Judge, "_loss", planted)
-    record = prune_model(model, igia, criterion="auto", count=2, merge=None,
-                         context=context(model, igia))
+    record = pruned(model, igia, criterion="auto", count=2, merge=None)
     assert record["removed_layers"] == [1, 3]
-    found = {c["name"]: c for c in record["auto"]["candidates"]}
+    auto = record["selection"]["auto"]
+    found = {c["name"]: c for c in auto["candidates"]}
     assert {"gradpruner", "gradpruner_unsquared", "gradpruner_relative", "block_influence",
             "angular", "taylor", "tail", "greedy"} == set(found)
-    assert found[record["auto"]["chosen"]]["loss"] == 0.5
+    assert found[auto["chosen"]]["loss"] == 0.5
     assert found["tail"]["removed"] == [3, 4] and found["tail"]["loss"] == 5.0
-    assert record["auto"]["judge"]["forward_batches"] > 0
-    assert record["auto"]["judge"]["examples"] == 24 and record["auto"]["greedy_judge"]["examples"] == 16
+    assert auto["judge"]["forward_batches"] > 0
+    assert auto["judge"]["examples"] == 24 and auto["greedy_judge"]["examples"] == 16
+    assert record["selection"]["criterion"] == "auto" and record["selection"]["merge_search"] is None
 
 
 def test_the_candidates_share_one_pass_and_match_their_criteria(igia, monkeypatch):
-    import gradpruner.criteria.auto as auto_module
+    import gradpruner.search.auto as auto_module
 
     model = tiny_model("llama")
     ctx = context(model, igia)
     calls = []
     one_pass = auto_module.layer_statistics
     monkeypatch.setattr(auto_module, "layer_statistics", lambda *a: calls.append(a) or one_pass(*a))
-    sets, scores = auto_module.candidate_sets(ctx, 2)
+    settings = AutoSettings()
+    criteria = auto_module.candidate_criteria(ctx, settings)
+    sets, scores = auto_module.candidate_sets(ctx, 2, settings, criteria, gradients=True)
     assert len(calls) == 1 and calls[0][2] is True  # one forward and backward for all of them
-    alone = ScoreContext(model=model, tokenizer=ctx.tokenizer, examples=EXAMPLES[:auto_module.SCORING_EXAMPLES])
+    assert list(sets) == list(settings.candidates)  # every candidate, in order (with a probe)
+    alone = ScoreContext(model=model, tokenizer=ctx.tokenizer, examples=EXAMPLES[:settings.scoring_examples])
     for name in ("block_influence", "taylor"):
         assert scores[name] == pytest.approx(get_criterion(name).layer_scores(alone), rel=1e-6)
-    assert sets["angular"] == get_criterion("angular").removal(alone, 2)
+    assert sets["angular"] == get_criterion("angular").select(alone, 2).removed
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -106,24 +121,23 @@ def test_the_choice_loss_is_minus_log_softmax_of_the_choice_scores_at_the_gold_c
 
 
 def test_generation_examples_are_judged_by_the_answer_loss():
-    from gradpruner.criteria.auto import heldout_scoring
     from gradpruner.data import GenExample
 
     model = tiny_model("gemma")
     examples = [GenExample(f"Say color {i}:", ["blue", "green"][i % 2]) for i in range(12)]
     ctx = ScoreContext(model=model, tokenizer=tiny_tokenizer(), examples=examples)
-    scoring = heldout_scoring(ctx)
+    scoring = heldout_scoring(ctx, AutoSettings())
     assert scoring.measure == "answer loss" and scoring.examples == 12
     assert Judge(model, scoring).loss([]) == pytest.approx(task_loss(model, scoring.batches), abs=1e-6)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_skipped_layers_give_the_cut_model_and_are_put_back(arch):
-    from gradpruner.criteria.judge import skipping
+    from gradpruner.search.judge import skipping
     from gradpruner.surgery import cut_layers
 
     model = tiny_model(arch)
-    batches = task_batches(context(model), 16, 8, "t")
+    batches = task_batches(tiny_tokenizer(), EXAMPLES[:16], 8, "t")
     dense = task_loss(model, batches)
     placed = model.model.layers[3].forward  # a forward set on the layer, as accelerate's hooks do
     model.model.layers[3].forward = placed
@@ -139,7 +153,7 @@ def test_skipped_layers_give_the_cut_model_and_are_put_back(arch):
 @pytest.mark.parametrize("budget", [2**30, 1])  # every layer's dense input kept; only layer 0's
 def test_the_judge_starts_at_a_changed_layer(budget, monkeypatch):
     """A merge changes a kept layer before the cut: the judge reruns from that layer on."""
-    import gradpruner.criteria.judge as judge_module
+    import gradpruner.search.judge as judge_module
     from gradpruner.surgery import cut_layers
 
     monkeypatch.setattr(judge_module, "INPUTS_BYTES", budget)
@@ -157,10 +171,73 @@ def test_the_judge_starts_at_a_changed_layer(budget, monkeypatch):
 
 def test_auto_needs_no_probe_and_then_skips_the_igia_candidates():
     model = tiny_model("qwen2")
-    record = prune_model(model, None, criterion="auto", count=2, merge="auto", context=context(model))
+    record = pruned(model, None, criterion="auto", count=2, merge="auto")
     assert len(record["removed_layers"]) == 2
-    assert not any(c["name"].startswith("gradpruner") for c in record["auto"]["candidates"])
-    assert record["merged"] == {} and "skipped" in record["merge_search"]
+    assert not any(c["name"].startswith("gradpruner") for c in record["selection"]["auto"]["candidates"])
+    assert record["merged"] == {} and "skipped" in record["selection"]["merge_search"]
+
+
+def test_one_set_of_inputs_serves_two_prunes_each_judged_on_its_own_model(igia):
+    """Selection writes nothing into the caller's objects: after `auto` on one model, the paper's
+    rule with the merge search on a second model judges the second model, as a fresh call does."""
+    import json
+
+    tokenizer, train, held = tiny_tokenizer(), EXAMPLES[:16], EXAMPLES[16:]
+    inputs = dict(tokenizer=tokenizer, examples=train, heldout=held)
+    first = prune_model(tiny_model("llama"), igia, **inputs, criterion="auto", count=2,
+                        merge=None).to_json()
+    assert "auto" in first["selection"] and first["selection"]["merge_search"] is None
+    second = prune_model(tiny_model("llama", seed=1), igia, **inputs, criterion="gradpruner",
+                         count=2, merge="auto").to_json()
+    fresh = prune_model(tiny_model("llama", seed=1), igia, tiny_tokenizer(), EXAMPLES[:16],
+                        heldout=EXAMPLES[16:], criterion="gradpruner", count=2,
+                        merge="auto").to_json()
+    trials = second["selection"]["merge_search"]["trials"]
+    losses = [t["loss"] for t in trials]
+    assert len(trials) > 1 and len(set(losses)) == len(losses)  # each merge changed the judged model
+    assert [(t["donors"], t["scale"]) for t in trials] == \
+        [(t["donors"], t["scale"]) for t in fresh["selection"]["merge_search"]["trials"]]
+    assert losses == pytest.approx([t["loss"] for t in fresh["selection"]["merge_search"]["trials"]],
+                                   abs=1e-6)
+    assert second["selection"]["merge_search"]["chosen"] == fresh["selection"]["merge_search"]["chosen"]
+    assert second["selection"]["merge_search"]["judge"]["examples"] == len(held)
+    assert second["removed_layers"] == fresh["removed_layers"] and second["merged"] == fresh["merged"]
+    # the first call's report is nowhere in the second's record
+    assert second["selection"]["criterion"] == "gradpruner" and "auto" not in second["selection"]
+    assert "candidates" not in json.dumps(second) and "greedy" not in json.dumps(second)
+    assert inputs["examples"] == EXAMPLES[:16] and inputs["heldout"] == EXAMPLES[16:]
+
+
+def test_a_score_context_is_only_read_so_one_serves_repeated_searches(igia):
+    import dataclasses
+
+    model = tiny_model("llama")
+    ctx = context(model, igia)
+    before = copy.deepcopy(model.state_dict())
+    first, again = Auto().search(ctx, 2), Auto().search(ctx, 2)
+    assert first.selection.removed == again.selection.removed
+    assert [c["loss"] for c in first.selection.report["candidates"]] == \
+        pytest.approx([c["loss"] for c in again.selection.report["candidates"]], abs=1e-9)
+    assert ctx.examples == EXAMPLES and ctx.heldout == [] and ctx.igia is igia and ctx.model is model
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ctx.model = None
+
+
+def test_auto_layer_scores_are_the_same_whether_or_not_select_ran_first(igia):
+    for probe_output in (igia, None):
+        ctx = context(tiny_model("llama"), probe_output)
+        fresh = Auto().layer_scores(ctx)
+        auto = Auto()
+        selection = auto.select(ctx, 2)
+        assert selection.scores == pytest.approx(fresh, rel=1e-6)
+        assert auto.layer_scores(ctx) == pytest.approx(fresh, rel=1e-6)
+    if probe_output is None:  # block influence of that model's statistics pass
+        assert fresh == pytest.approx(get_criterion("block_influence").layer_scores(
+            replace(ctx, examples=EXAMPLES[:AutoSettings().scoring_examples])), rel=1e-6)
+    other = context(tiny_model("llama", seed=1))  # after a selection on another model
+    assert auto.layer_scores(other) == pytest.approx(Auto().layer_scores(other), rel=1e-6)
+    assert auto.layer_scores(other) != pytest.approx(fresh, rel=1e-3)
 
 
 def test_greedy_drops_the_layer_that_raises_the_loss_least():
@@ -186,9 +263,8 @@ def test_merge_search_keeps_no_merge_when_every_merge_raises_the_loss(igia, monk
         return 1.0 + sum(float((p.detach() - before[n]).abs().sum()) for n, p in judge.model.named_parameters())
 
     monkeypatch.setattr(Judge, "_loss", planted)
-    record = prune_model(model, igia, criterion="gradpruner", remove=[1, 3], merge="auto",
-                         context=context(model, igia))
-    trials = record["merge_search"]["trials"]
+    record = pruned(model, igia, criterion="gradpruner", remove=[1, 3], merge="auto")
+    trials = record["selection"]["merge_search"]["trials"]
     # none, then k = 1 at each scale; as no scale helped, no more donors are tried
     assert [(t["donors"], t["scale"]) for t in trials] == [(0, 0.0), (1, 1.0), (1, 0.5), (1, 0.25)]
     assert all(t["loss"] > trials[0]["loss"] for t in trials[1:])
@@ -208,21 +284,20 @@ def test_merge_search_adds_donors_at_the_best_scale_only(igia, monkeypatch):
                                 for n, p in judge.model.named_parameters()))
 
     monkeypatch.setattr(Judge, "_loss", planted)
-    record = prune_model(model, igia, criterion="gradpruner", remove=[1, 3], merge="auto",
-                         context=context(model, igia))
-    trials = record["merge_search"]["trials"]
+    record = pruned(model, igia, criterion="gradpruner", remove=[1, 3], merge="auto")
+    trials = record["selection"]["merge_search"]["trials"]
     assert [(t["donors"], t["scale"]) for t in trials] == [(0, 0.0), (1, 1.0), (1, 0.5), (1, 0.25),
                                                            (2, 1.0)]
-    assert record["merge_search"]["chosen"] == {"plan": {"0": [1], "2": [3]}, "scale": 1.0}
+    assert record["selection"]["merge_search"]["chosen"] == {"plan": {"0": [1], "2": [3]}, "scale": 1.0}
 
 
 def test_merge_search_applies_the_best_trial(igia):
     model = tiny_model("llama")
     ctx = context(model, igia)
-    record = prune_model(model, igia, criterion="gradpruner", remove=[2, 4], merge="auto", context=ctx)
-    trials = record["merge_search"]["trials"]
+    record = pruned(model, igia, criterion="gradpruner", remove=[2, 4], merge="auto")
+    trials = record["selection"]["merge_search"]["trials"]
     best = min(trials, key=lambda t: t["loss"])
-    assert record["merge_search"]["chosen"]["scale"] == best["scale"]
+    assert record["selection"]["merge_search"]["chosen"]["scale"] == best["scale"]
     assert len(record["merged"]) == (0 if best["donors"] == 0 else
                                      len({1 if d == 2 else 3 for d in [2, 4][:best["donors"]]}))
     held = choice_scoring(ctx.tokenizer, EXAMPLES[-24:])  # the pruned model's choice loss
@@ -231,12 +306,12 @@ def test_merge_search_applies_the_best_trial(igia):
 
 def test_paper_rule_is_unchanged_by_the_search(igia):
     model = tiny_model("llama")
-    record = prune_model(model, igia, criterion="gradpruner", count=2, merge=3, density=0.2,
-                         context=context(model, igia))
+    record = pruned(model, igia, criterion="gradpruner", count=2, merge=3, density=0.2)
     scores = igia.scores("squared")
     assert record["removed_layers"] == sorted(sorted(range(6), key=lambda i: (scores[i], -i))[:2])
-    assert record["merge_rule"] == "gradpruner" and record["merge_scale"] == 1.0
-    assert "merge_search" not in record and "auto" not in record
+    assert record["plan"]["merge_rule"] == "gradpruner" and record["plan"]["scale"] == 1.0
+    assert record["plan"]["density"] == 0.2 and record["merged"]
+    assert record["selection"]["merge_search"] is None and "auto" not in record["selection"]
 
 
 def test_laco_collapse_matches_the_rdsc_formula():
@@ -253,13 +328,31 @@ def test_laco_collapse_matches_the_rdsc_formula():
 
 def test_laco_removes_the_asked_count_and_records_its_merges():
     model = tiny_model("llama")
-    record = prune_model(model, None, criterion="laco", count=3, merge=None, context=context(model))
+    record = pruned(model, None, criterion="laco", count=3, merge=None)
     assert len(record["removed_layers"]) == 3 and 5 not in record["removed_layers"]
     donors = sorted(d for ds in record["merged"].values() for d in ds)
-    assert donors == record["removed_layers"] and record["merge_rule"] == "laco"
+    assert donors == record["removed_layers"] and record["plan"]["merge_rule"] == "laco"
     for receiver, ds in record["merged"].items():
         assert all(d > int(receiver) for d in ds)  # layers fold into the layer below them
-    assert record["laco"]["trials"] and model.config.num_hidden_layers == 3
+    assert record["selection"]["laco"]["trials"] and model.config.num_hidden_layers == 3
+
+
+def test_laco_selects_without_changing_the_model_and_its_steps_replay_the_collapse():
+    from gradpruner.apply import apply
+    from gradpruner.plan import MergeStep, PrunePlan
+
+    model = tiny_model("llama")
+    before = copy.deepcopy(model.state_dict())
+    selection = get_criterion("laco").select(context(model), 3)
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
+    assert selection.removed == sorted(d for _, ds in selection.merges for d in ds)
+    plan = PrunePlan(6, tuple(selection.removed), tuple(MergeStep(r, tuple(d)) for r, d in selection.merges),
+                     "laco")
+    replayed, _ = apply(copy.deepcopy(model), plan)
+    pruned_model = tiny_model("llama")
+    pruned(pruned_model, None, criterion="laco", count=3, merge=None)
+    expected = pruned_model.state_dict()
+    assert all(torch.equal(value, expected[name]) for name, value in replayed.state_dict().items())
 
 
 def test_relative_igia_divides_each_module_by_its_weight_norm(igia):

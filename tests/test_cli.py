@@ -96,13 +96,14 @@ def test_run_writes_report_and_plot(workspace):
         assert 0 <= report[key]["acc"] <= 1
     assert report["prune"]["merged"] == {}
     assert report["prune"]["criterion"] == "auto"  # the default: the best candidate cut
-    chosen = report["prune"]["auto"]["chosen"]
-    losses = {c["name"]: c["loss"] for c in report["prune"]["auto"]["candidates"]}
+    auto = report["prune"]["selection"]["auto"]
+    chosen = auto["chosen"]
+    losses = {c["name"]: c["loss"] for c in auto["candidates"]}
     assert losses[chosen] == min(losses.values())
     assert (w / "run" / "layer_scores.png").stat().st_size > 1000
     text = (w / "run" / "report.md").read_text()
     assert "pruned, fine-tuned" in text and f"| {chosen} (chosen) |" in text
-    selection, tune = report["prune"]["auto"]["seconds"], report["pruned_finetune"]
+    selection, tune = auto["seconds"], report["pruned_finetune"]
     assert (f"Selection and merge search: {selection:.0f} s, as long as "
             f"{selection / tune['seconds_per_step']:.0f} of the pruned model's fine-tuning steps "
             f"({selection / tune['train_seconds']:.0%} of its {tune['steps']}-step fine-tune)") in text
@@ -155,13 +156,14 @@ def test_prune_keeps_auto_within_the_heal_budget(workspace):
     assert cli("prune", "--model", w / "model", "--scores", w / "probe", "--data", w / "data.jsonl",
                "--layers", "2", "--heal-steps", "3", "--out", w / "budgeted") == 0
     side = json.loads((w / "budgeted" / "gradpruner.json").read_text())
-    budget = side["auto"]["budget"]
+    auto = side["selection"]["auto"]
+    budget = auto["plan"]
     assert budget["seconds"] == pytest.approx(
         0.1 * 3 * probe["step_seconds"] * 4 / 6, abs=0.006)
     assert 0 < probe["step_seconds"] < probe["probe_seconds"]
     assert budget["skipped"] and side["merged"] == {}  # a 3-step heal affords no held-out search
-    assert side["auto"]["judge"] is None and side["auto"]["chosen"] == "block_influence"
-    assert side["removed_layers"] == side["auto"]["candidates"][0]["removed"]
+    assert "judge" not in auto and auto["chosen"] == "block_influence" and budget["judged"] == []
+    assert side["removed_layers"] == auto["candidates"][0]["removed"]
 
 
 def test_scores_from_another_model_are_refused(workspace, tmp_path, capsys):

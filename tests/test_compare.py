@@ -57,8 +57,7 @@ def test_shared_work_is_done_once_and_same_cuts_share_a_fine_tune(compared):
     results = json.loads((compared / "results.json").read_text())
     by_key = {}
     for cell in results["cells"]:
-        key = (cell["ratio"], tuple(cell["prune"]["removed_layers"]), json.dumps(cell["prune"]["merged"]),
-               cell["prune"]["merge_scale"])
+        key = (cell["ratio"], json.dumps(cell["prune"]["plan"]))
         if key in by_key:  # a later cell with the same cut reuses the earlier fine-tune
             assert cell["same_cut_as"] == by_key[key]["method"]
             assert cell["after"] == by_key[key]["after"]
@@ -67,11 +66,11 @@ def test_shared_work_is_done_once_and_same_cuts_share_a_fine_tune(compared):
     probe = json.loads((compared / "probe-s0" / "scores.json").read_text())["probe"]
     for ratio in (0.3, 0.5):
         cells = {c["method"]: c for c in results["cells"] if c["ratio"] == ratio}
-        auto = cells["auto"]["prune"]["auto"]
+        auto = cells["auto"]["prune"]["selection"]["auto"]
         # 10 % of a 3-step heal, timed by the probe: too little to judge, so block influence's cut
-        assert auto["budget"]["heal_steps"] == 3 and auto["budget"]["fraction"] == 0.1
-        assert auto["budget"]["step_seconds"] == pytest.approx(probe["step_seconds"], abs=1e-3)
-        assert auto["judge"] is None and auto["chosen"] == "block_influence"
+        assert auto["plan"]["heal_steps"] == 3 and auto["plan"]["fraction"] == 0.1
+        assert auto["plan"]["step_seconds"] == pytest.approx(probe["step_seconds"], abs=1e-3)
+        assert "judge" not in auto and auto["chosen"] == "block_influence"
         assert cells["auto"]["prune"]["removed_layers"] == cells["block_influence"]["prune"]["removed_layers"]
 
 
@@ -81,8 +80,7 @@ def test_a_finished_comparison_resumes_without_recomputing(compared, workspace):
     victim = cells / "tail-r0.3-s0.json"
     victim.unlink()
     settings = json.loads((compared / "settings.json").read_text())
-    settings["train"]["progress"] = True  # older versions recorded this control setting
-    (compared / "settings.json").write_text(json.dumps(settings))
+    assert not {"progress", "save_every", "resume"} & set(settings["train"])  # control only
     code = main(["compare", "--model", str(workspace / "model"), "--data",
                  str(workspace / "data.jsonl"), "--out", str(compared), *ARGS])
     assert code == 0

@@ -71,7 +71,7 @@ def test_block_influence_is_zero_for_identity_layers_and_matches_direct_computat
 def test_ppl_equals_the_loss_change_of_actually_removing_each_layer():
     import copy
 
-    from gradpruner.criteria.judge import task_batches, task_loss
+    from gradpruner.search.judge import task_batches, task_loss
     from gradpruner.surgery import cut_layers
 
     model = tiny_model("llama")
@@ -81,7 +81,7 @@ def test_ppl_equals_the_loss_change_of_actually_removing_each_layer():
     ctx = context(model)
     scores = get_criterion("ppl").layer_scores(ctx)
     assert scores[1] == pytest.approx(0, abs=1e-6)  # an identity layer costs nothing to skip
-    batches = task_batches(ctx, 64, 8, "ppl")
+    batches = task_batches(ctx.tokenizer, ctx.examples[:64], 8, "ppl")
     base = task_loss(model, batches)
     for i in range(6):
         cut = copy.deepcopy(model)
@@ -91,14 +91,14 @@ def test_ppl_equals_the_loss_change_of_actually_removing_each_layer():
 
 
 def test_taylor_matches_a_direct_weight_times_gradient_sum():
-    from gradpruner.criteria.judge import task_batches
+    from gradpruner.search.judge import task_batches
 
     model = tiny_model("mistral")
     ctx = context(model)
     scores = get_criterion("taylor").layer_scores(ctx)
     assert all(p.grad is None for p in model.parameters())  # no gradients left behind
     model.zero_grad()
-    batches = task_batches(ctx, 64, 8, "taylor")
+    batches = task_batches(ctx.tokenizer, ctx.examples[:64], 8, "taylor")
     for batch in batches:
         (model(**batch).loss / len(batches)).backward()
     expected = [sum(float((p * p.grad).abs().sum()) for p in layer.parameters())
@@ -116,11 +116,13 @@ def test_angular_removes_the_contiguous_block_that_changes_nothing():
             model.model.layers[i].self_attn.o_proj.weight.zero_()
             model.model.layers[i].mlp.down_proj.weight.zero_()
     crit = get_criterion("angular")
-    assert crit.removal(context(model), 2) == [2, 3]
+    assert crit.select(context(model), 2).removed == [2, 3]
     scores = crit.layer_scores(context(model))
     assert len(scores) == 6 and scores[2] == pytest.approx(0, abs=1e-6)
-    record = prune_model(model, criterion="angular", count=2, merge=None, context=context(model))
-    assert record["removed_layers"] == [2, 3]
+    ctx = context(model)
+    record = prune_model(model, tokenizer=ctx.tokenizer, examples=ctx.examples, criterion="angular",
+                         count=2, merge=None)
+    assert record.removed_layers == [2, 3] and record.to_json()["removed_layers"] == [2, 3]
 
 
 def test_registry_lists_the_criteria_and_rejects_unknown_names():

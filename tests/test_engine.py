@@ -41,7 +41,7 @@ def test_probe_prune_save_reload_generate(arch, tmp_path):
 
     params_before = count_parameters(model)
     layer_types = getattr(model.config, "layer_types", None)
-    record = prune_model(model, igia, count=2, merge=1, density=0.5)
+    record = prune_model(model, igia, criterion="gradpruner", count=2, merge=1, density=0.5).to_json()
     removed, kept = record["removed_layers"], record["kept_layers"]
     assert len(removed) == 2 and sorted(removed + kept) == list(range(6))
     order = sorted(range(6), key=lambda i: (igia.layer_scores[i], -i))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gradpruner.errors import GradPrunerError
-from gradpruner.merge import (
+from gradpruner.apply.merge import (
     merge_layers,
     merged_delta,
     parse_merge_count,

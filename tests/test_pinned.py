@@ -28,7 +28,6 @@ from tiny_tokenizer import tiny_tokenizer
 PINS = Path(__file__).with_name("pinned_results.json")
 
 # ---------------------------------------------------------------- API adapter (the only gradpruner use)
-from gradpruner.criteria import ScoreContext  # noqa: E402
 from gradpruner.data import MCExample  # noqa: E402
 from gradpruner.prune import prune_model  # noqa: E402
 from gradpruner.train import TrainConfig, probe  # noqa: E402
@@ -57,11 +56,10 @@ def outcome(model, igia, case: dict) -> dict:
     `case` keys: criterion, merge, and one of count / ratio / remove; optional density (0.2),
     seed (0), heldout (False: no held-out examples).
     """
-    ctx = ScoreContext(model=model, tokenizer=tiny_tokenizer(), examples=EXAMPLES, igia=igia,
-                       seed=case.get("seed", 0), heldout=HELDOUT if case.get("heldout") else [])
-    record = prune_model(model, igia, criterion=case["criterion"], count=case.get("count"),
-                         ratio=case.get("ratio"), remove=case.get("remove"), merge=case["merge"],
-                         density=case.get("density", 0.2), context=ctx)
+    record = prune_model(model, igia, tiny_tokenizer(), EXAMPLES, seed=case.get("seed", 0),
+                         heldout=HELDOUT if case.get("heldout") else [], criterion=case["criterion"],
+                         count=case.get("count"), ratio=case.get("ratio"), remove=case.get("remove"),
+                         merge=case["merge"], density=case.get("density", 0.2)).to_json()
     return {
         "removed": record["removed_layers"],
         "kept": record["kept_layers"],

@@ -91,6 +91,6 @@ def test_same_seed_same_scores_removed_layers_and_weights(workspace):
     assert scores[0] == scores[1]
     sides = [json.loads((w / f"pruned-{r}" / "gradpruner.json").read_text()) for r in outs]
     assert sides[0]["removed_layers"] == sides[1]["removed_layers"]
-    assert sides[0]["auto"]["candidates"] == sides[1]["auto"]["candidates"]
+    assert sides[0]["selection"]["auto"]["candidates"] == sides[1]["selection"]["auto"]["candidates"]
     a, b = weights(w / "tuned-a"), weights(w / "tuned-b")
     assert all(torch.equal(a[k], b[k]) for k in a)

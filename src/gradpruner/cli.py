@@ -55,23 +55,12 @@ def _add_train(p: argparse.ArgumentParser, steps: int | None) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true")
 
 
-def _add_selection(p: argparse.ArgumentParser, ratio: float | None) -> None:
-    from .criteria import CRITERIA
-
-    p.add_argument("--criterion", default="auto", choices=sorted(CRITERIA),
-                   help="auto (default): of the cuts several criteria propose, the one with the "
-                        "lowest held-out task loss; gradpruner: the paper's IGIA score")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--ratio", type=float, default=None,
-                       help=f"fraction of decoder layers to remove (default {ratio})")
-    group.add_argument("--layers", type=int, help="number of layers to remove")
-    group.add_argument("--remove", help="explicit layers to remove, e.g. 3,4,5 or 20-27")
-    p.add_argument("--merge", default="auto",
-                   help="donor layers to merge: a number (the paper: 3), 'all', 'none', or 'auto' "
-                        "(default: donors 0-3 and scales 1, 0.5, 0.25 judged on held-out loss)")
-    p.add_argument("--density", type=float, default=0.2, help="kept fraction of each donor matrix")
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    """`prune`'s selection options, with their defaults."""
+    _add_selection_flags(p)
+    p.add_argument("--density", type=float, default=0.2, help="kept fraction of each donor matrix (default 0.2)")
     _add_budget(p)
-    p.set_defaults(default_ratio=ratio)
+    p.set_defaults(criterion="auto", merge="auto", ratio=None, layers=None, remove=None)
 
 
 def _budget(text: str) -> float | None:
@@ -83,11 +72,114 @@ def _budget(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"a fraction or 'none', got {text!r}") from None
 
 
-def _add_budget(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--selection-budget", type=_budget, default=0.1, metavar="F",
+def _add_budget(p: argparse.ArgumentParser, default: bool = True) -> None:
+    p.add_argument("--selection-budget", type=_budget, metavar="F", **({"default": 0.1} if default else {}),
                    help="auto's search and the merge search take at most this fraction of the "
                         "pruned model's fine-tune (timed by the probe), skipping the parts that do "
                         "not fit; 'none': the whole search (default 0.1)")
+
+
+def _add_recipe(p: argparse.ArgumentParser, out: str | None) -> None:
+    """The options of `run` and `compare`: they override `--config`, whose values override the
+    defaults (`config.RunConfig`); none has an argparse default, so only given flags override."""
+    p.add_argument("--config", help="YAML or JSON file of settings (a run's report.json works too)")
+    p.add_argument("--model", help="local HF folder or Hub id (default: the offline SmolLM2-135M-Instruct)")
+    p.add_argument("--dtype", help="auto (default: bf16 on CUDA, else fp32) | float32 | bfloat16 | float16")
+    p.add_argument("--device", help="auto (default: CUDA when present) | cpu | cuda[:N]")
+    p.add_argument("--task", help="built-in task (default arc_easy; see `gradpruner tasks`)")
+    p.add_argument("--data", help='JSONL of {"prompt","completion"} or {"prompt","choices","answer"}')
+    p.add_argument("--eval-data", help="JSONL for evaluation (default: a held-out part of --data)")
+    p.add_argument("--steps", type=int, help="optimizer steps of each fine-tune (default 60)")
+    p.add_argument("--epochs", type=float, help="epochs instead of --steps")
+    p.add_argument("--batch-size", type=int, help="per-process batch size (default 8)")
+    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps (default 1)")
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
+    p.add_argument("--lora-rank", type=int, help="LoRA rank (default 8)")
+    p.add_argument("--lora-alpha", type=int, help="LoRA alpha (default 32)")
+    p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    p.add_argument("--max-length", type=int, help="tokens per training example (default 256)")
+    p.add_argument("--seed", type=int, help="seed of training and of the random criterion (default 0)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
+    p.add_argument("--density", type=float, help="kept fraction of each donor matrix (default 0.2)")
+    _add_budget(p, default=False)
+    p.add_argument("--probe-steps", type=int, help="steps of the probe (default 40)")
+    p.add_argument("--heldout", type=int,
+                   help="training examples set apart, never trained on, to judge cuts (default 32)")
+    p.add_argument("--limit", type=int, help="evaluation items (default 300; 0 = all)")
+    p.add_argument("--cold-start", action="store_true",
+                   help="start the pruned model's LoRA adapters fresh instead of from the probe's")
+    p.add_argument("--out", required=out is None,
+                   help=f"output folder (default {out})" if out else
+                   "output folder; an unfinished comparison there is resumed")
+
+
+def _add_selection_flags(p: argparse.ArgumentParser) -> None:
+    from .criteria import CRITERIA
+
+    p.add_argument("--criterion", choices=sorted(CRITERIA),
+                   help="auto (default): of the cuts several criteria propose, the one with the "
+                        "lowest held-out task loss; gradpruner: the paper's IGIA score")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--ratio", type=float, help="fraction of decoder layers to remove (default 0.2)")
+    group.add_argument("--layers", type=int, help="number of layers to remove")
+    group.add_argument("--remove", help="explicit layers to remove, e.g. 3,4,5 or 20-27")
+    p.add_argument("--merge", help="donor layers to merge: a number (the paper: 3), 'all', 'none', or "
+                                   "'auto' (default: donors 0-3 and scales 1, 0.5, 0.25 judged on held-out loss)")
+
+
+TRAIN_FLAGS = ("steps", "epochs", "batch_size", "grad_accum", "lr", "lora_rank", "lora_alpha",
+               "full", "max_length", "seed", "gradient_checkpointing")
+RECIPE_FLAGS = ("model", "dtype", "device", "task", "data", "eval_data", "criterion", "density",
+                "selection_budget", "probe_steps", "heldout", "out", "overwrite", "seeds")
+
+
+def recipe_overrides(args) -> dict:
+    """The config values the given flags set (flags left out set nothing)."""
+    from .apply.merge import parse_merge_count
+    from .selection import parse_layer_list
+
+    given = vars(args)
+    out = {k: given[k] for k in RECIPE_FLAGS if k in given}
+    train = {k: given[k] for k in TRAIN_FLAGS if k in given}
+    if "epochs" in train:
+        train["steps"] = None
+    if train:
+        out["train"] = train
+    if "data" in given:
+        out["task"] = None
+    if "limit" in given:
+        out["eval_limit"] = given["limit"] or None
+    if "no_dense" in given:
+        out["dense"] = False
+    if "cold_start" in given:
+        out["warm_start"] = False
+    if "merge" in given:
+        out["merge"] = parse_merge_count(given["merge"])
+    if "methods" in given:
+        out["methods"] = None if given["methods"] == "all" else [
+            m.strip() for m in given["methods"].split(",") if m.strip()]
+    cut = {"ratio": given.get("ratio"), "count": given.get("layers"),
+           "remove": parse_layer_list(given["remove"]) if "remove" in given else None}
+    if any(v is not None for v in cut.values()):
+        if args.command == "compare":
+            out["ratios"] = _floats(given["ratio"], "--ratio")
+        else:
+            out.update(cut)
+    return out
+
+
+def recipe_config(args):
+    """The resolved config of `run` or `compare`: defaults, then `--config`, then the flags."""
+    from .config import CompareConfig, RunConfig, merge_config, read_config_file
+
+    cls = CompareConfig if args.command == "compare" else RunConfig
+    base = read_config_file(args.config) if getattr(args, "config", None) else {}
+    values = merge_config(base, recipe_overrides(args))
+    if values.get("methods", ...) is None:
+        values.pop("methods")
+    cfg = cls.from_dict(values)
+    cfg.validate()
+    return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", help="the probe's output folder (GradPruner's criteria)")
     _add_data(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
-    _add_selection(p, ratio=None)
+    _add_selection(p)
     p.add_argument("--heal-steps", type=int, default=None,
                    help="steps of the fine-tune planned after pruning: sets the selection budget "
                         "(default: no budget)")
@@ -134,35 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", help="write the metrics to this JSON file")
 
-    p = sub.add_parser("run", help="probe, prune, fine-tune and evaluate, beside the dense model")
-    _add_model(p)
-    _add_data(p, default_task="arc_easy")
-    _add_train(p, steps=60)
-    _add_selection(p, ratio=0.2)
-    p.add_argument("--probe-steps", type=int, default=40)
-    p.add_argument("--limit", type=int, default=300, help="evaluation items (0 = all)")
+    p = sub.add_parser("run", help="probe, prune, fine-tune and evaluate, beside the dense model",
+                       argument_default=argparse.SUPPRESS)
+    _add_recipe(p, "runs/default")
     p.add_argument("--no-dense", action="store_true", help="skip the dense reference fine-tune")
-    p.add_argument("--cold-start", action="store_true",
-                   help="start the pruned model's LoRA adapters fresh instead of from the probe's")
-    _add_output(p, default="runs/default")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    _add_selection_flags(p)
 
-    p = sub.add_parser("compare", help="pruning methods side by side: same model, data, budget, seeds")
-    _add_model(p)
-    _add_data(p, default_task="arc_easy")
-    _add_train(p, steps=60)
-    p.add_argument("--methods", default="all",
-                   help="comma-separated methods, or 'all' (see the table in the README)")
-    p.add_argument("--ratio", default="0.25,0.4", help="comma-separated fractions of layers to remove")
-    p.add_argument("--seeds", type=int, default=1,
-                   help="N seeds for every cell: --seed, --seed + 1, ... (default 1)")
-    p.add_argument("--density", type=float, default=0.2, help="kept fraction of each donor matrix")
-    _add_budget(p)
-    p.add_argument("--probe-steps", type=int, default=40)
-    p.add_argument("--heldout", type=int, default=32,
-                   help="training examples held out to judge cuts (auto) and report their loss")
-    p.add_argument("--limit", type=int, default=300, help="evaluation items (0 = all)")
-    p.add_argument("--out", required=True,
-                   help="output folder; an unfinished comparison there is resumed")
+    p = sub.add_parser("compare", help="pruning methods side by side: same model, data, budget, seeds",
+                       argument_default=argparse.SUPPRESS)
+    _add_recipe(p, None)
+    p.add_argument("--methods", help="comma-separated methods, or 'all' (default; see the README)")
+    p.add_argument("--ratio", help="comma-separated fractions of layers to remove (default 0.25,0.4)")
+    p.add_argument("--seeds", type=int, help="N seeds for every cell: --seed, --seed + 1, ... (default 1)")
 
     sub.add_parser("tasks", help="list the built-in tasks")
     return parser
@@ -182,18 +258,15 @@ def _train_config(args):
 
 
 def _selection(args) -> dict:
-    from .criteria.budget import check_fraction
-    from .merge import parse_merge_count
+    from .apply.merge import parse_merge_count
+    from .search.budget import check_fraction
     from .selection import parse_layer_list
 
     remove = parse_layer_list(args.remove) if args.remove else None
-    ratio = args.ratio
-    if ratio is None and args.layers is None and remove is None:
-        if args.default_ratio is None:
-            raise GradPrunerError("give one of --ratio, --layers or --remove")
-        ratio = args.default_ratio
+    if args.ratio is None and args.layers is None and remove is None:
+        raise GradPrunerError("give one of --ratio, --layers or --remove")
     check_fraction(args.selection_budget)
-    return {"criterion": args.criterion, "ratio": ratio, "count": args.layers, "remove": remove,
+    return {"criterion": args.criterion, "ratio": args.ratio, "count": args.layers, "remove": remove,
             "merge": parse_merge_count(args.merge), "density": args.density,
             "selection_budget": args.selection_budget}
 
@@ -238,7 +311,8 @@ def _dispatch(args) -> int:
         task = pipeline.resolve_task(args.task, args.data) if args.task or args.data else None
         record = pipeline.prune_stage(args.model, args.scores, args.out, overwrite=args.overwrite,
                                       task=task, seed=args.seed, heal_steps=args.heal_steps, **sel)
-        print(json.dumps({k: record[k] for k in ("removed_layers", "kept_layers", "merged",
+        sidecar = record.to_json()
+        print(json.dumps({k: sidecar[k] for k in ("removed_layers", "kept_layers", "merged",
                                                   "params_before", "params_after")}))
         return 0
     if args.command == "finetune":
@@ -255,32 +329,14 @@ def _dispatch(args) -> int:
         print(json.dumps(result, indent=2))
         return 0
     if args.command == "compare":
-        from .compare import METHODS, CompareConfig, compare
+        from .compare import compare
 
-        _check_density(args.density)
-        methods = list(METHODS) if args.methods == "all" else [
-            m.strip() for m in args.methods.split(",") if m.strip()]
-        cfg = CompareConfig(
-            model=args.model, task=None if args.data else args.task, data=args.data,
-            eval_data=args.eval_data, methods=methods, ratios=_floats(args.ratio, "--ratio"),
-            seeds=args.seeds, density=args.density, selection_budget=args.selection_budget,
-            probe_steps=args.probe_steps,
-            heldout=args.heldout, eval_limit=args.limit or None, dtype=args.dtype,
-            device=args.device, out=args.out, train=_train_config(args),
-        )
+        cfg = recipe_config(args)
         results = compare(cfg)
-        print(f"{args.out}/results.md: {len(results['cells'])} cells")
+        print(f"{cfg.out}/results.md: {len(results['cells'])} cells")
         return 0
     if args.command == "run":
-        sel = _selection(args)
-        _check_density(sel["density"])
-        cfg = pipeline.RunConfig(
-            model=args.model, task=None if args.data else args.task, data=args.data,
-            eval_data=args.eval_data, out=args.out, probe_steps=args.probe_steps,
-            eval_limit=args.limit or None, dense=not args.no_dense, warm_start=not args.cold_start,
-            dtype=args.dtype,
-            device=args.device, overwrite=args.overwrite, train=_train_config(args), **sel,
-        )
+        cfg = recipe_config(args)
         pipeline.run(cfg)
         return 0
     raise GradPrunerError("no command given (see --help)")

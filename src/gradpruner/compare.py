@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import copy
 import json
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
 
-from .criteria import ScoreContext, get_criterion
-from .criteria.budget import SelectionBudget, check_fraction, heal_budget
-from .criteria.judge import task_batches, task_loss
+from .config import CompareConfig
 from .errors import GradPrunerError
-from .igia import IGIA
 from .models import load_model
 from .outputs import atomic_output_dir, write_json
-from .pipeline import _jsonable, _say, resolve_task, timed_eval, versions
-from .prune import prune_model
-from .selection import removal_count
+from .pipeline import _say, resolve_task, versions
+from .recipe import ProbeResult, cut, evaluate, heal, needs_probe, probe, recipe_dtype, split_heldout
+from .search.judge import task_batches, task_loss
 from .timing import compare_prefill
-from .train import TrainConfig, finetune, probe
+from .train import finetune
 
 # method -> (criterion, merge donors or "auto"/None)
 METHODS: dict[str, tuple[str, int | str | None]] = {
@@ -46,50 +42,14 @@ METHODS: dict[str, tuple[str, int | str | None]] = {
 
 
 CONTROL_KEYS = ("progress", "save_every", "checkpoint_dir", "resume")  # do not change results
+RESULT_KEYS = ("model", "task", "data", "eval_data", "density", "selection_budget", "settings",
+               "probe_steps", "heldout", "eval_limit", "dtype", "warm_start")
 
 
-@dataclass
-class CompareConfig:
-    """Settings of one comparison; those that change results are checked on resume."""
-
-    model: str | None = None
-    task: str | None = "arc_easy"
-    data: str | None = None
-    eval_data: str | None = None
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    ratios: list[float] = field(default_factory=lambda: [0.25, 0.4])
-    seeds: int = 1
-    density: float = 0.2
-    selection_budget: float | None = 0.1  # of each cell's healing fine-tune; None: no limit
-    probe_steps: int = 40
-    heldout: int = 32
-    eval_limit: int | None = 300
-    dtype: str = "auto"
-    device: str = "auto"
-    out: str = "runs/compare"
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=60))
-
-    def validate(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise GradPrunerError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
-        if self.seeds < 1:
-            raise GradPrunerError(f"--seeds must be at least 1, got {self.seeds}")
-        if self.heldout < 1:
-            raise GradPrunerError(f"--heldout must be at least 1, got {self.heldout}")
-        check_fraction(self.selection_budget)
-        self.train.validate()
-
-    def fingerprint(self) -> dict:
-        """What must match for finished cells to be reused."""
-        keep = ("model", "task", "data", "eval_data", "density", "selection_budget", "probe_steps",
-                "heldout", "eval_limit", "dtype")
-        return {**{k: getattr(self, k) for k in keep}, "train": _results_settings(asdict(self.train))}
-
-
-def _results_settings(train: dict) -> dict:
-    """The training settings that change results: all but `CONTROL_KEYS`."""
-    return {k: v for k, v in train.items() if k not in CONTROL_KEYS}
+def fingerprint(cfg: CompareConfig) -> dict:
+    """What must match for finished cells to be reused."""
+    train = {k: v for k, v in asdict(cfg.train).items() if k not in CONTROL_KEYS}
+    return json.loads(json.dumps({**{k: getattr(cfg, k) for k in RESULT_KEYS}, "train": train}))
 
 
 class Comparison:
@@ -100,30 +60,26 @@ class Comparison:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.task = resolve_task(cfg.task, cfg.data, cfg.eval_data)
+        self.train_examples, self.heldout = split_heldout(self.task.train_examples(), cfg.heldout)
         self._check_settings()
-        examples = self.task.train_examples()
-        if len(examples) <= cfg.heldout:
-            raise GradPrunerError(f"{len(examples)} training examples: too few to hold out {cfg.heldout}")
-        self.train_examples, self.heldout = examples[:-cfg.heldout], examples[-cfg.heldout:]
-        self.model, self.tokenizer, self.source = load_model(cfg.model, cfg.dtype, cfg.device)
-        held = ScoreContext(model=self.model, tokenizer=self.tokenizer, examples=self.heldout)
-        self.heldout_batches = task_batches(held, cfg.heldout, 8, "compare")
+        self.master, self.tokenizer, self.source = load_model(cfg.model, "float32", cfg.device)
+        self.dtype = recipe_dtype(cfg)
+        self.model = copy.deepcopy(self.master).to(self.dtype)  # the dense model, never changed
+        self.heldout_batches = task_batches(self.tokenizer, self.heldout, 8, "compare")
 
     def _check_settings(self) -> None:
         path = self.out / "settings.json"
-        fingerprint = _jsonable(self.cfg.fingerprint())
+        current = fingerprint(self.cfg)
         if path.is_file():
             previous = json.loads(path.read_text())
-            previous["train"] = _results_settings(previous.get("train", {}))  # older versions kept all
-            previous.setdefault("selection_budget", None)  # older versions searched without a limit
-            if previous != fingerprint:
-                changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])
+            if previous != current:
+                changed = sorted(k for k in current if previous.get(k) != current[k])
                 raise GradPrunerError(f"{self.out} holds a comparison with other settings "
                                       f"({', '.join(changed)}); use another --out")
         elif self.out.exists() and any(self.out.iterdir()):
             raise GradPrunerError(f"{self.out} exists and is not a comparison folder; use another --out")
         (self.out / "cells").mkdir(parents=True, exist_ok=True)
-        write_json(path, fingerprint)
+        write_json(path, current)
 
     # ------------------------------------------------------------------ cells
     def cell(self, name: str, compute) -> dict:
@@ -132,18 +88,19 @@ class Comparison:
         if path.is_file():
             return json.loads(path.read_text())
         _say(f"compare: {name}")
-        result = _jsonable(compute())
+        result = json.loads(json.dumps(compute(), default=str))
         write_json(path, result)
         return result
 
     def evaluate(self, model) -> dict:
-        return timed_eval(model, self.tokenizer, self.task, self.cfg.eval_limit)
+        return evaluate(model, self.tokenizer, self.task, self.cfg.eval_limit)
 
     def heldout_loss(self, model) -> float:
         return task_loss(model, self.heldout_batches)
 
-    def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(**{**asdict(self.cfg.train), "seed": seed, "progress": False})
+    def recipe(self, seed: int) -> CompareConfig:
+        """The recipe's settings for a cell of `seed` (no progress bars)."""
+        return replace(self.cfg, train=replace(self.cfg.train, seed=seed, progress=False))
 
     def zero_shot(self) -> dict:
         return self.cell("dense-zero-shot", lambda: {
@@ -151,56 +108,43 @@ class Comparison:
 
     def dense(self, seed: int) -> dict:
         def compute():
-            tuned, stats = finetune(copy.deepcopy(self.model), self.tokenizer, self.train_examples,
-                                    self.train_config(seed))
+            train = self.recipe(seed).train
+            tuned, stats = finetune(copy.deepcopy(self.model), self.tokenizer, self.train_examples, train)
             return {"method": "dense", "seed": seed, "finetune": stats, "after": self.evaluate(tuned)}
 
         return self.cell(f"dense-s{seed}", compute)
 
-    def probe_folder(self, seed: int) -> Path:
-        return self.out / f"probe-s{seed}"
-
-    def budget(self, ratio: float, seed: int, probed: bool) -> SelectionBudget:
-        """The selection budget of a cell: a share of its healing fine-tune, timed by the probe."""
-        total = self.model.config.num_hidden_layers
-        record = (json.loads((self.probe_folder(seed) / "scores.json").read_text()).get("probe")
-                  if probed else None)
-        return heal_budget(self.cfg.selection_budget, self.cfg.train.planned_steps(len(self.train_examples)),
-                           total, removal_count(total, ratio), record)
-
-    def probe(self, seed: int) -> IGIA:
-        folder = self.probe_folder(seed)
+    def probe(self, seed: int) -> ProbeResult:
+        folder = self.out / f"probe-s{seed}"
         if not (folder / "scores.json").is_file():
             _say(f"compare: probe, seed {seed}")
-            cfg = self.train_config(seed)
-            igia, stats = probe(copy.deepcopy(self.model), self.tokenizer, self.train_examples, cfg,
-                                self.cfg.probe_steps, cfg.steps)
+            train = self.recipe(seed).train
+            probed = probe(copy.deepcopy(self.model), self.tokenizer, self.train_examples, train,
+                           self.cfg.probe_steps, train.planned_steps(len(self.train_examples)))
             with atomic_output_dir(folder) as tmp:
-                igia.save(tmp, extra={"probe": stats, "task": self.task.name})
-        return IGIA.load(folder)
+                probed.save(tmp, {"task": self.task.name})
+        return ProbeResult.load(folder)
 
     def pruned(self, method: str, ratio: float, seed: int, done: dict[str, dict]) -> dict:
-        """Prune, judge, fine-tune and evaluate one cell; reuses the fine-tune of an earlier
-        cell (`done`, by cut) that removed the same layers with the same merge."""
+        """Cut, judge, heal and evaluate one cell (the recipe `run` runs); reuses the fine-tune
+        of an earlier cell (`done`, by plan) that gave the same plan."""
         def compute():
             criterion, merge = METHODS[method]
-            net = copy.deepcopy(self.model)
-            igia = self.probe(seed) if get_criterion(criterion).needs_probe or merge else None
-            ctx = ScoreContext(model=net, tokenizer=self.tokenizer, examples=self.train_examples,
-                               igia=igia, seed=seed, heldout=self.heldout,
-                               budget=self.budget(ratio, seed, igia is not None))
-            start = time.perf_counter()
-            record = prune_model(net, igia, criterion=criterion, ratio=ratio, merge=merge,
-                                 density=self.cfg.density, context=ctx)
-            select_seconds = time.perf_counter() - start
-            result = {"method": method, "ratio": ratio, "seed": seed, "prune": record,
-                      "select_seconds": select_seconds, "heldout_loss": self.heldout_loss(net),
-                      "before": self.evaluate(net)}
-            twin = done.get(_cut_key(record, seed))
+            warm = self.cfg.warm_start and not self.cfg.train.full
+            probed = self.probe(seed) if warm or needs_probe(criterion, merge) else None
+            recipe = self.recipe(seed)
+            done_cut = cut(copy.deepcopy(self.master), self.tokenizer, self.train_examples,
+                           self.heldout, probed, recipe, criterion, merge, ratio, seed)
+            net, record = done_cut.model, done_cut.record
+            result = {"method": method, "ratio": ratio, "seed": seed, "prune": record.to_json(),
+                      "select_seconds": done_cut.select_seconds,
+                      "heldout_loss": self.heldout_loss(net), "before": self.evaluate(net)}
+            twin = done.get(_cut_key(result["prune"], seed))
             if twin is not None:
                 return {**result, "same_cut_as": twin["method"],
                         **{k: twin[k] for k in ("finetune", "after", "prefill_seconds")}}
-            tuned, stats = finetune(net, self.tokenizer, self.train_examples, self.train_config(seed))
+            tuned, stats = heal(net, self.tokenizer, self.train_examples, probed, recipe,
+                                record.kept_layers, seed, self.dtype)
             prefill = compare_prefill({"dense": self.model, "pruned": tuned})
             return {**result, "finetune": stats, "after": self.evaluate(tuned),
                     "prefill_seconds": prefill}
@@ -210,10 +154,9 @@ class Comparison:
         return result
 
 
-def _cut_key(record: dict, seed: int) -> str:
+def _cut_key(sidecar: dict, seed: int) -> str:
     """Cells with the same key give the same pruned weights and so the same fine-tune."""
-    fields = ("removed_layers", "merged", "merge_rule", "density", "merge_scale")
-    return json.dumps([seed, *[record.get(k) for k in fields]])
+    return json.dumps([seed, sidecar["plan"]])
 
 
 def compare(cfg: CompareConfig) -> dict:
@@ -223,7 +166,7 @@ def compare(cfg: CompareConfig) -> dict:
 
     comparison = Comparison(cfg)
     results = {"task": comparison.task.name, "model": comparison.source, "versions": versions(),
-               "config": _jsonable(asdict(cfg)), "zero_shot": comparison.zero_shot(),
+               "config": cfg.to_json(), "zero_shot": comparison.zero_shot(),
                "dense": [], "cells": []}
     done: dict[str, dict] = {}
     for seed in range(cfg.train.seed, cfg.train.seed + cfg.seeds):  # --seed is the first one

@@ -9,6 +9,7 @@ pair scored by the summed log-probability of the continuation; `acc` takes the b
 
 from __future__ import annotations
 
+import inspect
 import re
 import string
 from contextlib import contextmanager
@@ -89,25 +90,209 @@ def choice_logprobs(model, tokenizer, examples: list[MCExample], batch_size: int
                     max_length: int = 1024) -> list[list[float]]:
     """Per example, the summed log-probability of each choice's continuation given its context.
 
-    All (context, continuation) pairs of all examples are batched together (`choice_pairs`),
-    right-padded and masked.
+    Pairs whose token ids start with the same context ids (the choices of an ordinary question)
+    run that context once: the contexts go through the model with a KV cache, then all their
+    continuations at once on the cache (`_score_shared`), at most `batch_size` pairs a batch.
+    The other pairs (WinoGrande-style items, a context cut differently by truncation) and every
+    pair of a model that cannot continue a cache the same way (`_cache_keyword`) are scored as
+    whole sequences (`_score_full`), as lm-evaluation-harness does. Both give the same sums.
     """
     pairs = choice_pairs(tokenizer, examples, max_length)
     scores = [[0.0] * len(ex.contexts) for ex in examples]
-    collate = PadCollator(pad_id(tokenizer))
-    starts = range(0, len(pairs), batch_size)
+    keyword = _cache_keyword(model)
+    groups, single = _shared_contexts(pairs) if keyword else ([], pairs)
     with _eval_mode(model), torch.inference_mode():
-        for start in tqdm(starts, desc="scoring", unit="batch", disable=None, leave=False):
-            chunk = pairs[start:start + batch_size]
-            sums = continuation_logprobs(model, collate([pair[2] for pair in chunk]))
-            for (i, j, _), value in zip(chunk, sums):
-                scores[i][j] = value
+        if groups:
+            _score_shared(model, keyword, groups, pad_id(tokenizer), batch_size, scores)
+        _score_full(model, single, pad_id(tokenizer), batch_size, scores)
     return scores
+
+
+def _choice_logprobs_full(model, tokenizer, examples: list[MCExample], batch_size: int = 16,
+                          max_length: int = 1024) -> list[list[float]]:
+    """`choice_logprobs` with every pair scored as a whole sequence (the reference)."""
+    pairs = choice_pairs(tokenizer, examples, max_length)
+    scores = [[0.0] * len(ex.contexts) for ex in examples]
+    with _eval_mode(model), torch.inference_mode():
+        _score_full(model, pairs, pad_id(tokenizer), batch_size, scores)
+    return scores
+
+
+def _score_full(model, pairs: list[tuple[int, int, dict]], pad: int, batch_size: int,
+                scores: list[list[float]]) -> None:
+    """Score each pair as one right-padded sequence, `batch_size` pairs a batch, into `scores`."""
+    collate = PadCollator(pad)
+    starts = range(0, len(pairs), batch_size)
+    for start in tqdm(starts, desc="scoring", unit="batch", disable=None, leave=False):
+        chunk = pairs[start:start + batch_size]
+        sums = continuation_logprobs(model, collate([pair[2] for pair in chunk]))
+        for (i, j, _), value in zip(chunk, sums):
+            scores[i][j] = value
+
+
+# Sequence-length dependent RoPE (the frequencies follow the longest position of the forward
+# pass): a context run alone would be rotated differently from the same context in its pair.
+_LENGTH_DEPENDENT_ROPE = frozenset({"dynamic", "longrope"})
+_CACHEABLE_LAYERS = frozenset({"full_attention", "sliding_attention"})
+
+
+def _rope_types(value) -> set[str]:
+    """Every `rope_type` named in a config's rope parameters (nested per layer type or not)."""
+    if isinstance(value, dict):
+        found = {value["rope_type"]} if isinstance(value.get("rope_type"), str) else set()
+        return found.union(*(_rope_types(v) for v in value.values() if isinstance(v, dict)))
+    return set()
+
+
+def _cache_keyword(model) -> str | None:
+    """The keyword of the base model's forward that takes a KV cache ("cache", or
+    "past_key_values" in older transformers) when a context run with a cache and then continued
+    gives the scores of the whole sequence; None when it may not, so pairs are scored whole.
+
+    That needs causal attention over full or sliding-window layers only, kept in a
+    `DynamicCache` of plain attention layers (no linear or recurrent state, no KV sharing,
+    no chunked attention, whose chunks move with left padding), RoPE that does not depend on
+    the sequence length, and no PEFT prompt learning (virtual tokens before the input).
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if config is None or not hasattr(config, "get_text_config"):
+        return None
+    text = config.get_text_config(decoder=True)
+    if (not getattr(text, "is_causal", True) or getattr(text, "use_bidirectional_attention", False)
+            or getattr(text, "attention_chunk_size", None) is not None):
+        return None
+    layer_types = getattr(text, "layer_types", None)
+    if layer_types is not None and not set(layer_types) <= _CACHEABLE_LAYERS:
+        return None
+    rope = _rope_types(getattr(text, "rope_parameters", None)) | _rope_types(
+        getattr(text, "rope_scaling", None))
+    if rope & _LENGTH_DEPENDENT_ROPE:
+        return None
+    layers = DynamicCache(config=config).layers
+    if (len(layers) != getattr(text, "num_hidden_layers", -1)
+            or any(type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)):
+        return None
+    parameters = inspect.signature(base.forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
+
+
+def _shared_contexts(pairs: list[tuple[int, int, dict]]
+                     ) -> tuple[list[tuple[list[int], list[tuple[int, int, list[int]]]]],
+                                list[tuple[int, int, dict]]]:
+    """Split pairs into groups that share their context ids and the pairs scored whole.
+
+    A pair's context is its token ids before the first labelled one, read from the pair itself:
+    so a context cut by truncation only groups with pairs cut the same way. A pair whose labels
+    are not exactly its ids after the context, one without a context token, and a context that
+    only one pair has (WinoGrande-style items) are scored whole. Groups come as
+    (context ids, [(example, choice, continuation ids)]), longest context first.
+    """
+    grouped: dict[tuple[int, ...], list[tuple[int, int, dict]]] = {}
+    single = []
+    for pair in pairs:
+        ids, labels = pair[2]["input_ids"], pair[2]["labels"]
+        n_context = next((k for k, label in enumerate(labels) if label != -100), len(labels))
+        if n_context == 0 or labels[n_context:] != ids[n_context:]:
+            single.append(pair)
+        else:
+            grouped.setdefault(tuple(ids[:n_context]), []).append(pair)
+    groups = []
+    for context, members in grouped.items():
+        if len(members) == 1:
+            single.extend(members)
+        else:
+            groups.append((list(context), [(i, j, f["input_ids"][len(context):])
+                                           for i, j, f in members]))
+    single.sort(key=lambda pair: len(pair[2]["input_ids"]), reverse=True)
+    groups.sort(key=lambda group: len(group[0]), reverse=True)
+    return groups, single
+
+
+def _score_shared(model, keyword: str, groups: list, pad: int, batch_size: int,
+                  scores: list[list[float]]) -> None:
+    """Score the groups of `_shared_contexts`, whole groups at most `batch_size` pairs a batch
+    (a larger group alone), into `scores`."""
+    batches, current, rows = [], [], 0
+    for group in groups:
+        if current and rows + len(group[1]) > batch_size:
+            batches.append(current)
+            current, rows = [], 0
+        current.append(group)
+        rows += len(group[1])
+    if current:
+        batches.append(current)
+    for batch in tqdm(batches, desc="scoring", unit="batch", disable=None, leave=False):
+        sums = _shared_context_logprobs(model, keyword, batch, pad)
+        for (i, j, _), value in zip((m for _, members in batch for m in members), sums):
+            scores[i][j] = value
+
+
+def _shared_context_logprobs(model, keyword: str, groups: list, pad: int) -> list[float]:
+    """Summed log-probabilities of the continuations of `groups` (context ids, members), in order.
+
+    1. The contexts, left-padded (every last context token at the end; positions count real
+       tokens only, so a row is rotated as when alone), run once with a fresh `DynamicCache`;
+       the logits of their last position predict the first continuation token.
+    2. The cache is copied to one row per continuation (`reorder_cache`, an index_select), and
+       the right-padded continuations run on it, with the attention mask of context +
+       continuation and positions that go on from each context's length. Left padding keeps
+       the distances between real tokens, so sliding windows see what they see in the pair.
+       Continuations of one token need no second pass.
+    """
+    from transformers import DynamicCache
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = _device(model)
+    contexts = [context for context, _ in groups]
+    width = max(len(context) for context in contexts)
+    ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts], dtype=torch.long,
+                       device=device)
+    lengths = torch.tensor([len(c) for c in contexts], device=device)
+    mask = (torch.arange(width, device=device) >= (width - lengths)[:, None]).long()
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    cache = DynamicCache(config=base.config)
+    first = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                  logits_to_keep=1, **{keyword: cache}).logits[:, -1]
+
+    members = [(g, cont) for g, (_, conts) in enumerate(groups) for _, _, cont in conts]
+    row_group = torch.tensor([g for g, _ in members], device=device)
+    n_tokens = torch.tensor([len(cont) for _, cont in members], device=device)
+    steps = max(1, max(len(cont) for _, cont in members))
+    conts = torch.tensor([cont + [pad] * (steps - len(cont)) for _, cont in members],
+                         dtype=torch.long, device=device)
+    scored = torch.arange(steps, device=device) < n_tokens[:, None]  # (rows, steps)
+    # predictions[r, t] predicts conts[r, t]: the context's last logits, then continuation logits
+    predicted = [first.index_select(0, row_group)[:, None]]
+    if steps > 1:
+        cache.reorder_cache(row_group)
+        attention = torch.cat([mask.index_select(0, row_group), scored.long()], dim=1)
+        cont_positions = lengths.index_select(0, row_group)[:, None] + torch.arange(steps, device=device)
+        keep = torch.arange(steps - 1, device=device)  # the last position predicts nothing
+        predicted.append(model(input_ids=conts, attention_mask=attention,
+                               position_ids=cont_positions, use_cache=True, logits_to_keep=keep,
+                               **{keyword: cache}).logits)
+    logits = torch.cat(predicted, dim=1)
+    logprobs = torch.log_softmax(logits[scored].float(), dim=-1)
+    token_logprobs = logprobs.gather(-1, conts[scored].unsqueeze(-1)).squeeze(-1)
+    rows = scored.nonzero()[:, 0]
+    sums = torch.zeros(len(members), dtype=torch.float64, device=device)
+    return sums.index_add_(0, rows, token_logprobs.double()).tolist()
 
 
 def evaluate_mc(model, tokenizer, examples: list[MCExample], batch_size: int = 16) -> dict:
     """Accuracy of multiple choice by log-likelihood: {"acc", "acc_norm", "n"}."""
-    scores = choice_logprobs(model, tokenizer, examples, batch_size)
+    return mc_accuracy(examples, choice_logprobs(model, tokenizer, examples, batch_size))
+
+
+def mc_accuracy(examples: list[MCExample], scores: list[list[float]]) -> dict:
+    """{"acc", "acc_norm", "n"} of per-choice summed log-probabilities (`choice_logprobs`)."""
     hits, hits_norm = [], []
     for ex, logprobs in zip(examples, scores):
         per_char = [lp / max(len(c), 1) for lp, c in zip(logprobs, ex.continuations)]

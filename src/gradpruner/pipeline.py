@@ -9,34 +9,36 @@ run    -> all of the above, the dense reference beside, and a report (Markdown, 
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
 import torch
 
 from . import __version__
+from .config import RunConfig
 from .costs import cut_costs
-from .criteria import ScoreContext
-from .criteria.budget import heal_budget
 from .distributed import is_main_process, main_process_output, refuse_sharded_probe
 from .errors import GradPrunerError
-from .evaluate import evaluate_examples
 from .igia import IGIA
 from .memory import check_fits
 from .models import load_config, load_model, resolve_device, resolve_dtype, resolve_model
 from .outputs import SIDECAR_NAME, atomic_output_dir, check_output_dir, write_json
+from .plan import PruneRecord
 from .prune import check_igia_matches, prune_model
-from .surgery import save_pretrained_atomic
+from .recipe import ProbeResult, cut, evaluate, heal, probe, recipe_dtype, split_heldout
+from .search.budget import heal_budget
 from .selection import select_layers
+from .surgery import save_pretrained_atomic
 from .tasks import Task, get_task, list_tasks, task_from_jsonl
 from .timing import compare_prefill
-from .warm_start import load_adapters, save_adapters
-from .train import TrainConfig, finetune, probe
+from .train import TrainConfig, finetune
+from .warm_start import load_adapters
 
 def versions() -> dict:
     """Library versions recorded in every sidecar."""
@@ -87,53 +89,51 @@ def probe_stage(model: str | None, task: Task, out: str, cfg: TrainConfig, steps
     check_memory(model, cfg, dtype, device, device_map)
     net, tokenizer, source = load_model(model, dtype, device, device_map)
     output = partial(atomic_output_dir, out, overwrite=overwrite, source=source)
-    adapters: dict = {}
     with main_process_output(output) as tmp:
-        igia, stats = probe(net, tokenizer, examples, cfg, steps, schedule_steps, adapters)
+        probed = probe(net, tokenizer, examples, cfg, steps, schedule_steps)
         if tmp is not None:
-            igia.save(tmp, extra={"source_model": source, "task": task.name, "probe": stats,
-                                  "versions": versions(), "train_config": asdict(cfg)})
-            if adapters:
-                save_adapters(adapters, tmp)
-    return igia
+            probed.save(tmp, {"source_model": source, "task": task.name, "versions": versions(),
+                              "train_config": asdict(cfg)})
+    return probed.igia
 
 
-def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: str = "gradpruner",
+def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: str = "auto",
                 ratio: float | None = None, count: int | None = None,
-                remove: list[int] | None = None, merge: int | str | None = 3,
-                density: float = 0.2, merge_scale: float = 1.0, dtype: str = "float32",
-                device: str = "auto", overwrite: bool = False, task: Task | None = None,
-                seed: int = 0, heal_steps: int | None = None,
-                selection_budget: float | None = 0.1) -> dict:
-    """Prune `model` by a criterion's scores and save the smaller model with its sidecar.
+                remove: list[int] | None = None, merge: int | str | None = "auto",
+                density: float = 0.2, device: str = "auto", overwrite: bool = False,
+                task: Task | None = None, seed: int = 0, heal_steps: int | None = None,
+                selection_budget: float | None = 0.1, heldout: int = 32,
+                settings: dict | None = None) -> PruneRecord:
+    """Prune `model` by a criterion and save the smaller model with its sidecar.
 
     GradPruner's criteria read the probe's output (`scores`); criteria that score layers or
-    judge cuts on task data use the training split of `task` (default: the probed task).
-    `auto` and the merge search take at most `selection_budget` of the time of the
-    `heal_steps`-step fine-tune planned after (no limit when either is None), timed by the probe.
-    The model is pruned in `dtype` (fp32: merges add in full precision) on `device`.
+    judge cuts on task data use the training split of `task` (default: the probed task), whose
+    last `heldout` examples judge the cuts. `auto` and the merge search take at most
+    `selection_budget` of the time of the `heal_steps`-step fine-tune planned after (no limit
+    when either is None), timed by the probe. The model is pruned in fp32 on `device`.
     """
     source = resolve_model(model)
     check_output_dir(out, overwrite, source)
-    igia = IGIA.load(scores) if scores else None
-    probed = json.loads((Path(scores) / "scores.json").read_text()) if scores else {}
-    if task is None and probed.get("task") in {t.name for t in list_tasks()}:
-        task = get_task(probed["task"])
+    probed = ProbeResult.load(scores) if scores else None
+    meta = json.loads((Path(scores) / "scores.json").read_text()) if scores else {}
+    if task is None and meta.get("task") in {t.name for t in list_tasks()}:
+        task = get_task(meta["task"])
     config = load_config(source)
-    if igia is not None:
-        check_igia_matches(igia, config)
+    if probed is not None:
+        check_igia_matches(probed.igia, config)
     total = config.num_hidden_layers
-    removed = len(select_layers([0.0] * total, ratio=ratio, count=count, remove=remove))
+    removing = len(select_layers([0.0] * total, ratio=ratio, count=count, remove=remove))
     examples = task.train_examples() if task is not None else []
-    net, tokenizer, source = load_model(source, dtype, device)
-    budget = heal_budget(selection_budget, heal_steps, total, removed, probed.get("probe"))  # from now
-    context = ScoreContext(model=net, tokenizer=tokenizer, examples=examples, igia=igia, seed=seed,
-                           budget=budget)
-    record = prune_model(net, igia, criterion=criterion, ratio=ratio, count=count, remove=remove,
-                         merge=merge, density=density, merge_scale=merge_scale, context=context)
-    record["costs"] = cut_costs(config, record["kept_layers"])
-    record.update(source_model=source, scores_dir=scores, versions=versions())
-    save_pretrained_atomic(net, tokenizer, out, record, overwrite, source)
+    train, held = split_heldout(examples, heldout) if len(examples) > heldout else (examples, [])
+    net, tokenizer, source = load_model(source, "float32", device)
+    step = probed.stats.get("step_seconds") if probed else None
+    budget = heal_budget(selection_budget, heal_steps, total, removing, step)
+    record = prune_model(net, probed.igia if probed else None, tokenizer, train, heldout=held,
+                         criterion=criterion, ratio=ratio, count=count, remove=remove, merge=merge,
+                         density=density, budget=budget, seed=seed, settings=settings)
+    record.costs = cut_costs(config, record.kept_layers)
+    record.source_model, record.scores_dir, record.versions = source, scores, versions()
+    save_pretrained_atomic(net, tokenizer, out, record.to_json(), overwrite, source)
     return record
 
 
@@ -169,7 +169,7 @@ def eval_stage(model: str | None, task: Task, limit: int | None = None, out: str
                device: str = "auto", device_map: str | None = None) -> dict:
     """Evaluate `model` on the task's evaluation split; optionally write the metrics as JSON."""
     net, tokenizer, source = load_model(model, dtype, device, device_map)
-    result = timed_eval(net, tokenizer, task, limit, protocol, batch_size)
+    result = evaluate(net, tokenizer, task, limit, protocol, batch_size)
     result.update(model=source, task=task.name, protocol=protocol)
     if out:
         path = Path(out)
@@ -180,88 +180,62 @@ def eval_stage(model: str | None, task: Task, limit: int | None = None, out: str
     return result
 
 
-def timed_eval(model, tokenizer, task: Task, limit: int | None, protocol: str = "loglik",
-               batch_size: int = 16) -> dict:
-    """Metrics on the task's evaluation split, with the wall time and items per second."""
-    examples = task.eval_examples()[:limit] if limit else task.eval_examples()
-    start = time.perf_counter()
-    metrics = evaluate_examples(model, tokenizer, examples, task.kind, protocol=protocol,
-                                batch_size=batch_size)
-    seconds = time.perf_counter() - start
-    return {**metrics, "eval_seconds": seconds, "items_per_second": len(examples) / seconds}
-
-
-@dataclass
-class RunConfig:
-    """Settings of `gradpruner run`; the defaults finish in about 15 minutes on 2 CPU cores."""
-
-    model: str | None = None
-    task: str | None = "arc_easy"
-    data: str | None = None
-    eval_data: str | None = None
-    out: str = "runs/default"
-    criterion: str = "auto"
-    ratio: float | None = 0.2
-    count: int | None = None
-    remove: list[int] | None = None
-    merge: int | str | None = "auto"
-    density: float = 0.2
-    selection_budget: float | None = 0.1  # of the pruned fine-tune's time; None: no limit
-    probe_steps: int = 40
-    eval_limit: int | None = 300
-    dense: bool = True
-    warm_start: bool = True  # LoRA only: the pruned model's adapters start from the probe's
-    dtype: str = "auto"
-    device: str = "auto"
-    overwrite: bool = False
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=60))
-
-
 def run(cfg: RunConfig) -> dict:
-    """Probe -> prune -> fine-tune -> evaluate, beside the dense reference; writes a report.
+    """Probe -> prune -> fine-tune -> evaluate (`recipe`), beside the dense reference; writes a
+    report. The model is loaded once, in fp32 (the cut is selected and applied in fp32; training
+    and evaluation run on copies in the recipe's dtype).
 
     Everything goes to a temporary sibling of `cfg.out`, renamed into place at the end, so an
     interrupted run leaves no half-written folder.
     """
     from .report import write_report
 
+    cfg.validate()
+    check_output_dir(cfg.out, cfg.overwrite)
     task = resolve_task(cfg.task, cfg.data, cfg.eval_data)
     started = time.perf_counter()
+    train, held = split_heldout(task.train_examples(), cfg.heldout)
+    refuse_sharded_probe()
+    check_memory(cfg.model, cfg.train, cfg.dtype, cfg.device, None)
     with atomic_output_dir(cfg.out, overwrite=cfg.overwrite) as tmp:
-        dense, tokenizer, source = load_model(cfg.model, cfg.dtype, cfg.device)
+        master, tokenizer, source = load_model(cfg.model, "float32", cfg.device)
+        dtype = recipe_dtype(cfg)
+        working = lambda: copy.deepcopy(master).to(dtype)  # noqa: E731
         results: dict = {"task": task.name, "model": source, "versions": versions(),
-                         "config": _jsonable(asdict(cfg))}
+                         "config": cfg.to_json()}
+        dense = working()
         _say(f"evaluating the dense model zero-shot on {task.name}")
-        results["dense_zero_shot"] = timed_eval(dense, tokenizer, task, cfg.eval_limit)
-        del dense
+        results["dense_zero_shot"] = evaluate(dense, tokenizer, task, cfg.eval_limit)
         _say(f"probing: {cfg.probe_steps} steps of LoRA fine-tuning")
-        probe_stage(source, task, str(tmp / "probe"), cfg.train, cfg.probe_steps,
-                    cfg.train.steps, cfg.dtype, cfg.device)
-        results["probe"] = json.loads((tmp / "probe" / "scores.json").read_text())["probe"]
+        probed = probe(dense if not cfg.train.full else working(), tokenizer, train, cfg.train,
+                       cfg.probe_steps, cfg.train.planned_steps(len(train)))
+        probed.save(tmp / "probe", {"source_model": source, "task": task.name,
+                                    "versions": versions(), "train_config": asdict(cfg.train)})
+        results["probe"] = probed.stats
         _say("pruning")
-        record = prune_stage(source, str(tmp / "probe"), str(tmp / "pruned"),
-                             criterion=cfg.criterion, ratio=cfg.ratio, count=cfg.count,
-                             remove=cfg.remove, merge=cfg.merge, density=cfg.density,
-                             device=cfg.device, task=task, seed=cfg.train.seed,
-                             heal_steps=cfg.train.planned_steps(len(task.train_examples())),
-                             selection_budget=cfg.selection_budget)
-        results["prune"] = record
+        done = cut(copy.deepcopy(master), tokenizer, train, held, probed, cfg, cfg.criterion,
+                   cfg.merge, cfg.ratio, cfg.train.seed)
+        record = done.record
+        record.costs = cut_costs(master.config, record.kept_layers)
+        record.source_model, record.versions = source, versions()
+        record.scores_dir, record.config = str(cfg.out) + "/probe", cfg.to_json()
+        _say(f"removed layers {record.removed_layers}, merged {record.merged or 'none'} "
+             f"({done.select_seconds:.0f} s)")
         _say("fine-tuning the pruned model")
-        warm = cfg.warm_start and not cfg.train.full
-        tuned = finetune_stage(str(tmp / "pruned"), task, str(tmp / "model"), cfg.train,
-                               cfg.dtype, cfg.device, warm_start=str(tmp / "probe") if warm else None)
-        results["pruned_finetune"] = tuned["finetune"]
-        pruned, _, _ = load_model(str(tmp / "model"), cfg.dtype, cfg.device)
-        results["pruned_finetuned"] = timed_eval(pruned, tokenizer, task, cfg.eval_limit)
-        dense, _, _ = load_model(source, cfg.dtype, cfg.device)
+        pruned, stats = heal(done.model, tokenizer, train, probed, cfg, record.kept_layers,
+                             cfg.train.seed, dtype)
+        record.finetune = {**stats, "task": task.name}
+        save_pretrained_atomic(pruned, tokenizer, tmp / "model", record.to_json(), source_dir=source)
+        results["prune"], results["pruned_finetune"] = record.to_json(), stats
+        results["pruned_finetuned"] = evaluate(pruned, tokenizer, task, cfg.eval_limit)
         if cfg.dense:
             _say("fine-tuning the dense model (the reference; --no-dense skips it)")
-            dense, stats = finetune(dense, tokenizer, task.train_examples(), cfg.train)
+            dense, stats = finetune(dense, tokenizer, train, cfg.train)
             results["dense_finetune"] = stats
-            results["dense_finetuned"] = timed_eval(dense, tokenizer, task, cfg.eval_limit)
+            results["dense_finetuned"] = evaluate(dense, tokenizer, task, cfg.eval_limit)
         _say("timing inference: prefill of 8 x 128 tokens, dense and pruned interleaved")
         results["prefill_seconds"] = compare_prefill({"dense": dense, "pruned": pruned})
-        del dense, pruned
+        del dense, pruned, master
         results["total_seconds"] = time.perf_counter() - started
         write_report(results, tmp)
     return results
@@ -271,7 +245,3 @@ def _say(message: str) -> None:
     import sys
 
     print(f"[gradpruner] {message}", file=sys.stderr, flush=True)
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value, default=str))

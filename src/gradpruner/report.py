@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .criteria.budget import skipped_parts
+from .search.budget import SkippedPart
 
 
 def plot_layer_scores(scores: list[float], removed: list[int], merged: dict, path: Path,
@@ -68,17 +68,26 @@ def _warnings(results: dict) -> list[str]:
             "scores below and consider fewer layers or an explicit `--remove` list.", ""]
 
 
+def skipped_parts(prune: dict) -> list[str]:
+    """What the selection budget left out: the parts of auto's plan, then the merge search's."""
+    selection = prune["selection"]
+    plan = (selection.get("auto") or {}).get("plan") or {}
+    parts = [str(SkippedPart(**s)) for s in plan.get("skipped", [])]
+    return parts + list((selection.get("merge_search") or {}).get("skipped", []))
+
+
 def _selection_cost(prune: dict, finetune: dict) -> list[str]:
     """`auto`'s selection and merge search against the pruned model's fine-tune, and what its
     budget left out."""
-    seconds = prune["auto"]["seconds"] + prune.get("merge_search", {}).get("seconds", 0.0)
+    selection = prune["selection"]
+    seconds = selection["auto"]["seconds"] + (selection.get("merge_search") or {}).get("seconds", 0.0)
     lines = []
     if finetune.get("seconds_per_step") and finetune.get("train_seconds"):
         share = seconds / finetune["train_seconds"]
         lines.append(f"Selection and merge search: {seconds:.0f} s, as long as "
                      f"{seconds / finetune['seconds_per_step']:.0f} of the pruned model's "
                      f"fine-tuning steps ({share:.0%} of its {finetune.get('steps', '-')}-step fine-tune).")
-    budget = prune["auto"].get("budget") or {}
+    budget = selection["auto"].get("plan") or {}
     if budget.get("heal_steps"):
         skipped = skipped_parts(prune)
         lines.append(f"Budget: {budget['fraction']:.0%} of a {budget['heal_steps']}-step fine-tune, "
@@ -91,8 +100,8 @@ def _selection_cost(prune: dict, finetune: dict) -> list[str]:
 def _auto_section(prune: dict, finetune: dict) -> list[str]:
     """The candidate cuts `auto` judged, with their held-out losses, the merge trials, and what
     the selection cost against the fine-tune."""
-    auto = prune.get("auto")
-    if not auto:
+    auto = prune["selection"].get("auto")
+    if not auto or prune["criterion"] != "auto":
         return []
     judge = auto.get("judge")
     if judge is None:
@@ -106,7 +115,7 @@ def _auto_section(prune: dict, finetune: dict) -> list[str]:
         mark = " (chosen)" if c["name"] == auto["chosen"] else ""
         loss = "not judged (budget)" if c["loss"] is None else f"{c['loss']:.3f}"
         lines.append(f"| {c['name']}{mark} | {' '.join(map(str, c['removed']))} | {loss} |")
-    trials = prune.get("merge_search", {}).get("trials")
+    trials = (prune["selection"].get("merge_search") or {}).get("trials")
     if trials:
         tried = ", ".join(f"{t['donors']} donors x {t['scale']:g}: {t['loss']:.3f}" if t["donors"]
                           else f"none: {t['loss']:.3f}" for t in trials)
@@ -168,7 +177,7 @@ def write_report(results: dict, directory: Path) -> None:
     prune = results["prune"]
     if prune.get("layer_scores"):
         title = ("the probe's layer scores; red = removed by auto's chosen cut, hatched = merged"
-                 if prune.get("auto") else "")
+                 if prune["criterion"] == "auto" else "")
         plot_layer_scores(prune["layer_scores"], prune["removed_layers"], prune["merged"],
                           directory / "layer_scores.png", title)
     (directory / "report.json").write_text(json.dumps(results, indent=2, default=str))

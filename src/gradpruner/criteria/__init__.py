@@ -1,8 +1,10 @@
 """Layer-importance criteria behind one registry: a criterion maps a model and data to one
-score per decoder layer, higher meaning more important; selection removes the lowest.
+score per decoder layer, higher meaning more important, and chooses the layers to remove
+(`Criterion.select`: by default the lowest-scored).
 
-Each criterion is one small class registered under a name. GradPruner's own criteria read the
-probe's IGIA; baselines compute their scores from the model and task data.
+Each criterion is one small class registered under a name, its settings a dataclass beside it.
+GradPruner's own criteria read the probe's IGIA; baselines compute their scores from the model and
+task data. Criteria only read: the model they are given is as it was when they return.
 """
 
 from __future__ import annotations
@@ -10,16 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import GradPrunerError
-from .budget import SelectionBudget
+from ..selection import lowest_scored
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScoreContext:
-    """What a criterion may use: the model, its tokenizer, task examples, and the probe's IGIA.
+    """What a criterion may use: the model, its tokenizer, task examples, the probe's IGIA, a seed.
 
-    `heldout` are task examples kept apart for judging cuts by their loss (`auto`); `notes` is
-    where a criterion leaves what it found for the sidecar; `judge` is `auto`'s held-out loss,
-    shared with the merge search; `budget` is how long `auto` and the merge search may take.
+    `examples` are training examples (criteria compute their statistics on the first ones);
+    `heldout` are examples kept apart from training, on which cuts are judged (`auto`).
     """
 
     model: object = None
@@ -28,13 +29,22 @@ class ScoreContext:
     igia: object = None
     seed: int = 0
     heldout: list = field(default_factory=list)
-    notes: dict = field(default_factory=dict)
-    judge: object = None
-    budget: SelectionBudget = field(default_factory=SelectionBudget)
+
+
+@dataclass
+class Selection:
+    """A criterion's choice: the layers to remove, the layer scores behind it (None when the
+    criterion ranks no single layers), and for criteria that fold as they remove (LaCo) the
+    merge steps, in order. `report` is what the criterion found on the way, for the sidecar."""
+
+    removed: list[int]
+    scores: list[float] | None
+    merges: list[tuple[int, list[int]]] | None = None
+    report: dict = field(default_factory=dict)
 
 
 class Criterion:
-    """Base class: `name`, the paper it comes from, and `layer_scores(ctx)`."""
+    """Base class: `name`, the paper it comes from, `layer_scores(ctx)`, and `select(ctx, count)`."""
 
     name: str = ""
     paper: str = ""
@@ -42,6 +52,11 @@ class Criterion:
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
         raise NotImplementedError
+
+    def select(self, ctx: ScoreContext, count: int) -> Selection:
+        """The `count` lowest-scored layers."""
+        scores = self.layer_scores(ctx)
+        return Selection(lowest_scored(scores, count), scores)
 
 
 CRITERIA: dict[str, type[Criterion]] = {}
@@ -53,11 +68,14 @@ def register(cls: type[Criterion]) -> type[Criterion]:
     return cls
 
 
-def get_criterion(name: str) -> Criterion:
-    """The criterion registered as `name`; an unknown name is a clear error."""
+def get_criterion(name: str, settings: object | None = None) -> Criterion:
+    """The criterion registered as `name` (with its settings dataclass, or its defaults); an
+    unknown name is a clear error."""
     if name not in CRITERIA:
         raise GradPrunerError(f"unknown criterion {name!r}; known: {', '.join(sorted(CRITERIA))}")
-    return CRITERIA[name]()
+    cls = CRITERIA[name]
+    return cls(settings) if settings is not None else cls()
 
 
-from . import auto, baselines, gradpruner, laco  # noqa: E402,F401  (registers the built-in criteria)
+from . import baselines, gradpruner, laco  # noqa: E402,F401  (registers the built-in criteria)
+from ..search import auto  # noqa: E402,F401  (registers `auto`)

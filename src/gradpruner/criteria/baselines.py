@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..search.judge import Judge, Scoring, task_batches
+from ..selection import lowest_scored
 from ..surgery import decoder_layers, num_layers
-from . import Criterion, ScoreContext, register
-from .judge import Judge, Scoring, task_batches
+from . import Criterion, ScoreContext, Selection, register
 
 
 @register
@@ -53,26 +54,48 @@ class Random(Criterion):
         return [float(s) for s in random.Random(ctx.seed).sample(range(total), total)]
 
 
-class _OnTaskData(Criterion):
-    """A criterion computed on the first `max_examples` training examples of the task."""
+@dataclass(frozen=True)
+class TaskDataSettings:
+    """A criterion computed on the first `max_examples` training examples, `batch_size` a batch."""
 
-    max_examples = 64
-    batch_size = 8
+    max_examples: int = 64
+    batch_size: int = 8
+
+
+class OnTaskData(Criterion):
+    """A criterion computed on the first examples of the task's training data."""
+
+    settings_class = TaskDataSettings
+
+    def __init__(self, settings: TaskDataSettings | None = None):
+        self.settings = settings or self.settings_class()
 
     def batches(self, ctx: ScoreContext) -> list[dict]:
-        return task_batches(ctx, self.max_examples, self.batch_size, self.name)
+        return task_batches(ctx.tokenizer, ctx.examples[:self.settings.max_examples],
+                            self.settings.batch_size, self.name)
 
 
-class FromStatistics(_OnTaskData):
+class FromStatistics(OnTaskData):
     """A criterion read off `layer_statistics` of the task data (one pass shared by several)."""
 
     gradients = False  # whether it needs the pass's |weight * gradient| sums
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
-        return self.scores_from(layer_statistics(ctx.model, self.batches(ctx), self.gradients))
+        return self.scores_from(self.statistics(ctx))
+
+    def select(self, ctx: ScoreContext, count: int) -> Selection:
+        return self.select_from(self.statistics(ctx), count)
+
+    def statistics(self, ctx: ScoreContext) -> LayerStatistics:
+        return layer_statistics(ctx.model, self.batches(ctx), self.gradients)
 
     def scores_from(self, stats: LayerStatistics) -> list[float]:
         raise NotImplementedError
+
+    def select_from(self, stats: LayerStatistics, count: int) -> Selection:
+        """The selection read off a statistics pass shared with other criteria (`auto`)."""
+        scores = self.scores_from(stats)
+        return Selection(lowest_scored(scores, count), scores)
 
 
 @register
@@ -87,18 +110,21 @@ class BlockInfluence(FromStatistics):
 
 
 @register
-class LossIncrease(_OnTaskData):
+class LossIncrease(OnTaskData):
     """Task loss with the layer skipped minus the loss of the whole model (forward passes only)."""
 
     name = "ppl"
     paper = "Kim et al. 2024, Shortened LLaMA (PPL criterion); Song et al. 2024, SLEB"
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
+        return self.select(ctx, 0).scores
+
+    def select(self, ctx: ScoreContext, count: int) -> Selection:
         judge = Judge(ctx.model, Scoring(self.batches(ctx)))
         base = judge.loss([])
         scores = [judge.loss([i]) - base for i in range(num_layers(ctx.model))]
-        ctx.notes["ppl"] = {"judge": judge.cost()}
-        return scores
+        removed = lowest_scored(scores, count) if count else []
+        return Selection(removed, scores, report={"judge": judge.cost()})
 
 
 @register
@@ -117,7 +143,7 @@ class Taylor(FromStatistics):
 class Angular(FromStatistics):
     """Angular distance across blocks of layers at the last token; removes one contiguous block.
 
-    Per-layer scores are the distances of single-layer blocks; `removal` picks the block of the
+    Per-layer scores are the distances of single-layer blocks; `select` picks the block of the
     asked size whose input and output are closest.
     """
 
@@ -127,13 +153,10 @@ class Angular(FromStatistics):
     def scores_from(self, stats: LayerStatistics) -> list[float]:
         return block_distances(stats.states, 1)
 
-    def removal(self, ctx: ScoreContext, count: int) -> list[int]:
-        return self.removal_from(layer_statistics(ctx.model, self.batches(ctx)), count)
-
-    def removal_from(self, stats: LayerStatistics, count: int) -> list[int]:
+    def select_from(self, stats: LayerStatistics, count: int) -> Selection:
         distances = block_distances(stats.states, count)
         start = min(range(len(distances)), key=distances.__getitem__)
-        return list(range(start, start + count))
+        return Selection(list(range(start, start + count)), self.scores_from(stats))
 
 
 @dataclass

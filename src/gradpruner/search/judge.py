@@ -26,19 +26,18 @@ from ..data import MCExample, PadCollator, pad_id, training_features
 from ..errors import GradPrunerError
 from ..evaluate import choice_pairs, continuation_logprobs
 from ..surgery import decoder_layers
-from . import ScoreContext
 
 INPUTS_BYTES = 2**30  # the judge's store of the dense model's layer inputs
 
 
-def task_batches(ctx: ScoreContext, max_examples: int, batch_size: int, name: str) -> list[dict]:
-    """Padded batches of the task's gold answers (labels on the answers only), longest first so
-    that a batch holds similar lengths."""
-    if not ctx.examples or ctx.tokenizer is None:
+def task_batches(tokenizer, examples: list, batch_size: int, name: str) -> list[dict]:
+    """Padded batches of the examples' gold answers (labels on the answers only), longest first
+    so that a batch holds similar lengths; `name` is who needs them, for the error without data."""
+    if not examples or tokenizer is None:
         raise GradPrunerError(f"{name} needs task data (--task or --data)")
-    feats = training_features(ctx.tokenizer, ctx.examples[:max_examples])
+    feats = training_features(tokenizer, examples)
     feats.sort(key=lambda f: len(f["input_ids"]), reverse=True)
-    collate = PadCollator(pad_id(ctx.tokenizer))
+    collate = PadCollator(pad_id(tokenizer))
     return [collate(feats[i:i + batch_size]) for i in range(0, len(feats), batch_size)]
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Sequence
 
 import torch
 
-from .errors import GradPrunerError
+from ..errors import GradPrunerError
 
 
 def parse_merge_count(value: str | int | None) -> int | str | None:

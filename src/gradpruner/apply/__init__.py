@@ -1,0 +1,30 @@
+"""Changing a model by a plan: fold the donors into their receivers (the paper's sparsified merge,
+or LaCo's collapse), then cut the removed layers. `apply` replays any sidecar's plan exactly."""
+
+from __future__ import annotations
+
+from ..errors import GradPrunerError
+from ..plan import PrunePlan
+from ..surgery import cut_layers, layer_prefix, num_layers
+from .collapse import collapse_into
+from .merge import merge_layers
+
+
+def apply(model, plan: PrunePlan, igia=None) -> tuple[object, dict[str, int]]:
+    """Merge and cut `model` in place by `plan`; returns the model and the entries the merge
+    changed per receiver weight (the paper's rule reads the probe's `igia`)."""
+    if num_layers(model) != plan.num_layers:
+        raise GradPrunerError(f"the plan is for a model with {plan.num_layers} layers, this one has "
+                              f"{num_layers(model)}")
+    entries: dict[str, int] = {}
+    if plan.merge_rule == "gradpruner":
+        if igia is None:
+            raise GradPrunerError("this plan merges by the probe's IGIA: give the probe's output (--scores DIR)")
+        groups = {s.receiver: list(s.donors) for s in plan.merges}
+        entries = merge_layers(model, groups, igia.matrix, layer_prefix(model), plan.density,
+                               plan.scale, mergeable=set(igia.module_names))
+    elif plan.merge_rule == "laco":
+        for step in plan.merges:
+            collapse_into(model, step.receiver, list(step.donors))
+    cut_layers(model, list(plan.removed))
+    return model, entries

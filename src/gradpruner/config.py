@@ -1,0 +1,218 @@
+"""One config for `run` and `compare`: the defaults, a YAML (or JSON) file, and the validation,
+all before any model is loaded.
+
+    gradpruner run --config run.yaml --steps 200      # flags override the file
+
+A file holds the fields of `RunConfig` / `CompareConfig` (training settings under `train:`,
+criterion settings under `settings: {criterion name: {field: value}}`); a run's `report.json`
+works too (its `config`), and reproduces the run's plan.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from .errors import GradPrunerError
+from .train import TrainConfig
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class RecipeConfig:
+    """What the prune-and-heal recipe needs: the model, data, cut, merge, probe and healing.
+
+    `heldout` training examples are set apart, never trained on, to judge cuts; `selection_budget`
+    is the share of the pruned model's fine-tune that `auto` and the merge search may take.
+    """
+
+    model: str | None = None
+    task: str | None = "arc_easy"
+    data: str | None = None
+    eval_data: str | None = None
+    criterion: str = "auto"
+    ratio: float | None = 0.2
+    count: int | None = None
+    remove: list[int] | None = None
+    merge: int | str | None = "auto"
+    density: float = 0.2
+    selection_budget: float | None = 0.1
+    settings: dict[str, dict] = field(default_factory=dict)
+    probe_steps: int = 40
+    heldout: int = 32
+    eval_limit: int | None = 300
+    warm_start: bool = True
+    dtype: str = "auto"
+    device: str = "auto"
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=60))
+
+    def validate(self) -> None:
+        """Every check that needs no model: one clear error for the first bad value."""
+        from .criteria import CRITERIA
+        from .search.budget import check_fraction
+
+        if self.criterion not in CRITERIA:
+            raise GradPrunerError(f"unknown criterion {self.criterion!r}; known: {', '.join(sorted(CRITERIA))}")
+        self._validate_cut()
+        check_merge(self.merge)
+        if not (isinstance(self.density, (int, float)) and 0 < self.density <= 1):
+            raise GradPrunerError(f"--density must be in (0, 1], got {self.density}")
+        check_fraction(self.selection_budget)
+        _at_least(1, probe_steps=self.probe_steps, heldout=self.heldout)
+        if self.eval_limit is not None:
+            _at_least(1, limit=self.eval_limit)
+        if self.dtype not in DTYPES:
+            raise GradPrunerError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not self.task and not self.data:
+            raise GradPrunerError("give a built-in task (--task, see `gradpruner tasks`) or --data F.jsonl")
+        for path in (self.data, self.eval_data):
+            if path and not Path(path).is_file():
+                raise GradPrunerError(f"data file not found: {path}")
+        if self.task and not self.data:
+            from .tasks import get_task
+
+            get_task(self.task)  # an unknown task name is the error
+        self.train.validate()
+        self._check_settings()
+
+    def _validate_cut(self) -> None:
+        given = [k for k in ("ratio", "count", "remove") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise GradPrunerError("give exactly one of ratio (--ratio), count (--layers) or remove (--remove)")
+        if self.ratio is not None:
+            check_ratio(self.ratio)
+        if self.count is not None and (isinstance(self.count, bool) or not isinstance(self.count, int)
+                                       or self.count < 1):
+            raise GradPrunerError(f"the number of layers to remove must be a positive integer, got {self.count}")
+
+    def _check_settings(self) -> None:
+        for name, values in self.settings.items():
+            settings_class(name)(**values)  # unknown criteria or fields are the error
+
+    def criterion_settings(self) -> dict[str, object]:
+        """The settings dataclasses of the criteria the file configures."""
+        return {name: settings_class(name)(**values) for name, values in self.settings.items()}
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RecipeConfig":
+        """A config from plain values (a parsed file, flags); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise GradPrunerError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        values = dict(data)
+        train = values.pop("train", None) or {}
+        if isinstance(train, TrainConfig):
+            train = asdict(train)
+        train_known = {f.name for f in fields(TrainConfig)}
+        bad = sorted(set(train) - train_known)
+        if bad:
+            raise GradPrunerError(f"unknown train setting(s) {', '.join(bad)}; known: {', '.join(sorted(train_known))}")
+        default_train = asdict(cls().train)
+        return cls(**values, train=TrainConfig(**{**default_train, **train}))
+
+    @classmethod
+    def from_file(cls, path: str, overrides: dict | None = None) -> "RecipeConfig":
+        """The config in a YAML or JSON file (a report.json's `config` too), `overrides` on top."""
+        data = read_config_file(path)
+        return cls.from_dict(merge_config(data, overrides or {}))
+
+
+@dataclass
+class RunConfig(RecipeConfig):
+    """Settings of `gradpruner run`; the defaults finish in about 15 minutes on 2 CPU cores."""
+
+    out: str = "runs/default"
+    dense: bool = True
+    overwrite: bool = False
+
+
+@dataclass
+class CompareConfig(RecipeConfig):
+    """Settings of one comparison: every method at every ratio and seed, with the recipe's
+    settings; those that change results are checked when a comparison resumes."""
+
+    out: str = "runs/compare"
+    methods: list[str] = field(default_factory=lambda: all_methods())
+    ratios: list[float] = field(default_factory=lambda: [0.25, 0.4])
+    seeds: int = 1
+
+    def _validate_cut(self) -> None:
+        from .compare import METHODS
+
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise GradPrunerError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+        if not self.ratios:
+            raise GradPrunerError("--ratio is empty")
+        for ratio in self.ratios:
+            check_ratio(ratio)
+        _at_least(1, seeds=self.seeds)
+
+
+def all_methods() -> list[str]:
+    from .compare import METHODS
+
+    return list(METHODS)
+
+
+def check_ratio(ratio: object) -> None:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) \
+            or not 0 < ratio < 1:
+        raise GradPrunerError(f"ratio must be a number strictly between 0 and 1, got {ratio}")
+
+
+def check_merge(merge: object) -> None:
+    if merge is None or merge in ("all", "auto"):
+        return
+    if isinstance(merge, bool) or not isinstance(merge, int) or merge < 1:
+        raise GradPrunerError(f"--merge takes a number of donor layers, 'all', 'auto' or 'none', got {merge!r}")
+
+
+def _at_least(low: int, **values: object) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise GradPrunerError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+
+
+def settings_class(name: str) -> type:
+    """The settings dataclass of criterion `name`."""
+    from .criteria import CRITERIA
+
+    if name not in CRITERIA:
+        raise GradPrunerError(f"settings for unknown criterion {name!r}; known: {', '.join(sorted(CRITERIA))}")
+    cls = getattr(CRITERIA[name], "settings_class", None)
+    if cls is None:
+        raise GradPrunerError(f"criterion {name!r} has no settings")
+    return cls
+
+
+def read_config_file(path: str) -> dict:
+    """The mapping in a YAML or JSON config file (or a report.json's `config`)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GradPrunerError(f"config file not found: {path}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise GradPrunerError(f"{path}: not a YAML or JSON config ({str(err).splitlines()[0]})") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict) and "versions" in data:
+        data = data["config"]  # a report.json
+    if not isinstance(data, dict):
+        raise GradPrunerError(f"{path}: a config file holds a mapping of settings")
+    return data
+
+
+def merge_config(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` on top (`train` and `settings` merged key by key)."""
+    out = {**base, **overrides}
+    for key in ("train", "settings"):
+        if key in base and key in overrides:
+            out[key] = {**base[key], **overrides[key]}
+    return out

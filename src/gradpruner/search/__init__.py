@@ -1,0 +1,2 @@
+"""Choosing a plan: the held-out judge of a cut (`judge`), the time it may take (`budget`), `auto`'s
+search over the criteria's candidates, the merge search, and `select`, which runs them."""

@@ -1,0 +1,110 @@
+"""Deciding what to cut: `select` runs a criterion (and, for `auto`, its search within the budget)
+and the merge rule, and returns a `PrunePlan` with a `SelectionReport`. It reads the model and
+changes nothing: every trial is undone before it returns.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+from ..criteria import ScoreContext, Selection, get_criterion
+from ..errors import GradPrunerError
+from ..apply.merge import plan_merge
+from ..plan import MergeStep, PrunePlan, paper_merge_plan
+from ..selection import removal_count, validate_removal
+from ..surgery import num_layers
+from .auto import Auto, AutoSettings, heldout_scoring
+from .budget import FORWARD_SHARE, SelectionBudget, plan_merge_search
+from .judge import Judge
+from .merge_search import search_merge
+
+DEFAULT_DENSITY = 0.2
+
+
+@dataclass
+class SelectionReport:
+    """How the plan was chosen: the criterion, its layer scores, what the criterion and the
+    merge search found (candidates, trials, judges, the budget's plan) and the seconds."""
+
+    criterion: str
+    layer_scores: list[float] | None
+    criterion_report: dict = field(default_factory=dict)
+    merge_search: dict | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"criterion": self.criterion, self.criterion: self.criterion_report,
+                "merge_search": self.merge_search, "seconds": round(self.seconds, 2)}
+
+
+def select(model, tokenizer=None, examples: list | None = None, *, heldout: list | None = None,
+           igia=None, criterion: str = "auto", ratio: float | None = None,
+           count: int | None = None, remove: list[int] | None = None,
+           merge: int | str | None = "auto", density: float = DEFAULT_DENSITY,
+           budget: SelectionBudget = SelectionBudget(), seed: int = 0,
+           settings: dict[str, object] | None = None) -> tuple[PrunePlan, SelectionReport]:
+    """The plan for `model`: `remove` as given, or `count` (or `ratio`) layers by `criterion`;
+    then the merge: `merge` donors by the paper's rule at `density`, "all", None, or "auto" (the
+    held-out merge search). `heldout` are examples never trained on that judge cuts; `budget`
+    limits `auto` and the merge search; `settings` maps a criterion's name to its settings."""
+    start, settings = time.perf_counter(), settings or {}
+    total = num_layers(model)
+    ctx = ScoreContext(model=model, tokenizer=tokenizer, examples=list(examples or []), igia=igia,
+                       seed=seed, heldout=list(heldout or []))
+    chosen = get_criterion(criterion, settings.get(criterion))
+    searched = merge == "auto" and igia is not None
+    judge, trials = None, None  # auto's held-out judge and the merge trials its plan affords
+    if remove is not None:
+        selection = Selection(validate_removal(remove, total), chosen.layer_scores(ctx) if merge else None)
+    elif isinstance(chosen, Auto):
+        found = chosen.search(ctx, removal_count(total, ratio, count), budget, searched)
+        selection, judge, trials = found.selection, found.judge, found.plan.merge_trials
+    else:
+        selection = chosen.select(ctx, removal_count(total, ratio, count))
+    removed = selection.removed
+    kept = [i for i in range(total) if i not in removed]
+    merge_report = None
+    if selection.merges:  # the criterion folds as it removes (LaCo)
+        steps = tuple(MergeStep(r, tuple(d)) for r, d in selection.merges)
+        plan = PrunePlan(total, tuple(removed), steps, criterion)
+    elif merge == "auto":
+        if igia is None:
+            plan, merge_report = PrunePlan(total, tuple(removed)), {"skipped": "no probe output to merge by"}
+        else:
+            plan, merge_report = _merge_search(ctx, selection, chosen, budget, judge, trials,
+                                               density, settings.get("auto") or AutoSettings())
+    else:
+        merged = plan_merge(removed, kept, selection.scores or [0.0] * total, merge)
+        if merged and igia is None:
+            raise GradPrunerError("merging needs the probe's IGIA (--scores DIR), or use --merge none")
+        plan = paper_merge_plan(total, removed, merged, density)
+    report = SelectionReport(criterion, selection.scores, selection.report, merge_report,
+                             time.perf_counter() - start)
+    return plan, report
+
+
+def _merge_search(ctx: ScoreContext, selection: Selection, chosen, budget: SelectionBudget,
+                  judge: Judge | None, trials: int | None, density: float,
+                  settings: AutoSettings) -> tuple[PrunePlan, dict]:
+    """The merge search on `selection`'s cut, with auto's judge and planned trials when auto
+    chose the cut, else with a judge and a budget plan of its own."""
+    total = num_layers(ctx.model)
+    removed = selection.removed
+    kept = [i for i in range(total) if i not in removed]
+    skipped: list[str] = []
+    if trials is None:  # not planned by auto: the merge search plans its own trials
+        judge = Judge(ctx.model, heldout_scoring(ctx, settings))
+        if budget.limited and budget.step_seconds is None:  # timed by the judge's dense pass
+            step = judge.first_pass_seconds / len(judge.batches) / FORWARD_SHARE
+            budget = replace(budget, step_seconds=step)
+        trials, parts = plan_merge_search(budget, len(judge.batches), settings.merge_trials)
+        skipped = [str(p) for p in parts]
+    if not trials or judge is None:
+        return PrunePlan(total, tuple(removed)), {"trials": [], "skipped": skipped or ["the merge search"]}
+    donor_scores = selection.scores or chosen.layer_scores(ctx)
+    merged, scale, report = search_merge(judge, ctx.igia, removed, kept, donor_scores, density,
+                                         settings.merge_donors, settings.merge_scales, trials)
+    report["skipped"] = skipped
+    report["chosen"] = {"plan": {str(r): d for r, d in merged.items()}, "scale": scale}
+    return paper_merge_plan(total, removed, merged, density, scale), report
