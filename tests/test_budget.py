@@ -86,8 +86,6 @@ def too_small(igia) -> dict:
     return pruned(igia, SelectionBudget(0.1, 1, 0.5, step_seconds=1.0))  # 0.05 s in all
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: when judging does not fit, plan_search never "
-                   "considers Taylor's backward pass, so the sidecar no longer says it was skipped")
 def test_a_budget_too_small_to_judge_records_that_taylor_was_skipped(igia):
     record = too_small(igia)
     assert "taylor" not in [c["name"] for c in record["selection"]["auto"]["candidates"]]
@@ -95,8 +93,6 @@ def test_a_budget_too_small_to_judge_records_that_taylor_was_skipped(igia):
     assert "Taylor's backward pass and judging" in parts
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: select's merge search records its skipped parts "
-                   "as strings (str(SkippedPart), or a bare 'the merge search'), not typed parts")
 def test_the_merge_search_records_typed_skipped_parts(igia):
     record = too_small(igia)  # auto planned no merge trials
     for part in record["selection"]["merge_search"]["skipped"]:
@@ -185,7 +181,9 @@ def test_skipped_parts_are_typed_with_their_estimate_and_what_was_left():
     assert plan.judged == [] and not plan.taylor and not plan.greedy and plan.merge_trials == 0
     assert all(isinstance(p, SkippedPart) for p in plan.skipped)
     left = 0.5 - forward(statistics)
+    backward = statistics * (1 - FORWARD_SHARE)
     assert plan.skipped == [SkippedPart("judging the candidates", 2 * forward(judge), left),
+                            SkippedPart("Taylor's backward pass and judging", backward + forward(judge), left),
                             SkippedPart("the merge search", size.merge_trials * forward(judge), left)]
     assert plan.to_json()["skipped"][0] == {"part": "judging the candidates",
                                             "estimate_seconds": 2 * forward(judge), "left_seconds": left}
@@ -205,8 +203,6 @@ def test_the_report_says_what_the_budget_skipped(igia):
     assert skipped_parts(record)[:len(parts)] == [str(SkippedPart(**p)) for p in parts]
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: skipped_parts joins auto's plan and the merge "
-                   "search's list, and both name the merge search: the report lists it twice")
 def test_the_report_lists_each_skipped_part_once(igia):
     from gradpruner.report import _auto_section, skipped_parts
 
@@ -217,8 +213,6 @@ def test_the_report_lists_each_skipped_part_once(igia):
     assert len(parts) == len(set(parts))
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: Taylor's backward pass is not listed when judging "
-                   "does not fit (see test_a_budget_too_small_to_judge_records_that_taylor_was_skipped)")
 def test_the_report_says_taylor_was_skipped_once(igia):
     from gradpruner.report import _auto_section
 

@@ -73,7 +73,8 @@ def skipped_parts(prune: dict) -> list[str]:
     selection = prune["selection"]
     plan = (selection.get("auto") or {}).get("plan") or {}
     parts = [str(SkippedPart(**s)) for s in plan.get("skipped", [])]
-    return parts + list((selection.get("merge_search") or {}).get("skipped", []))
+    merge = (selection.get("merge_search") or {}).get("skipped", [])
+    return parts + [str(SkippedPart(**s)) for s in merge]
 
 
 def _selection_cost(prune: dict, finetune: dict) -> list[str]:

@@ -131,6 +131,7 @@ class Auto(Criterion):
     """The candidate cut with the lowest held-out loss (see the module's docstring)."""
 
     name = "auto"
+    settings_class = AutoSettings
     paper = "this project: candidates of the other criteria judged by held-out loss"
 
     def __init__(self, settings: AutoSettings | None = None):
@@ -163,7 +164,7 @@ class Auto(Criterion):
         plan = plan_search(budget, size)
         sets, scores = candidate_sets(ctx, count, s, criteria, plan.taylor)
         criteria_seconds = time.perf_counter() - start
-        judge, found, report = None, [], {}
+        judge, found, report = None, [], {"judge": None}
         if plan.judged:
             judge = Judge(ctx.model, scoring)
             found = [{"name": n, "removed": r, "loss": judge.loss(r) if n in plan.judged else None}

@@ -126,9 +126,9 @@ def plan_search(budget: SelectionBudget, size: SearchSize) -> SearchPlan:
     judged: list[str] = []
     taylor = merge_trials = 0
     greedy = False
+    backward = size.statistics_batches * step * (1 - FORWARD_SHARE)  # Taylor's, beyond the forward
     if affords("judging the candidates", 2 * judge):  # the dense pass and the first candidate
         judged.append(first)
-        backward = size.statistics_batches * step * (1 - FORWARD_SHARE)
         taylor = size.taylor in others and affords("Taylor's backward pass and judging", backward + judge)
         for name in others:
             if name == size.taylor:
@@ -139,8 +139,11 @@ def plan_search(budget: SelectionBudget, size: SearchSize) -> SearchPlan:
         merge_trials = sum(affords(f"merge trial {k + 1}", judge) for k in range(size.merge_trials))
         greedy_cost = forward(size.greedy_batches) * (1 + size.count * size.greedy_width) + judge
         greedy = affords("the greedy search", greedy_cost)
-    elif size.merge_trials:
-        skipped.append(SkippedPart("the merge search", size.merge_trials * judge, left))
+    else:
+        if size.taylor in others:
+            skipped.append(SkippedPart("Taylor's backward pass and judging", backward + judge, left))
+        if size.merge_trials:
+            skipped.append(SkippedPart("the merge search", size.merge_trials * judge, left))
     return SearchPlan([n for n in size.candidates if n in judged], bool(taylor), merge_trials,
                       greedy, budget, spent, skipped)
 

@@ -6,7 +6,7 @@ changes nothing: every trial is undone before it returns.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from ..criteria import ScoreContext, Selection, get_criterion
 from ..errors import GradPrunerError
@@ -15,7 +15,7 @@ from ..plan import MergeStep, PrunePlan, paper_merge_plan
 from ..selection import removal_count, validate_removal
 from ..surgery import num_layers
 from .auto import Auto, AutoSettings, heldout_scoring
-from .budget import FORWARD_SHARE, SelectionBudget, plan_merge_search
+from .budget import FORWARD_SHARE, SelectionBudget, SkippedPart, plan_merge_search
 from .judge import Judge
 from .merge_search import search_merge
 
@@ -92,19 +92,20 @@ def _merge_search(ctx: ScoreContext, selection: Selection, chosen, budget: Selec
     total = num_layers(ctx.model)
     removed = selection.removed
     kept = [i for i in range(total) if i not in removed]
-    skipped: list[str] = []
+    skipped: list[SkippedPart] = []
     if trials is None:  # not planned by auto: the merge search plans its own trials
-        judge = Judge(ctx.model, heldout_scoring(ctx, settings))
+        scoring = heldout_scoring(ctx, settings)
         if budget.limited and budget.step_seconds is None:  # timed by the judge's dense pass
-            step = judge.first_pass_seconds / len(judge.batches) / FORWARD_SHARE
-            budget = replace(budget, step_seconds=step)
-        trials, parts = plan_merge_search(budget, len(judge.batches), settings.merge_trials)
-        skipped = [str(p) for p in parts]
-    if not trials or judge is None:
-        return PrunePlan(total, tuple(removed)), {"trials": [], "skipped": skipped or ["the merge search"]}
+            judge = Judge(ctx.model, scoring)
+            budget = replace(budget, step_seconds=judge.first_pass_seconds / len(judge.batches) / FORWARD_SHARE)
+        trials, skipped = plan_merge_search(budget, len(scoring.batches), settings.merge_trials)
+        if trials and judge is None:
+            judge = Judge(ctx.model, scoring)
+    if not trials:  # auto's plan, or the merge search's own, affords no trial
+        return PrunePlan(total, tuple(removed)), {"trials": [], "skipped": [asdict(p) for p in skipped]}
     donor_scores = selection.scores or chosen.layer_scores(ctx)
     merged, scale, report = search_merge(judge, ctx.igia, removed, kept, donor_scores, density,
                                          settings.merge_donors, settings.merge_scales, trials)
-    report["skipped"] = skipped
+    report["skipped"] = [asdict(p) for p in skipped]
     report["chosen"] = {"plan": {str(r): d for r, d in merged.items()}, "scale": scale}
     return paper_merge_plan(total, removed, merged, density, scale), report
