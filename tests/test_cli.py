@@ -162,7 +162,7 @@ def test_prune_keeps_auto_within_the_heal_budget(workspace):
         0.1 * 3 * probe["step_seconds"] * 4 / 6, abs=0.006)
     assert 0 < probe["step_seconds"] < probe["probe_seconds"]
     assert budget["skipped"] and side["merged"] == {}  # a 3-step heal affords no held-out search
-    assert "judge" not in auto and auto["chosen"] == "block_influence" and budget["judged"] == []
+    assert auto["judge"] is None and auto["chosen"] == "block_influence" and budget["judged"] == []
     assert side["removed_layers"] == auto["candidates"][0]["removed"]
 
 

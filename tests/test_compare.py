@@ -70,7 +70,7 @@ def test_shared_work_is_done_once_and_same_cuts_share_a_fine_tune(compared):
         # 10 % of a 3-step heal, timed by the probe: too little to judge, so block influence's cut
         assert auto["plan"]["heal_steps"] == 3 and auto["plan"]["fraction"] == 0.1
         assert auto["plan"]["step_seconds"] == pytest.approx(probe["step_seconds"], abs=1e-3)
-        assert "judge" not in auto and auto["chosen"] == "block_influence"
+        assert auto["judge"] is None and auto["chosen"] == "block_influence"
         assert cells["auto"]["prune"]["removed_layers"] == cells["block_influence"]["prune"]["removed_layers"]
 
 

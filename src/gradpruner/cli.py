@@ -29,10 +29,11 @@ def _add_model(p: argparse.ArgumentParser, device_map: bool = False) -> None:
                        help="spread a model too large for one device over all GPUs (and the CPU)")
 
 
-def _add_data(p: argparse.ArgumentParser, default_task: str | None = None) -> None:
-    p.add_argument("--task", default=default_task, help="built-in task (see `gradpruner tasks`)")
+def _add_data(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
+    p.add_argument("--task", help="built-in task (see `gradpruner tasks`)")
     p.add_argument("--data", help='JSONL of {"prompt","completion"} or {"prompt","choices","answer"}')
-    p.add_argument("--eval-data", help="JSONL for evaluation (default: a held-out part of --data)")
+    if evaluation:
+        p.add_argument("--eval-data", help="JSONL for evaluation (default: a held-out part of --data)")
 
 
 def _add_output(p: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -198,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="remove (and merge) layers by the probe's scores")
     p.add_argument("--model", default=None, help="the model that was probed")
     p.add_argument("--scores", help="the probe's output folder (GradPruner's criteria)")
-    _add_data(p)
+    _add_data(p, evaluation=False)
+    p.add_argument("--heldout", type=int, default=32,
+                   help="last training examples that judge cuts (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
     _add_selection(p)
     p.add_argument("--heal-steps", type=int, default=None,
@@ -310,7 +313,8 @@ def _dispatch(args) -> int:
         _check_density(sel["density"])
         task = pipeline.resolve_task(args.task, args.data) if args.task or args.data else None
         record = pipeline.prune_stage(args.model, args.scores, args.out, overwrite=args.overwrite,
-                                      task=task, seed=args.seed, heal_steps=args.heal_steps, **sel)
+                                      task=task, seed=args.seed, heal_steps=args.heal_steps,
+                                      heldout=args.heldout, **sel)
         sidecar = record.to_json()
         print(json.dumps({k: sidecar[k] for k in ("removed_layers", "kept_layers", "merged",
                                                   "params_before", "params_after")}))
