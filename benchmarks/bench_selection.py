@@ -11,110 +11,141 @@ the same search with only the first layer's input kept, so that every candidate 
 embeddings through every kept layer; both must choose the same cut and merge with the same
 losses, which the script checks.
 
-With `--heal-steps N`, each cut model is then fine-tuned for N LoRA steps (batch 8, lr 2e-4) in
-the same process, and the selection's parts are printed in those steps: the issue's budget is
-10 % of the healing fine-tune. On the default model; the probe is not counted (its steps are
-fine-tuning steps). With `--selection-budget F` as well, `auto` runs as `prune` does when a
-fine-tune of `--heal-steps` steps follows: within F of its time, timed by the probe's steps; the
-heal is then measured over at most 20 steps (a step's seconds are what matter).
+Every step is the recipe's (`gradpruner.recipe`, what `run` and `compare` run): the training
+examples are split (`split_heldout`: the last `--heldout` judge the cuts), the probe runs on the
+rest, `cut` selects and applies the plan in fp32, and `heal` fine-tunes the cut model. Each
+selection's sidecar is replayed on a fresh copy of the dense model by the library's `apply`
+(`PrunePlan.from_json(sidecar["plan"])`), which must give the cut model's weights exactly.
+
+With `--heal-steps N`, each cut model is then healed for N LoRA steps (batch 8, lr 2e-4) in the
+same process, and the selection's parts are printed in those steps: the issue's budget is 10 % of
+the healing fine-tune. On the default model unless `--model`; the probe is not counted (its
+steps are fine-tuning steps). With `--selection-budget F` as well, `auto` runs as `run` does
+before a fine-tune of `--heal-steps` steps: within F of its time, timed by the probe's steps;
+the heal is then measured over at most 20 steps (a step's seconds are what matter).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import copy
+from dataclasses import replace
 
 import torch
 
 import gradpruner.search.judge as judge_module
-from gradpruner.criteria import ScoreContext
-from gradpruner.search.budget import SelectionBudget, heal_budget, skipped_parts
+from gradpruner.apply import apply
+from gradpruner.config import RecipeConfig
 from gradpruner.models import load_model
 from gradpruner.pipeline import resolve_task
-from gradpruner.prune import prune_model
-from gradpruner.selection import removal_count
-from gradpruner.train import TrainConfig, finetune, probe
+from gradpruner.plan import PrunePlan
+from gradpruner.recipe import ProbeResult, cut, heal, probe, recipe_dtype, split_heldout
+from gradpruner.report import skipped_parts
+from gradpruner.train import TrainConfig
+
+NOT_JUDGED = {"measure": "not run", "seconds": 0.0, "first_pass_seconds": 0.0,
+              "forward_batches": 0, "layer_passes": 0}
 
 
-def select(model, tokenizer, task, igia, ratio: float,
-           budget: SelectionBudget) -> tuple[dict, float]:
-    """`auto` with the merge search on `model`: the record and its seconds."""
-    context = ScoreContext(model=model, tokenizer=tokenizer, examples=task.train_examples(),
-                           igia=igia, seed=0, budget=budget)
-    start = time.perf_counter()
-    record = prune_model(model, igia, criterion="auto", ratio=ratio, merge="auto", context=context)
-    return record, time.perf_counter() - start
+def recipe(args, ratio: float | None = None) -> RecipeConfig:
+    """The recipe's settings: `auto` with the merge search, within `--selection-budget` of a
+    `--heal-steps` fine-tune (no limit without either)."""
+    heal_steps = args.heal_steps or 20  # also the probe's learning-rate schedule, as in `run`
+    train = TrainConfig(steps=heal_steps, batch_size=8, lr=2e-4, progress=False, logging_steps=10_000)
+    budget = args.selection_budget if args.heal_steps else None
+    return RecipeConfig(model=args.model, task=args.task, data=args.data, criterion="auto",
+                        ratio=ratio, merge="auto", selection_budget=budget,
+                        probe_steps=args.probe_steps, heldout=args.heldout, device=args.device,
+                        train=train)
+
+
+def replays(master, sidecar: dict, probed: ProbeResult, cut_model) -> bool:
+    """Whether the sidecar's plan, applied to a fresh copy of the dense model, gives the cut
+    model's weights exactly."""
+    replayed, _ = apply(copy.deepcopy(master), PrunePlan.from_json(sidecar["plan"]), probed.igia)
+    mine, theirs = cut_model.state_dict(), replayed.state_dict()
+    return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
 def parts(record: dict, seconds: float) -> dict[str, float]:
-    """Seconds of each part of one selection, from its record."""
-    found, merge = record["auto"], record["merge_search"]
-    judge = found["judge"] or {"measure": "not run", "seconds": 0.0, "first_pass_seconds": 0.0}
+    """Seconds of each part of one selection, from its sidecar."""
+    found = record["selection"]["auto"]
+    merge = record["selection"].get("merge_search") or {}
+    judge = found.get("judge") or NOT_JUDGED
     greedy = found.get("greedy_judge", {"seconds": 0.0, "first_pass_seconds": 0.0})
     return {"candidate criteria (IGIA scores; one pass for the others)": found["criteria_seconds"],
             "greedy search (answer loss, its first pass included)":
                 greedy["seconds"] + greedy["first_pass_seconds"],
             f"judging the candidates ({judge['measure']}, its first pass included)":
                 judge["seconds"] + judge["first_pass_seconds"],
-            "merge search (deltas and trials)": merge["seconds"],
-            "the rest (surgery)": seconds - found["seconds"] - merge["seconds"],
+            "merge search (deltas and trials)": merge.get("seconds", 0.0),
+            "the rest (surgery)": seconds - found["seconds"] - merge.get("seconds", 0.0),
             "selection in all": seconds}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="model id or folder (default: the offline default)")
     parser.add_argument("--task", default="arc_easy")
+    parser.add_argument("--data", default=None, help="a JSONL task instead of --task")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--ratios", default="0.25,0.4")
     parser.add_argument("--probe-steps", type=int, default=20)
+    parser.add_argument("--heldout", type=int, default=32, help="training examples held out to judge cuts")
     parser.add_argument("--judges", default="shortcut")
     parser.add_argument("--heal-steps", type=int, default=0, help="0: no healing steps measured")
     parser.add_argument("--selection-budget", type=float, default=None,
                         help="auto within this share of a --heal-steps fine-tune (default: no budget)")
     args = parser.parse_args()
-    task = resolve_task(args.task, None)
-    model, tokenizer, _ = load_model(None, "float32", "cpu")
-    config = TrainConfig(steps=20, lr=2e-4, progress=False, logging_steps=10_000)
-    igia, probed = probe(model, tokenizer, task.train_examples(), config, args.probe_steps)
-    total = model.config.num_hidden_layers
-    original = model.state_dict()
-    print(f"{args.task}, default model, {torch.get_num_threads()} threads\n")
+    base = recipe(args)
+    task = resolve_task(base.task, base.data)
+    master, tokenizer, source = load_model(base.model, "float32", base.device)
+    dtype = recipe_dtype(base)
+    train, held = split_heldout(task.train_examples(), base.heldout)
+    probed = probe(copy.deepcopy(master).to(dtype), tokenizer, train, base.train, base.probe_steps,
+                   base.train.planned_steps(len(train)))
+    print(f"{task.name}, {source}, {torch.get_num_threads()} threads; {len(train)} training "
+          f"examples, {len(held)} held out; probe step {probed.stats.get('step_seconds') or 0:.3f} s\n")
     print("| ratio | judge | chosen | removed | merge | selection s | judge s | forward batches "
-          "| layer passes |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| layer passes | sidecar replays |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     costs, skipped = [], {}
     for ratio in (float(r) for r in args.ratios.split(",")):
+        cfg = recipe(args, ratio)
         records = {}
         for name in args.judges.split(","):
-            net, _, _ = load_model(None, "float32", "cpu")
-            net.load_state_dict(original)
             stored = judge_module.INPUTS_BYTES
             judge_module.INPUTS_BYTES = stored if name == "shortcut" else 1  # 1: layer 0's input only
             try:
-                budget = heal_budget(args.selection_budget, args.heal_steps or None, total,
-                                     removal_count(total, ratio), probed)
-                record, seconds = select(net, tokenizer, task, igia, ratio, budget)
+                done = cut(copy.deepcopy(master), tokenizer, train, held, probed, cfg, "auto", "auto",
+                           ratio, cfg.train.seed)
             finally:
                 judge_module.INPUTS_BYTES = stored
+            record, seconds = done.record.to_json(), done.select_seconds
             records[name] = record
-            judge = record["merge_search"].get("judge") or {"seconds": 0, "forward_batches": 0,
-                                                            "layer_passes": 0}
-            chosen = record["merge_search"]["chosen"]
-            merge = f"{chosen['plan']} x {chosen['scale']}" if chosen["plan"] else "none"
-            print(f"| {ratio} | {name} | {record['auto']['chosen']} | {record['removed_layers']} | "
-                  f"{merge} | {seconds:.0f} | {judge['seconds']:.0f} | "
-                  f"{judge['forward_batches']} | {judge['layer_passes']} |", flush=True)
+            search = record["selection"].get("merge_search") or {}
+            judge = search.get("judge") or NOT_JUDGED
+            merge = f"{record['merged']} x {record['plan']['scale']}" if record["merged"] else "none"
+            print(f"| {ratio} | {name} | {record['selection']['auto']['chosen']} | "
+                  f"{record['removed_layers']} | {merge} | {seconds:.0f} | {judge['seconds']:.0f} | "
+                  f"{judge['forward_batches']} | {judge['layer_passes']} | "
+                  f"{replays(master, record, probed, done.model)} |", flush=True)
             if args.heal_steps and name == "shortcut":
                 steps = min(args.heal_steps, 20) if args.selection_budget is not None else args.heal_steps
-                heal = TrainConfig(steps=steps, lr=2e-4, progress=False, logging_steps=10_000)
-                _, stats = finetune(net, tokenizer, task.train_examples(), heal)
+                healing = replace(cfg, train=replace(cfg.train, steps=steps))
+                _, stats = heal(done.model, tokenizer, train, probed, healing, done.record.kept_layers,
+                                cfg.train.seed, dtype)
                 costs.append((ratio, parts(record, seconds), stats["seconds_per_step"]))
                 skipped[ratio] = "; ".join(skipped_parts(record))
+            del done
         if len(records) < 2:
             continue
-        a, b = (records[k]["auto"]["candidates"] for k in ("shortcut", "full passes"))
-        worst = max(abs(x["loss"] - y["loss"]) for x, y in zip(a, b))
-        same = records["shortcut"]["removed_layers"] == records["full passes"]["removed_layers"]
-        print(f"|  | same cut: {same}; largest candidate-loss difference {worst:.1e} | | | | | | | |")
+        a, b = (records[k]["selection"]["auto"]["candidates"] for k in ("shortcut", "full passes"))
+        losses = [(x["loss"], y["loss"]) for x, y in zip(a, b) if x["loss"] is not None or y["loss"] is not None]
+        worst = max((abs(x - y) if x is not None and y is not None else float("inf") for x, y in losses),
+                    default=0.0)
+        same = records["shortcut"]["plan"] == records["full passes"]["plan"]
+        print(f"|  | same plan: {same}; largest candidate-loss difference {worst:.1e} | | | | | | | | |")
     for ratio, seconds, step in costs:
         print(f"\nratio {ratio}: one healing step of the cut model {step:.2f} s "
               f"(mean of {min(args.heal_steps, 20) if args.selection_budget is not None else args.heal_steps})"

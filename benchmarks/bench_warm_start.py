@@ -2,60 +2,86 @@
 
     python benchmarks/bench_warm_start.py --tasks arc_easy,sst2 --ratio 0.25 --steps 20
 
-Per task: one probe (its LoRA adapters saved), one prune (the `--criterion`, default `auto`,
-merge `auto`), then the same pruned model fine-tuned twice through the CLI's `finetune` stage,
-once with the adapters of the kept layers starting from the probe's (`--warm-start`) and once
-from PEFT's fresh initialisation, with the same data, steps and seed; both evaluated on the same
-items. Writes nothing outside a temporary folder; prints a Markdown table and, with --json, the
-numbers.
+Per task, the recipe that `run` runs (`gradpruner.recipe`): the training examples split
+(`split_heldout`), one probe (its LoRA adapters kept), one cut (the `--criterion`, default
+`auto`, merge `auto`, within `--selection-budget` of the fine-tune), then the same cut model
+healed twice (`heal`), once with the adapters of the kept layers starting from the probe's
+(`warm_start`) and once from PEFT's fresh initialisation, with the same data, steps and seed;
+both evaluated (`evaluate`) on the same items. Writes nothing but `--json`; prints a Markdown
+table.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import tempfile
+from dataclasses import replace
 from pathlib import Path
 
-from gradpruner.pipeline import eval_stage, finetune_stage, probe_stage, prune_stage, resolve_task
+from gradpruner.config import RecipeConfig
+from gradpruner.models import load_model
+from gradpruner.pipeline import resolve_task
+from gradpruner.recipe import cut, evaluate, heal, probe, recipe_dtype, split_heldout
 from gradpruner.train import TrainConfig
 
 
-def one_task(task_name: str, args, tmp: Path) -> dict:
-    """Probe, prune, then cold and warm fine-tunes of the same pruned model, evaluated."""
-    task = resolve_task(task_name, None)
-    cfg = TrainConfig(steps=args.steps, batch_size=8, lr=args.lr, seed=args.seed, progress=False,
-                      logging_steps=10_000)
-    probe_stage(None, task, str(tmp / "probe"), cfg, args.probe_steps, args.steps)
-    record = prune_stage(None, str(tmp / "probe"), str(tmp / "pruned"), criterion=args.criterion,
-                         ratio=args.ratio, merge="auto" if args.criterion == "auto" else None,
-                         task=task, seed=args.seed)
-    out = {"removed_layers": record["removed_layers"], "merged": record.get("merged", {})}
-    for arm, warm in (("cold", None), ("warm", str(tmp / "probe"))):
-        tuned = finetune_stage(str(tmp / "pruned"), task, str(tmp / arm), cfg, warm_start=warm)
-        metrics = eval_stage(str(tmp / arm), task, limit=args.limit)
-        out[arm] = {"accuracy": metrics["acc"], "train_seconds": tuned["finetune"]["train_seconds"],
-                    "train_loss": tuned["finetune"]["train_loss"],
-                    "warm_started_matrices": tuned["finetune"]["warm_started_matrices"]}
+def fraction_or_none(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
+def one_task(task_name: str, args) -> dict:
+    """Probe, cut, then cold and warm heals of the same cut model, evaluated."""
+    train_cfg = TrainConfig(steps=args.steps, batch_size=8, lr=args.lr, seed=args.seed,
+                            progress=False, logging_steps=10_000)
+    cfg = RecipeConfig(model=args.model, task=None if args.data else task_name, data=args.data,
+                       criterion=args.criterion, ratio=args.ratio,
+                       merge="auto" if args.criterion == "auto" else None,
+                       selection_budget=args.selection_budget, probe_steps=args.probe_steps,
+                       heldout=args.heldout, eval_limit=args.limit, device=args.device, train=train_cfg)
+    cfg.validate()
+    task = resolve_task(cfg.task, cfg.data)
+    train, held = split_heldout(task.train_examples(), cfg.heldout)
+    master, tokenizer, _ = load_model(cfg.model, "float32", cfg.device)
+    dtype = recipe_dtype(cfg)
+    probed = probe(copy.deepcopy(master).to(dtype), tokenizer, train, cfg.train, cfg.probe_steps,
+                   cfg.train.planned_steps(len(train)))
+    done = cut(copy.deepcopy(master), tokenizer, train, held, probed, cfg, cfg.criterion, cfg.merge,
+               cfg.ratio, cfg.train.seed)
+    record = done.record
+    out = {"removed_layers": record.removed_layers, "merged": record.merged}
+    for arm, warm in (("cold", False), ("warm", True)):
+        tuned, stats = heal(copy.deepcopy(done.model), tokenizer, train, probed,
+                            replace(cfg, warm_start=warm), record.kept_layers, cfg.train.seed, dtype)
+        metrics = evaluate(tuned, tokenizer, task, cfg.eval_limit)
+        out[arm] = {"accuracy": metrics["acc"], "train_seconds": stats["train_seconds"],
+                    "train_loss": stats["train_loss"],
+                    "warm_started_matrices": stats["warm_started_matrices"]}
+        del tuned
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="model id or folder (default: the offline default)")
     parser.add_argument("--tasks", default="arc_easy,sst2")
+    parser.add_argument("--data", default=None, help="a JSONL task instead of --tasks")
     parser.add_argument("--ratio", type=float, default=0.25)
     parser.add_argument("--criterion", default="auto")
+    parser.add_argument("--selection-budget", type=fraction_or_none, default=0.1,
+                        help="share of the fine-tune auto may take ('none': no limit)")
     parser.add_argument("--probe-steps", type=int, default=20)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--heldout", type=int, default=32)
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     results = {}
-    for task_name in args.tasks.split(","):
-        with tempfile.TemporaryDirectory() as tmp:
-            results[task_name] = one_task(task_name, args, Path(tmp))
+    for task_name in ([Path(args.data).stem] if args.data else args.tasks.split(",")):
+        results[task_name] = one_task(task_name, args)
         r = results[task_name]
         print(f"[warm start] {task_name}: cold {r['cold']['accuracy']:.3f}, warm {r['warm']['accuracy']:.3f}",
               flush=True)

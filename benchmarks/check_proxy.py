@@ -2,11 +2,13 @@
 
     python benchmarks/check_proxy.py runs/cmp/arc_easy runs/cmp/sst2 runs/cmp/piqa [--examples 128]
 
+The model is the one each comparison's settings name (`--model` to override), in fp32.
+
 For every cell of `gradpruner compare` runs but `auto`'s (chosen by one of these measures), the
-cut (and merged) model is rebuilt from the cell's record (the removed layers, the merge plan and
-scale; LaCo's collapse rerun), checked against the held-out answer loss the cell recorded, and
-measured on the examples `compare` holds out (the last training examples) and, with
-`--examples N`, on the last N:
+cut (and merged) model is rebuilt from the cell's sidecar by the library's `apply` (its `plan`:
+the removed layers, the paper's merge with its scale, or LaCo's collapse steps), checked against
+the held-out answer loss the cell recorded, and measured on the examples `compare` holds out (the
+last training examples) and, with `--examples N`, on the last N:
 
 - answer loss: mean loss of the gold answer's tokens (what `compare` records);
 - choice loss: mean -log softmax over the choices of each choice's summed log-probability, at
@@ -27,43 +29,35 @@ from pathlib import Path
 
 import torch
 
+from gradpruner.apply import apply
 from gradpruner.compare_report import spearman
 from gradpruner.criteria import ScoreContext
-from gradpruner.search.auto import heldout_scoring
-from gradpruner.search.judge import choice_loss, task_batches, task_loss
 from gradpruner.evaluate import choice_logprobs
 from gradpruner.igia import IGIA
-from gradpruner.apply.merge import merge_layers
 from gradpruner.models import load_model
 from gradpruner.pipeline import resolve_task
-from gradpruner.prune import prune_model
-from gradpruner.surgery import cut_layers, layer_prefix
+from gradpruner.plan import PrunePlan
+from gradpruner.recipe import split_heldout
+from gradpruner.search.auto import AutoSettings, heldout_scoring
+from gradpruner.search.judge import choice_loss, task_batches, task_loss
 
 
-def rebuild(dense, tokenizer, record: dict, folder: Path, train: list) -> torch.nn.Module:
-    """The cell's model before healing, from its pruning record."""
-    net = copy.deepcopy(dense)
-    if record.get("merge_rule") == "laco":
-        ctx = ScoreContext(model=net, tokenizer=tokenizer, examples=train)
-        prune_model(net, None, criterion="laco", count=len(record["removed_layers"]), merge=None,
-                    context=ctx)
-        return net
-    if record.get("merged"):
-        igia = IGIA.load(folder / "probe-s0")
-        plan = {int(r): d for r, d in record["merged"].items()}
-        merge_layers(net, plan, igia.matrix, layer_prefix(net), record["density"],
-                     record["merge_scale"], mergeable=set(igia.module_names))
-    cut_layers(net, record["removed_layers"])
+def rebuild(dense, sidecar: dict, folder: Path, seed: int = 0) -> torch.nn.Module:
+    """The cell's model before healing: its plan (merge and cut; LaCo's collapse included)
+    replayed on a copy of the dense model by the library's `apply`, with the cell's probe."""
+    plan = PrunePlan.from_json(sidecar["plan"])
+    igia = IGIA.load(folder / f"probe-s{seed}") if plan.merge_rule == "gradpruner" else None
+    net, _ = apply(copy.deepcopy(dense), plan, igia)
     return net
 
 
-def measures(net, tokenizer, examples: list, held: int, more: int) -> dict:
+def measures(net, tokenizer, examples: list, held: int, more: int, settings: AutoSettings) -> dict:
     """The answer and the judge's choice loss on the last `held` examples; answer loss, choice
     loss and accuracy on the last `more` (none when 0)."""
-    ctx = lambda ex: ScoreContext(model=net, tokenizer=tokenizer, examples=ex)
-    heldout = examples[-held:]
-    found = {f"answer loss {held}": task_loss(net, task_batches(ctx(heldout), held, 8, "check")),
-             "choice loss (judge)": heldout_scoring(ctx(heldout)).evaluate(net)}
+    _, heldout = split_heldout(examples, held)
+    judge = heldout_scoring(ScoreContext(model=net, tokenizer=tokenizer, heldout=heldout), settings)
+    found = {f"answer loss {held}": task_loss(net, task_batches(tokenizer, heldout, 8, "check")),
+             "choice loss (judge)": judge.evaluate(net)}
     if not more:
         return found
     wide = examples[-more:]
@@ -71,7 +65,7 @@ def measures(net, tokenizer, examples: list, held: int, more: int) -> dict:
     gold = [ex.gold for ex in wide]
     right = [max(range(len(row)), key=row.__getitem__) == g for row, g in zip(scores, gold)]
     return {**found,
-            f"answer loss {more}": task_loss(net, task_batches(ctx(wide), more, 8, "check")),
+            f"answer loss {more}": task_loss(net, task_batches(tokenizer, wide, 8, "check")),
             f"choice loss {more}": choice_loss(scores, gold),
             f"accuracy {more}": sum(right) / len(right)}
 
@@ -80,26 +74,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--examples", type=int, default=0)
+    parser.add_argument("--model", default=None,
+                        help="the compared model (default: the one each comparison's settings name)")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    dense, tokenizer, _ = load_model(None, "float32", "cpu")
-    table = {}
+    table, dense_models = {}, {}
     for folder in args.folders:
         settings = json.loads((folder / "settings.json").read_text())
-        examples = resolve_task(settings["task"], None).train_examples()
+        name = args.model or settings.get("model")
+        if name not in dense_models:  # the cut is applied in fp32, as `compare` does
+            dense_models[name] = load_model(name, "float32", args.device)[:2]
+        dense, tokenizer = dense_models[name]
+        task = resolve_task(settings.get("task"), settings.get("data"), settings.get("eval_data"))
+        examples = task.train_examples()
         held = settings["heldout"]
-        train = examples[:-held]
+        auto_settings = AutoSettings(**(settings.get("settings") or {}).get("auto", {}))
         rows = []
         for path in sorted((folder / "cells").glob("*-r*-s0.json")):
             if path.name.startswith("auto-"):  # its cut was chosen by one of these measures
                 continue
             cell = json.loads(path.read_text())
-            net = rebuild(dense, tokenizer, cell["prune"], folder, train)
-            found = measures(net, tokenizer, examples, held, args.examples)
+            net = rebuild(dense, cell["prune"], folder, cell.get("seed", 0))
+            found = measures(net, tokenizer, examples, held, args.examples, auto_settings)
             drift = abs(found[f"answer loss {held}"] - cell["heldout_loss"])
             rows.append({"cell": path.stem, "ratio": cell["ratio"], "after": cell["after"]["acc"],
                          "before": cell["before"]["acc"], "drift": drift, **found})
             print(json.dumps(rows[-1]), flush=True)
-        table[settings["task"]] = rows
+            del net
+        table[task.name] = rows
     keys = [k for k in table[next(iter(table))][0] if k.startswith(("answer", "choice", "accuracy"))]
     keys.append("before")
     print("\n| task | cells | " + " | ".join(keys) + " |")

@@ -17,16 +17,19 @@ import copy
 import json
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
 from gradpruner.compare_report import spearman
 from gradpruner.criteria import ScoreContext, get_criterion
-from gradpruner.search.auto import heldout_judge
 from gradpruner.models import load_model
+from gradpruner.recipe import probe, split_heldout
+from gradpruner.search.auto import AutoSettings, heldout_scoring
+from gradpruner.search.judge import Judge
 from gradpruner.selection import lowest_scored
 from gradpruner.tasks import get_task
-from gradpruner.train import TrainConfig, probe
+from gradpruner.train import TrainConfig
 
 LATE = range(21, 29)
 
@@ -59,9 +62,9 @@ def main() -> None:
     model, tokenizer, _ = load_model(None, "float32", "cpu")
     task = get_task(args.task)
     examples = task.train_examples()
-    train, held = examples[:-32], examples[-32:]
+    train, held = split_heldout(examples, 32)
     ctx = ScoreContext(model=model, tokenizer=tokenizer, examples=train, heldout=held)
-    judge = heldout_judge(ctx, "answer")
+    judge = Judge(model, heldout_scoring(ctx, AutoSettings(), "answer"))
     probes = {  # name: (steps, lr, full)
         "lora t=5 lr=2e-4": (5, 2e-4, False),
         "lora t=20 lr=2e-4": (20, 2e-4, False),
@@ -73,9 +76,9 @@ def main() -> None:
     for name, (steps, lr, full) in probes.items():
         start = time.perf_counter()
         cfg = TrainConfig(steps=60, lr=lr, full=full, progress=False, logging_steps=1000)
-        igia, _ = probe(copy.deepcopy(model), tokenizer, train, cfg, steps, 60)
+        igia = probe(copy.deepcopy(model), tokenizer, train, cfg, steps, 60).igia
         seconds = time.perf_counter() - start
-        ctx.igia = igia
+        ctx = replace(ctx, igia=igia)
         variants = {"squared": igia.scores("squared"), "unsquared": igia.scores("unsquared"),
                     "relative (|S| / |W|)": get_criterion("gradpruner_relative").layer_scores(ctx)}
         if full and reference is None:

@@ -34,8 +34,9 @@ def cell_summary(results: dict) -> list[str]:
         raw = [c for c in results["cells"] if c["method"] == "auto" and c["ratio"] == ratio]
         cost = "-"
         if raw:
-            found = raw[0]["prune"]["auto"]
-            merge = raw[0]["prune"].get("merge_search", {}).get("judge") or found["judge"] or {}
+            selection = raw[0]["prune"]["selection"]
+            found = selection["auto"]
+            merge = (selection.get("merge_search") or {}).get("judge") or found.get("judge") or {}
             batches = merge.get("forward_batches", 0) + found.get("greedy_judge", {}).get("forward_batches", 0)
             steps = raw[0]["select_seconds"] / raw[0]["finetune"]["seconds_per_step"]
             how = f"by {merge['measure']}" if merge else "unjudged (budget)"
