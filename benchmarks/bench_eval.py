@@ -4,9 +4,9 @@ each shared context run once for all its choices (`choice_logprobs`), side by si
     python benchmarks/bench_eval.py                        # default model, ARC-Easy, 300 items
     python benchmarks/bench_eval.py --task arc_challenge --limit 100 --batch-size 32 --repeats 3
 
-Prints the seconds of each path (best of `--repeats`, the paths alternating), their ratio, the
-largest difference of a choice's summed log-probability, and whether acc and acc_norm are the
-same. Both paths first score a few items once, as warm-up.
+Prints the wall and CPU seconds of each path (best of `--repeats`, the paths alternating), their
+ratios, the largest difference of a choice's summed log-probability, and whether acc and acc_norm
+(and every item's picks) are the same. Both paths first score a few items once, as warm-up.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from gradpruner.models import load_model
 from gradpruner.tasks import get_task
 
 
-def timed(score, model, tokenizer, examples, batch_size: int) -> tuple[float, list[list[float]]]:
-    start = time.perf_counter()
+def timed(score, model, tokenizer, examples, batch_size: int):
+    """(wall seconds, CPU seconds of this process, scores) of one scoring run."""
+    start, cpu = time.perf_counter(), time.process_time()
     scores = score(model, tokenizer, examples, batch_size=batch_size)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return time.perf_counter() - start, scores
+    return time.perf_counter() - start, time.process_time() - cpu, scores
 
 
 def main() -> None:
@@ -57,15 +58,17 @@ def main() -> None:
     for score in paths.values():  # warm-up
         score(model, tokenizer, examples[:4], batch_size=args.batch_size)
     seconds = {name: float("inf") for name in paths}
+    cpu_seconds = {name: float("inf") for name in paths}
     scores = {}
     for _ in range(args.repeats):
         for name, score in paths.items():
-            elapsed, scores[name] = timed(score, model, tokenizer, examples, args.batch_size)
-            seconds[name] = min(seconds[name], elapsed)
+            elapsed, cpu, scores[name] = timed(score, model, tokenizer, examples, args.batch_size)
+            seconds[name], cpu_seconds[name] = min(seconds[name], elapsed), min(cpu_seconds[name], cpu)
 
     for name in paths:
         metrics = mc_accuracy(examples, scores[name])
-        print(f"{name:24s} {seconds[name]:8.2f} s   acc {metrics['acc']:.4f}   "
+        print(f"{name:24s} {seconds[name]:8.2f} s (CPU {cpu_seconds[name]:7.2f} s)   "
+              f"acc {metrics['acc']:.4f}   "
               f"acc_norm {metrics['acc_norm']:.4f}")
     old_name, new_name = paths
     old, new = scores[old_name], scores[new_name]
@@ -74,7 +77,8 @@ def main() -> None:
     picks = [(argmax(row), argmax([lp / max(len(c), 1) for lp, c in zip(row, ex.continuations)]))
              for scored in (old, new) for row, ex in zip(scored, examples)]
     same_picks = picks[:len(examples)] == picks[len(examples):]
-    print(f"speed-up {seconds[old_name] / seconds[new_name]:.2f}x; largest log-prob difference "
+    print(f"speed-up {seconds[old_name] / seconds[new_name]:.2f}x (CPU time "
+          f"{cpu_seconds[old_name] / cpu_seconds[new_name]:.2f}x); largest log-prob difference "
           f"{diff:.2e}; acc and acc_norm identical: {same}; every item's two picks identical: "
           f"{same_picks}")
 

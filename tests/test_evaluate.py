@@ -9,10 +9,11 @@ from transformers import PreTrainedTokenizerFast
 
 from gradpruner.data import GenExample, MCExample
 from gradpruner.errors import GradPrunerError
-from gradpruner.evaluate import (choice_logprobs, evaluate_examples, evaluate_exact_match,
-                                 evaluate_generation, evaluate_mc, generate_texts,
-                                 predicted_choice, rouge_l)
-from tiny_models import tiny_model
+from gradpruner.evaluate import (_cache_keyword, _choice_logprobs_full, _shared_contexts,
+                                 choice_logprobs, choice_pairs, evaluate_examples,
+                                 evaluate_exact_match, evaluate_generation, evaluate_mc,
+                                 generate_texts, predicted_choice, rouge_l)
+from tiny_models import ARCHS, tiny_model
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHARS = ["\n"] + [chr(i) for i in range(32, 127)]
@@ -90,6 +91,138 @@ def test_acc_norm_differs_from_acc_on_lengths(tokenizer):
     long, short = (expected_logprob(model, tokenizer, c) for c in ex.continuations)
     assert long < short and long / len(ex.continuations[0]) > short / len(ex.continuations[1])
     assert evaluate_mc(model, tokenizer, [ex]) == {"acc": 0.0, "acc_norm": 1.0, "n": 1}
+
+
+# ---------------------------------------------------------------- shared contexts
+
+# Contexts longer than the tiny models' sliding window (16 tokens) batched with short ones (left
+# padding), 2 to 5 choices, one-token and empty continuations.
+SHARED = [
+    MCExample.from_question("Question: which of these is a fruit, and why?\nAnswer:",
+                            ["an apple", "a stone", "bread", "x"], 0),
+    MCExample.from_question("Hi", ["a long, long answer with many characters", "b"], 1),
+    MCExample.from_question("Pick one of five:", ["a", "bb", "ccc", "dddd", "eeeee"], 2),
+    MCExample.from_question("x" * 60, ["y", "zz", "abc"], 1),
+    MCExample(("Empty or not:",) * 2, ("", " e"), 1),
+]
+WINOGRANDE = [  # different contexts, one shared continuation: nothing to share
+    MCExample(("The cat sat on", "The dog lay on"), (" the mat.", " the mat."), 0),
+    MCExample(("Anna gave Bob the book because Anna", "Anna gave Bob the book because Bob"),
+              (" was done with it.", " was done with it."), 1),
+]
+
+
+def assert_rows_close(rows, reference, tol=1e-4):
+    assert [len(row) for row in rows] == [len(row) for row in reference]
+    for row, expected in zip(rows, reference):
+        assert row == pytest.approx(expected, abs=tol)
+
+
+class ForwardLog:
+    """The real (unpadded) token ids of every row of every fresh pass (no cache behind it)."""
+
+    def __init__(self, model):
+        self.fresh: list[tuple[int, ...]] = []
+        self.cached_passes = 0
+        model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
+        if mask.shape[1] > ids.shape[1]:
+            self.cached_passes += 1
+            return
+        self.fresh += [tuple(row[keep.bool()].tolist()) for row, keep in zip(ids, mask)]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shared_contexts_match_whole_sequences_for_every_architecture(arch, tokenizer):
+    model = tiny_model(arch, seed=3)
+    assert _cache_keyword(model) is not None  # every tiny architecture takes the fast path
+    examples = SHARED + WINOGRANDE
+    reference = _choice_logprobs_full(model, tokenizer, examples)
+    for batch_size in (1, 4, 64):
+        assert_rows_close(choice_logprobs(model, tokenizer, examples, batch_size=batch_size),
+                          reference)
+
+
+def test_each_shared_context_runs_once(tokenizer):
+    model = tiny_model("mistral", seed=3)
+    log = ForwardLog(model)
+    examples = SHARED + WINOGRANDE
+    choice_logprobs(model, tokenizer, examples, batch_size=8)
+    contexts = [tuple(tokenizer(ex.contexts[0])["input_ids"]) for ex in SHARED]
+    whole = [tuple(f["input_ids"]) for i, _, f in choice_pairs(tokenizer, examples, 1024)
+             if i >= len(SHARED)]
+    # each shared context once, no pair of a shared context whole; WinoGrande pairs whole
+    assert sorted(log.fresh) == sorted(contexts + whole)
+    assert log.cached_passes > 0
+
+
+def test_items_with_different_numbers_of_choices(tokenizer):
+    model = tiny_model("qwen2", seed=4)
+    examples = [MCExample.from_question(f"Item {n}: choose well.", [c * (k + 1) for k, c in
+                                        enumerate("abcdefg"[:n])], 0) for n in (1, 2, 3, 5, 7)]
+    scores = choice_logprobs(model, tokenizer, examples, batch_size=6)
+    assert [len(row) for row in scores] == [1, 2, 3, 5, 7]
+    one_by_one = [_choice_logprobs_full(model, tokenizer, [ex], batch_size=1)[0] for ex in examples]
+    assert_rows_close(scores, one_by_one)
+
+
+def test_shared_and_winogrande_items_mixed(tokenizer):
+    model = tiny_model("gemma2", seed=5)
+    examples = [WINOGRANDE[0], SHARED[0], WINOGRANDE[1], SHARED[3], SHARED[1], WINOGRANDE[0]]
+    groups, single = _shared_contexts(choice_pairs(tokenizer, examples, 1024))
+    # the repeated WinoGrande item shares its two contexts with itself
+    assert len(groups) == 5 and len(single) == 2
+    one_by_one = [_choice_logprobs_full(model, tokenizer, [ex], batch_size=1)[0] for ex in examples]
+    for batch_size in (2, 5, 16):
+        assert_rows_close(choice_logprobs(model, tokenizer, examples, batch_size=batch_size),
+                          one_by_one)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gemma3_text"])
+def test_context_longer_than_max_length(arch, tokenizer):
+    """The context is cut from the left to fit each pair in max_length: choices of one length
+    keep the same context tokens (shared), a longer choice keeps fewer (scored whole)."""
+    model = tiny_model(arch, seed=6)
+    example = MCExample.from_question("A long context, " * 5 + "then the question:",
+                                      ["ab", "cd", "efghij", "kl"], 2)
+    pairs = choice_pairs(tokenizer, [example], 24)
+    assert all(len(f["input_ids"]) == 24 for _, _, f in pairs)
+    groups, single = _shared_contexts(pairs)
+    assert [sorted(j for _, j, _ in members) for _, members in groups] == [[0, 1, 3]]
+    assert [j for _, j, _ in single] == [2]
+    reference = _choice_logprobs_full(model, tokenizer, [example], max_length=24)
+    assert_rows_close(choice_logprobs(model, tokenizer, [example], max_length=24), reference)
+
+
+def test_models_that_cannot_continue_a_cache_score_whole_sequences(tokenizer):
+    bidirectional = tiny_model("gemma3_text", use_bidirectional_attention=True)
+    dynamic_rope = tiny_model("llama", rope_parameters={"rope_type": "dynamic", "factor": 2.0,
+                                                        "rope_theta": 10000.0})
+    for model in (bidirectional, dynamic_rope):
+        assert _cache_keyword(model) is None
+        log = ForwardLog(model)
+        scores = choice_logprobs(model, tokenizer, SHARED)
+        assert log.cached_passes == 0
+        assert_rows_close(scores, _choice_logprobs_full(model, tokenizer, SHARED))
+
+
+def test_lora_model_takes_the_fast_path(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_model("llama", seed=7),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    assert _cache_keyword(model) == _cache_keyword(model.get_base_model()) is not None
+    reference = _choice_logprobs_full(model, tokenizer, SHARED + WINOGRANDE)
+    assert_rows_close(choice_logprobs(model, tokenizer, SHARED + WINOGRANDE), reference)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gemma2"])
+def test_shared_contexts_in_bf16(arch, tokenizer):
+    model = tiny_model(arch, seed=3).to(torch.bfloat16)
+    reference = _choice_logprobs_full(model, tokenizer, SHARED + WINOGRANDE)
+    assert_rows_close(choice_logprobs(model, tokenizer, SHARED + WINOGRANDE), reference, tol=2e-2)
 
 
 def test_rouge_l_known_values():
@@ -171,3 +304,22 @@ def test_default_model_beats_chance_on_arc_easy():
     examples = get_task("arc_easy").eval_examples()[:32]
     result = evaluate_mc(model, AutoTokenizer.from_pretrained(folder), examples)
     assert result["acc"] > 0.33 and result["n"] == 32
+
+
+@pytest.mark.slow
+def test_default_model_shared_contexts_match_whole_sequences():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gradpruner import assets
+    from gradpruner.evaluate import mc_accuracy
+    from gradpruner.tasks import get_task
+
+    folder = assets.default_model_dir()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    examples = get_task("arc_easy").eval_examples()[:48]
+    assert _cache_keyword(model) is not None
+    fast = choice_logprobs(model, tokenizer, examples)
+    whole = _choice_logprobs_full(model, tokenizer, examples)
+    assert_rows_close(fast, whole)
+    assert mc_accuracy(examples, fast) == mc_accuracy(examples, whole)
