@@ -33,7 +33,8 @@ def timed(score, model, tokenizer, examples, batch_size: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model id or folder (default: the offline default)")
+    parser.add_argument("--model", default=None,
+                        help="model id or folder (default: the offline default)")
     parser.add_argument("--task", default="arc_easy")
     parser.add_argument("--limit", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -54,7 +55,8 @@ def main() -> None:
           f"{sum(len(c) + sum(len(t) for *_, t in m) for c, m in groups)}"
           f" + {sum(len(f['input_ids']) for _, _, f in single)} whole")
 
-    paths = {"old (whole sequences)": _choice_logprobs_full, "new (shared contexts)": choice_logprobs}
+    paths = {"old (whole sequences)": _choice_logprobs_full,
+             "new (shared contexts)": choice_logprobs}
     for score in paths.values():  # warm-up
         score(model, tokenizer, examples[:4], batch_size=args.batch_size)
     seconds = {name: float("inf") for name in paths}
@@ -63,7 +65,8 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, score in paths.items():
             elapsed, cpu, scores[name] = timed(score, model, tokenizer, examples, args.batch_size)
-            seconds[name], cpu_seconds[name] = min(seconds[name], elapsed), min(cpu_seconds[name], cpu)
+            seconds[name] = min(seconds[name], elapsed)
+            cpu_seconds[name] = min(cpu_seconds[name], cpu)
 
     for name in paths:
         metrics = mc_accuracy(examples, scores[name])

@@ -155,7 +155,18 @@ def test_each_shared_context_runs_once(tokenizer):
              if i >= len(SHARED)]
     # each shared context once, no pair of a shared context whole; WinoGrande pairs whole
     assert sorted(log.fresh) == sorted(contexts + whole)
-    assert log.cached_passes > 0
+    # the 5 contexts in one pass, their 16 continuations in two passes of 8 on copies of its cache
+    assert log.cached_passes == 2
+
+
+def test_one_token_continuations_need_only_the_context_pass(tokenizer):
+    model = tiny_model("llama", seed=3)
+    log = ForwardLog(model)
+    examples = [MCExample(("Q: which? ",) * 3, ("a", "b", "c"), 1),
+                MCExample(("Another one: ",) * 2, ("x", "y"), 0)]
+    scores = choice_logprobs(model, tokenizer, examples)
+    assert len(log.fresh) == 2 and log.cached_passes == 0
+    assert_rows_close(scores, _choice_logprobs_full(model, tokenizer, examples))
 
 
 def test_items_with_different_numbers_of_choices(tokenizer):
@@ -211,8 +222,8 @@ def test_models_that_cannot_continue_a_cache_score_whole_sequences(tokenizer):
 def test_lora_model_takes_the_fast_path(tokenizer):
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(tiny_model("llama", seed=7),
-                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(tiny_model("llama", seed=7), lora)
     assert _cache_keyword(model) == _cache_keyword(model.get_base_model()) is not None
     reference = _choice_logprobs_full(model, tokenizer, SHARED + WINOGRANDE)
     assert_rows_close(choice_logprobs(model, tokenizer, SHARED + WINOGRANDE), reference)
@@ -317,7 +328,7 @@ def test_default_model_shared_contexts_match_whole_sequences():
     folder = assets.default_model_dir()
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    examples = get_task("arc_easy").eval_examples()[:48]
+    examples = get_task("arc_easy").eval_examples()[:32]
     assert _cache_keyword(model) is not None
     fast = choice_logprobs(model, tokenizer, examples)
     whole = _choice_logprobs_full(model, tokenizer, examples)

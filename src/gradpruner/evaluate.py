@@ -9,6 +9,7 @@ pair scored by the summed log-probability of the continuation; `acc` takes the b
 
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 import string
@@ -91,11 +92,12 @@ def choice_logprobs(model, tokenizer, examples: list[MCExample], batch_size: int
     """Per example, the summed log-probability of each choice's continuation given its context.
 
     Pairs whose token ids start with the same context ids (the choices of an ordinary question)
-    run that context once: the contexts go through the model with a KV cache, then all their
-    continuations at once on the cache (`_score_shared`), at most `batch_size` pairs a batch.
-    The other pairs (WinoGrande-style items, a context cut differently by truncation) and every
-    pair of a model that cannot continue a cache the same way (`_cache_keyword`) are scored as
-    whole sequences (`_score_full`), as lm-evaluation-harness does. Both give the same sums.
+    run that context once: the contexts go through the model with a KV cache, then their
+    continuations on that cache (`_score_shared`); `batch_size` contexts a pass, and as many
+    continuations a pass. The other pairs (WinoGrande-style items, a context cut differently by
+    truncation) and every pair of a model that cannot continue a cache the same way
+    (`_cache_keyword`) are scored as whole sequences (`_score_full`), as lm-evaluation-harness
+    does. Both give the same sums.
     """
     pairs = choice_pairs(tokenizer, examples, max_length)
     scores = [[0.0] * len(ex.contexts) for ex in examples]
@@ -176,8 +178,9 @@ def _cache_keyword(model) -> str | None:
     if rope & _LENGTH_DEPENDENT_ROPE:
         return None
     layers = DynamicCache(config=config).layers
+    plain = (DynamicLayer, DynamicSlidingWindowLayer)
     if (len(layers) != getattr(text, "num_hidden_layers", -1)
-            or any(type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)):
+            or any(type(layer) not in plain for layer in layers)):
         return None
     parameters = inspect.signature(base.forward).parameters
     return next((name for name in ("cache", "past_key_values") if name in parameters), None)
@@ -217,34 +220,27 @@ def _shared_contexts(pairs: list[tuple[int, int, dict]]
 
 def _score_shared(model, keyword: str, groups: list, pad: int, batch_size: int,
                   scores: list[list[float]]) -> None:
-    """Score the groups of `_shared_contexts`, whole groups at most `batch_size` pairs a batch
-    (a larger group alone), into `scores`."""
-    batches, current, rows = [], [], 0
-    for group in groups:
-        if current and rows + len(group[1]) > batch_size:
-            batches.append(current)
-            current, rows = [], 0
-        current.append(group)
-        rows += len(group[1])
-    if current:
-        batches.append(current)
+    """Score the groups of `_shared_contexts` into `scores`: `batch_size` contexts a pass, their
+    continuations `batch_size` a pass."""
+    batches = [groups[k:k + batch_size] for k in range(0, len(groups), batch_size)]
     for batch in tqdm(batches, desc="scoring", unit="batch", disable=None, leave=False):
-        sums = _shared_context_logprobs(model, keyword, batch, pad)
+        sums = _shared_context_logprobs(model, keyword, batch, pad, batch_size)
         for (i, j, _), value in zip((m for _, members in batch for m in members), sums):
             scores[i][j] = value
 
 
-def _shared_context_logprobs(model, keyword: str, groups: list, pad: int) -> list[float]:
+def _shared_context_logprobs(model, keyword: str, groups: list, pad: int,
+                             rows_per_pass: int) -> list[float]:
     """Summed log-probabilities of the continuations of `groups` (context ids, members), in order.
 
     1. The contexts, left-padded (every last context token at the end; positions count real
        tokens only, so a row is rotated as when alone), run once with a fresh `DynamicCache`;
        the logits of their last position predict the first continuation token.
-    2. The cache is copied to one row per continuation (`reorder_cache`, an index_select), and
-       the right-padded continuations run on it, with the attention mask of context +
-       continuation and positions that go on from each context's length. Left padding keeps
-       the distances between real tokens, so sliding windows see what they see in the pair.
-       Continuations of one token need no second pass.
+    2. The continuations, longest first, `rows_per_pass` at a time, right-padded, run on a copy
+       of the cache with one row per continuation (`_cache_rows`), with the attention mask of
+       context + continuation and positions that go on from each context's length. Left padding
+       keeps the distances between real tokens, so sliding windows see what they see in the
+       whole sequence. Continuations of one token need no second pass.
     """
     from transformers import DynamicCache
 
@@ -262,28 +258,46 @@ def _shared_context_logprobs(model, keyword: str, groups: list, pad: int) -> lis
                   logits_to_keep=1, **{keyword: cache}).logits[:, -1]
 
     members = [(g, cont) for g, (_, conts) in enumerate(groups) for _, _, cont in conts]
-    row_group = torch.tensor([g for g, _ in members], device=device)
-    n_tokens = torch.tensor([len(cont) for _, cont in members], device=device)
-    steps = max(1, max(len(cont) for _, cont in members))
-    conts = torch.tensor([cont + [pad] * (steps - len(cont)) for _, cont in members],
-                         dtype=torch.long, device=device)
-    scored = torch.arange(steps, device=device) < n_tokens[:, None]  # (rows, steps)
-    # predictions[r, t] predicts conts[r, t]: the context's last logits, then continuation logits
-    predicted = [first.index_select(0, row_group)[:, None]]
-    if steps > 1:
-        cache.reorder_cache(row_group)
-        attention = torch.cat([mask.index_select(0, row_group), scored.long()], dim=1)
-        cont_positions = lengths.index_select(0, row_group)[:, None] + torch.arange(steps, device=device)
-        keep = torch.arange(steps - 1, device=device)  # the last position predicts nothing
-        predicted.append(model(input_ids=conts, attention_mask=attention,
-                               position_ids=cont_positions, use_cache=True, logits_to_keep=keep,
-                               **{keyword: cache}).logits)
-    logits = torch.cat(predicted, dim=1)
-    logprobs = torch.log_softmax(logits[scored].float(), dim=-1)
-    token_logprobs = logprobs.gather(-1, conts[scored].unsqueeze(-1)).squeeze(-1)
-    rows = scored.nonzero()[:, 0]
+    order = sorted(range(len(members)), key=lambda r: len(members[r][1]), reverse=True)
     sums = torch.zeros(len(members), dtype=torch.float64, device=device)
-    return sums.index_add_(0, rows, token_logprobs.double()).tolist()
+    for start in range(0, len(order), rows_per_pass):
+        chunk = order[start:start + rows_per_pass]
+        rows = torch.tensor(chunk, device=device)
+        row_group = torch.tensor([members[r][0] for r in chunk], device=device)
+        steps = max(1, len(members[chunk[0]][1]))
+        conts = torch.tensor([members[r][1] + [pad] * (steps - len(members[r][1])) for r in chunk],
+                             dtype=torch.long, device=device)
+        n_tokens = torch.tensor([len(members[r][1]) for r in chunk], device=device)
+        scored = torch.arange(steps, device=device) < n_tokens[:, None]  # (rows, steps)
+        # predicted[r, t] predicts conts[r, t]: the context's last logits, then continuation logits
+        predicted = [first.index_select(0, row_group)[:, None]]
+        if steps > 1:
+            attention = torch.cat([mask.index_select(0, row_group), scored.long()], dim=1)
+            cont_positions = lengths.index_select(0, row_group)[:, None] + torch.arange(
+                steps, device=device)
+            keep = torch.arange(steps - 1, device=device)  # the last position predicts nothing
+            predicted.append(model(input_ids=conts, attention_mask=attention,
+                                   position_ids=cont_positions, use_cache=True,
+                                   logits_to_keep=keep,
+                                   **{keyword: _cache_rows(cache, row_group)}).logits)
+        logits = torch.cat(predicted, dim=1)
+        logprobs = torch.log_softmax(logits[scored].float(), dim=-1)
+        token_logprobs = logprobs.gather(-1, conts[scored].unsqueeze(-1)).squeeze(-1)
+        sums.index_add_(0, rows[scored.nonzero()[:, 0]], token_logprobs.double())
+    return sums.tolist()
+
+
+def _cache_rows(cache, index: torch.Tensor):
+    """A copy of a `DynamicCache` holding rows `index` of every layer; `cache` stays as it is.
+
+    The copy's layers are shallow copies whose tensors `reorder_cache` replaces (index_select);
+    a dynamic layer's `update` concatenates into new tensors too, so a pass on the copy leaves
+    the shared context cache for the next continuations.
+    """
+    rows = copy.copy(cache)
+    rows.layers = [copy.copy(layer) for layer in cache.layers]
+    rows.reorder_cache(index)
+    return rows
 
 
 def evaluate_mc(model, tokenizer, examples: list[MCExample], batch_size: int = 16) -> dict:
