@@ -185,3 +185,23 @@ def test_console_script_exit_code_and_single_line(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("gradpruner: error:") and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_stages_leave_the_judging_examples_out_of_training(workspace, tmp_path):
+    w = workspace
+    assert cli("probe", "--model", w / "model", "--data", w / "data.jsonl", "--heldout", "8",
+               "--out", tmp_path / "probe", *TRAIN) == 0
+    assert json.loads((tmp_path / "probe" / "scores.json").read_text())["heldout"] == 8
+    assert cli("prune", "--model", w / "model", "--scores", tmp_path / "probe", "--data",
+               w / "data.jsonl", "--layers", "2", "--merge", "none", "--selection-budget", "none",
+               "--out", tmp_path / "pruned") == 0
+    side = json.loads((tmp_path / "pruned" / "gradpruner.json").read_text())
+    assert side["config"] == {"task": "data", "heldout": 8}  # the probe's count
+    assert side["selection"]["auto"]["judge"]["examples"] == 8
+    assert cli("finetune", "--model", tmp_path / "pruned", "--data", w / "data.jsonl",
+               "--out", tmp_path / "tuned", *TRAIN) == 0
+    tuned = json.loads((tmp_path / "tuned" / "gradpruner.json").read_text())
+    assert tuned["finetune"]["heldout"] == 8
+    assert cli("finetune", "--model", w / "model", "--data", w / "data.jsonl",
+               "--out", tmp_path / "dense", *TRAIN) == 0  # no sidecar: every example trains
+    assert json.loads((tmp_path / "dense" / "gradpruner.json").read_text())["finetune"]["heldout"] == 0

@@ -17,7 +17,6 @@ from gradpruner.config import CompareConfig, RunConfig
 from gradpruner.errors import GradPrunerError
 from gradpruner.plan import MergeStep, PrunePlan, PruneRecord
 from gradpruner.prune import prune_model
-from gradpruner.train import TrainConfig
 from tiny_models import save_tiny_model, tiny_model
 from tiny_tokenizer import tiny_tokenizer
 import test_auto
@@ -86,15 +85,27 @@ def test_select_changes_nothing_it_is_given(igia):
 
 def recipe(workspace, out: Path, **extra) -> dict:
     return dict(model=str(workspace / "model"), task=None, data=str(workspace / "data.jsonl"),
-                count=None, ratio=0.3, probe_steps=3, heldout=8, eval_limit=8,
+                count=None, ratio=0.3, probe_steps=2, heldout=8, eval_limit=8,
                 selection_budget=None, train=TRAIN, out=str(out), **extra)
 
 
 def test_a_compare_cell_is_what_run_gives(workspace, tmp_path, monkeypatch):
-    from gradpruner.pipeline import run
+    import gradpruner.pipeline as pipeline_module
     from gradpruner.compare import compare
 
-    results = run(RunConfig.from_dict(recipe(workspace, tmp_path / "run")))
+    dense = {}
+    original_dense, original_finetune = pipeline_module.finetune_dense, compare_module.finetune
+
+    def keep_dense(name, function):
+        def wrapped(*args, **kwargs):
+            model, stats = function(*args, **kwargs)
+            dense[name] = (state(model), stats)
+            return model, stats
+        return wrapped
+
+    monkeypatch.setattr(pipeline_module, "finetune_dense", keep_dense("run", original_dense))
+    monkeypatch.setattr(compare_module, "finetune", keep_dense("compare", original_finetune))
+    results = pipeline_module.run(RunConfig.from_dict(recipe(workspace, tmp_path / "run")))
     healed = []
     original_heal = compare_module.heal
 
@@ -116,6 +127,14 @@ def test_a_compare_cell_is_what_run_gives(workspace, tmp_path, monkeypatch):
     assert all(torch.equal(saved[k], tuned[k]) for k in saved)
     assert cell["after"]["acc"] == results["pruned_finetuned"]["acc"]
     assert cell["finetune"]["warm_started_matrices"] == results["pruned_finetune"]["warm_started_matrices"] > 0
+    # run's dense reference continues from the probe's checkpoint: the same model as compare's
+    # uninterrupted dense fine-tune
+    (mine, mine_stats), (theirs, theirs_stats) = dense["run"], dense["compare"]
+    assert mine_stats["probe_steps_reused"] == 2 and mine_stats["steps"] == theirs_stats["steps"] == 3
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    assert results["dense_finetuned"]["acc"] == compared["dense"][0]["after"]["acc"]
+    assert not any(p.name.endswith("checkpoints") for p in (tmp_path / "run").iterdir())
+    assert "first 2 steps of the dense fine-tune" in (tmp_path / "run" / "report.md").read_text()
     # the held-out examples judge cuts and are never trained on, in run as in compare
     assert results["prune"]["selection"]["auto"]["judge"]["examples"] == 8
 

@@ -194,14 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(p, steps=40)
     p.add_argument("--schedule-steps", type=int, default=None,
                    help="length of the full run whose schedule the probe follows (default 100x)")
+    p.add_argument("--heldout", type=int, default=32,
+                   help="last training examples left out of the probe, to judge cuts (default 32)")
     _add_output(p)
 
     p = sub.add_parser("prune", help="remove (and merge) layers by the probe's scores")
     p.add_argument("--model", default=None, help="the model that was probed")
     p.add_argument("--scores", help="the probe's output folder (GradPruner's criteria)")
     _add_data(p, evaluation=False)
-    p.add_argument("--heldout", type=int, default=32,
-                   help="last training examples that judge cuts (default 32)")
+    p.add_argument("--heldout", type=int, default=None,
+                   help="last training examples that judge cuts (default: as many as the probe "
+                        "left out, else 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
     _add_selection(p)
     p.add_argument("--heal-steps", type=int, default=None,
@@ -217,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint every N steps into OUT.checkpoints (removed when done)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the last checkpoint in OUT.checkpoints")
+    p.add_argument("--heldout", type=int, default=None,
+                   help="last training examples left out (default: those that judged the model's "
+                        "cut when its gradpruner.json names this task, else 0)")
     p.add_argument("--warm-start", metavar="PROBE_DIR",
                    help="start the adapters of each kept layer from the probe's (LoRA only)")
     _add_output(p)
@@ -305,7 +311,7 @@ def _dispatch(args) -> int:
         task = pipeline.resolve_task(args.task, args.data, args.eval_data)
         igia = pipeline.probe_stage(args.model, task, args.out, _train_config(args), args.steps,
                                     args.schedule_steps, args.dtype, args.device, args.overwrite,
-                                    args.device_map)
+                                    args.device_map, args.heldout)
         print(json.dumps({"out": args.out, "layer_scores": igia.layer_scores}))
         return 0
     if args.command == "prune":
@@ -323,7 +329,7 @@ def _dispatch(args) -> int:
         task = pipeline.resolve_task(args.task, args.data, args.eval_data)
         record = pipeline.finetune_stage(args.model, task, args.out, _train_config(args),
                                          args.dtype, args.device, args.overwrite, args.device_map,
-                                         args.warm_start)
+                                         args.warm_start, args.heldout)
         print(json.dumps({"out": args.out, "train_loss": record["finetune"]["train_loss"]}))
         return 0
     if args.command == "eval":

@@ -31,7 +31,8 @@ from .models import load_config, load_model, resolve_device, resolve_dtype, reso
 from .outputs import SIDECAR_NAME, atomic_output_dir, check_output_dir, write_json
 from .plan import PruneRecord
 from .prune import check_igia_matches, prune_model
-from .recipe import ProbeResult, cut, evaluate, heal, probe, recipe_dtype, split_heldout
+from .recipe import (ProbeResult, cut, evaluate, finetune_dense, heal, probe, recipe_dtype,
+                     split_heldout)
 from .search.budget import heal_budget
 from .selection import select_layers
 from .surgery import save_pretrained_atomic
@@ -77,23 +78,25 @@ def check_memory(model: str | None, cfg: TrainConfig, dtype: str, device: str,
 
 def probe_stage(model: str | None, task: Task, out: str, cfg: TrainConfig, steps: int = 40,
                 schedule_steps: int | None = None, dtype: str = "auto", device: str = "auto",
-                overwrite: bool = False, device_map: str | None = None) -> IGIA:
+                overwrite: bool = False, device_map: str | None = None, heldout: int = 32) -> IGIA:
     """Probe `model` on the task's training data for `steps` steps and save the IGIA to `out`.
 
-    Under several processes (DDP) every rank probes; only the main one writes `out`.
+    The last `heldout` training examples are left out (they judge the cuts of `prune`, as in
+    `run`), and the probe folder records how many. Under several processes (DDP) every rank
+    probes; only the main one writes `out`.
     """
     refuse_sharded_probe()
     if is_main_process():
         check_output_dir(out, overwrite, resolve_model(model))
-    examples = task.train_examples()
+    examples, _ = split_heldout(task.train_examples(), heldout)
     check_memory(model, cfg, dtype, device, device_map)
     net, tokenizer, source = load_model(model, dtype, device, device_map)
     output = partial(atomic_output_dir, out, overwrite=overwrite, source=source)
     with main_process_output(output) as tmp:
         probed = probe(net, tokenizer, examples, cfg, steps, schedule_steps)
         if tmp is not None:
-            probed.save(tmp, {"source_model": source, "task": task.name, "versions": versions(),
-                              "train_config": asdict(cfg)})
+            probed.save(tmp, {"source_model": source, "task": task.name, "heldout": heldout,
+                              "versions": versions(), "train_config": asdict(cfg)})
     return probed.igia
 
 
@@ -102,13 +105,14 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
                 remove: list[int] | None = None, merge: int | str | None = "auto",
                 density: float = 0.2, device: str = "auto", overwrite: bool = False,
                 task: Task | None = None, seed: int = 0, heal_steps: int | None = None,
-                selection_budget: float | None = 0.1, heldout: int = 32,
+                selection_budget: float | None = 0.1, heldout: int | None = None,
                 settings: dict | None = None) -> PruneRecord:
     """Prune `model` by a criterion and save the smaller model with its sidecar.
 
     GradPruner's criteria read the probe's output (`scores`); criteria that score layers or
     judge cuts on task data use the training split of `task` (default: the probed task), whose
-    last `heldout` examples judge the cuts. `auto` and the merge search take at most
+    last `heldout` examples (default: as many as the probe left out, else 32) judge the cuts; the
+    sidecar records them, so that `finetune_stage` leaves them out too. `auto` and the merge search take at most
     `selection_budget` of the time of the `heal_steps`-step fine-tune planned after (no limit
     when either is None), timed by the probe. The model is pruned in fp32 on `device`.
     """
@@ -124,6 +128,7 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
     total = config.num_hidden_layers
     removing = len(select_layers([0.0] * total, ratio=ratio, count=count, remove=remove))
     examples = task.train_examples() if task is not None else []
+    heldout = meta.get("heldout", 32) if heldout is None else heldout
     train, held = split_heldout(examples, heldout) if len(examples) > heldout else (examples, [])
     net, tokenizer, source = load_model(source, "float32", device)
     step = probed.stats.get("step_seconds") if probed else None
@@ -133,31 +138,39 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
                          density=density, budget=budget, seed=seed, settings=settings)
     record.costs = cut_costs(config, record.kept_layers)
     record.source_model, record.scores_dir, record.versions = source, scores, versions()
+    record.config = {"task": task.name if task else None, "heldout": len(held)}
     save_pretrained_atomic(net, tokenizer, out, record.to_json(), overwrite, source)
     return record
 
 
 def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
                    dtype: str = "auto", device: str = "auto", overwrite: bool = False,
-                   device_map: str | None = None, warm_start: str | None = None) -> dict:
+                   device_map: str | None = None, warm_start: str | None = None,
+                   heldout: int | None = None) -> dict:
     """Fine-tune `model` on the task and save it (LoRA merged) with the sidecar extended.
 
+    The last `heldout` training examples are left out (default: those that judged the model's
+    cut, when its sidecar names this task; else none).
     Checkpoints (with `cfg.save_every`) go to the sibling folder `OUT.checkpoints`, which
     `cfg.resume` continues from and a finished run removes. `warm_start` is a probe folder
     whose adapters the pruned model's adapters start from.
     """
     if is_main_process():
         check_output_dir(out, overwrite, resolve_model(model))
-    examples = task.train_examples()
+    record = read_sidecar(resolve_model(model)) or {"source_model": resolve_model(model),
+                                                    "versions": versions()}
+    if heldout is None:
+        judged = record.get("config") or {}
+        heldout = judged.get("heldout", 0) if judged.get("task") == task.name else 0
+    examples, _ = split_heldout(task.train_examples(), heldout)
     check_memory(model, cfg, dtype, device, device_map)
     net, tokenizer, source = load_model(model, dtype, device, device_map)
     checkpoints = Path(out).with_name(Path(out).name + ".checkpoints")
     cfg = replace(cfg, checkpoint_dir=str(checkpoints))
-    record = read_sidecar(source) or {"source_model": source, "versions": versions()}
     kept = record.get("kept_layers") or list(range(net.config.num_hidden_layers))
     warm = (load_adapters(warm_start), kept) if warm_start else None
     tuned, stats = finetune(net, tokenizer, examples, cfg, warm=warm)
-    record["finetune"] = {**stats, "task": task.name}
+    record["finetune"] = {**stats, "task": task.name, "heldout": heldout}
     if is_main_process():
         save_pretrained_atomic(tuned, tokenizer, out, record, overwrite, source)
         shutil.rmtree(checkpoints, ignore_errors=True)
@@ -207,8 +220,11 @@ def run(cfg: RunConfig) -> dict:
         _say(f"evaluating the dense model zero-shot on {task.name}")
         results["dense_zero_shot"] = evaluate(dense, tokenizer, task, cfg.eval_limit)
         _say(f"probing: {cfg.probe_steps} steps of LoRA fine-tuning")
+        # a LoRA probe is the first steps of the dense reference fine-tune: keep its checkpoint
+        same_run = cfg.train.steps is not None and cfg.probe_steps < cfg.train.steps
+        reuse = str(tmp / "dense.checkpoints") if cfg.dense and same_run and not cfg.train.full else None
         probed = probe(dense if not cfg.train.full else working(), tokenizer, train, cfg.train,
-                       cfg.probe_steps, cfg.train.planned_steps(len(train)))
+                       cfg.probe_steps, cfg.train.planned_steps(len(train)), reuse)
         probed.save(tmp / "probe", {"source_model": source, "task": task.name,
                                     "versions": versions(), "train_config": asdict(cfg.train)})
         results["probe"] = probed.stats
@@ -230,12 +246,14 @@ def run(cfg: RunConfig) -> dict:
         results["pruned_finetuned"] = evaluate(pruned, tokenizer, task, cfg.eval_limit)
         if cfg.dense:
             _say("fine-tuning the dense model (the reference; --no-dense skips it)")
-            dense, stats = finetune(dense, tokenizer, train, cfg.train)
+            dense, stats = finetune_dense(dense, tokenizer, train, cfg.train, probed, reuse)
             results["dense_finetune"] = stats
             results["dense_finetuned"] = evaluate(dense, tokenizer, task, cfg.eval_limit)
         _say("timing inference: prefill of 8 x 128 tokens, dense and pruned interleaved")
         results["prefill_seconds"] = compare_prefill({"dense": dense, "pruned": pruned})
-        del dense, pruned, master
+        del dense, pruned
+        if reuse:
+            shutil.rmtree(reuse, ignore_errors=True)
         results["total_seconds"] = time.perf_counter() - started
         write_report(results, tmp)
     return results

@@ -7,7 +7,7 @@ Layer indices always refer to the original model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import GradPrunerError
@@ -161,11 +161,3 @@ class PruneRecord:
                    data.get("scores_dir"), data.get("config", {}), data.get("versions", {}),
                    data.get("finetune"))
 
-
-def jsonable(value: Any) -> Any:
-    """`value` with dataclasses as dicts, for JSON."""
-    if hasattr(value, "to_json"):
-        return value.to_json()
-    if hasattr(value, "__dataclass_fields__"):
-        return asdict(value)
-    return value

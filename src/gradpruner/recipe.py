@@ -9,7 +9,6 @@ recipe's dtype.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import dataclass, replace
@@ -57,19 +56,40 @@ class ProbeResult:
 
 
 def split_heldout(examples: list, heldout: int) -> tuple[list, list]:
-    """(training examples, the last `heldout` set apart to judge cuts)."""
+    """(training examples, the last `heldout` set apart to judge cuts; none for 0)."""
+    if heldout < 0:
+        raise GradPrunerError(f"--heldout must be at least 0, got {heldout}")
+    if heldout == 0:
+        return list(examples), []
     if len(examples) <= heldout:
         raise GradPrunerError(f"{len(examples)} training examples: too few to hold out {heldout}")
     return examples[:-heldout], examples[-heldout:]
 
 
 def probe(model, tokenizer, examples: list, train: TrainConfig, steps: int,
-          schedule_steps: int | None = None) -> ProbeResult:
+          schedule_steps: int | None = None, checkpoint_dir: str | None = None) -> ProbeResult:
     """The first `steps` steps of fine-tuning `model` on `examples`, with their IGIA; with LoRA
-    the model is left as it was, with full fine-tuning its weights have taken the steps."""
+    the model is left as it was, with full fine-tuning its weights have taken the steps. With
+    `checkpoint_dir` the Trainer's checkpoint after the probe is kept there (`finetune_dense`)."""
     adapters: dict = {}
-    igia, stats = probe_run(model, tokenizer, examples, train, steps, schedule_steps, adapters)
+    igia, stats = probe_run(model, tokenizer, examples, train, steps, schedule_steps, adapters,
+                            checkpoint_dir)
     return ProbeResult(igia, stats, adapters)
+
+
+def finetune_dense(model, tokenizer, train_examples: list, cfg: TrainConfig,
+                   probed: ProbeResult, checkpoint_dir: str | None):
+    """The dense reference fine-tune; with the probe's checkpoint (a LoRA probe of the same run,
+    `probe(..., checkpoint_dir=...)`) it continues from the probe's last step instead of redoing
+    those steps, and its seconds count the probe's. Returns (model, stats)."""
+    if checkpoint_dir is None:
+        return finetune(model, tokenizer, train_examples, cfg)
+    tuned, stats = finetune(model, tokenizer, train_examples,
+                            replace(cfg, checkpoint_dir=checkpoint_dir, resume=True))
+    seconds = stats["train_seconds"] + probed.stats["probe_seconds"]
+    stats.update(train_seconds=seconds, seconds_per_step=seconds / max(stats["steps"], 1),
+                 probe_steps_reused=probed.stats["steps"])
+    return tuned, stats
 
 
 def needs_probe(criterion: str, merge) -> bool:
@@ -137,7 +157,3 @@ def recipe_dtype(cfg: RecipeConfig) -> torch.dtype:
     """The dtype the recipe trains and evaluates in (`cfg.dtype`, auto: bf16 on CUDA)."""
     return resolve_dtype(cfg.dtype, resolve_device(cfg.device))
 
-
-def fp32_copy(model) -> torch.nn.Module:
-    """A copy of `model` in fp32 on its device, for selecting and applying a cut."""
-    return copy.deepcopy(model).float()

@@ -77,6 +77,15 @@ def skipped_parts(prune: dict) -> list[str]:
     return parts + [str(SkippedPart(**s)) for s in merge]
 
 
+def _reused(dense_ft: dict) -> list[str]:
+    """A line saying that the dense fine-tune continued from the probe, when it did."""
+    steps = dense_ft.get("probe_steps_reused")
+    if not steps:
+        return []
+    return [f"The probe is the first {steps} steps of the dense fine-tune: the dense reference "
+            "continued from the probe's checkpoint (its seconds include the probe's).", ""]
+
+
 def _selection_cost(prune: dict, finetune: dict) -> list[str]:
     """`auto`'s selection and merge search against the pruned model's fine-tune, and what its
     budget left out."""
@@ -162,6 +171,7 @@ def run_markdown(results: dict) -> str:
         f"| probe seconds ({results['probe'].get('steps')} steps) | - | "
         f"{results['probe'].get('probe_seconds', 0):.1f} | - |",
         "",
+        *_reused(dense_ft),
         *_warnings(results),
         *_auto_section(prune, pruned_ft),
         f"Evaluation items: {results['dense_zero_shot'].get('n')}; "

@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
@@ -228,13 +228,16 @@ def _output_dir(cfg: TrainConfig) -> Iterator[str]:
 
 
 def probe(model, tokenizer, examples: list[Example], cfg: TrainConfig, steps: int,
-          schedule_steps: int | None = None, adapters: dict | None = None) -> tuple[IGIA, dict]:
+          schedule_steps: int | None = None, adapters: dict | None = None,
+          checkpoint_dir: str | None = None) -> tuple[IGIA, dict]:
     """Run the first `steps` optimizer steps of fine-tuning and return their IGIA and stats.
 
     The learning-rate schedule is that of a run of `schedule_steps` (default: `cfg.steps`, or 100x
     the probe, the paper's "about 1 % of the run"). With LoRA the probe's adapters are removed
     afterwards (copied into `adapters` first when it is given, for `--warm-start`); with full
-    fine-tuning the model's weights have taken `steps` optimizer steps.
+    fine-tuning the model's weights have taken `steps` optimizer steps. With `checkpoint_dir`,
+    the Trainer's checkpoint after the last step is kept there, so that `finetune` with
+    `resume` continues the same run from it (the probe is that run's first steps).
     """
     if steps < 1:
         raise GradPrunerError(f"probe steps must be at least 1, got {steps}")
@@ -242,9 +245,10 @@ def probe(model, tokenizer, examples: list[Example], cfg: TrainConfig, steps: in
     set_seed(cfg.seed)
     trainable = model if cfg.full else add_lora(model, cfg)
     callback, timer = IGIACallback(max_steps=steps), StepTimer()
-    with tempfile.TemporaryDirectory(prefix="gradpruner-probe-") as tmp:
-        trainer = make_trainer(trainable, tokenizer, examples, cfg, tmp, [callback, timer], steps,
-                               horizon)
+    run_cfg = replace(cfg, save_every=steps, checkpoint_dir=checkpoint_dir) if checkpoint_dir else cfg
+    with _output_dir(run_cfg) as out:
+        trainer = make_trainer(trainable, tokenizer, examples, run_cfg, out, [callback, timer],
+                               steps, horizon)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start

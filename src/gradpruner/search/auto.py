@@ -21,7 +21,6 @@ from dataclasses import dataclass, replace
 from ..data import MCExample
 from ..criteria import Criterion, ScoreContext, Selection, get_criterion, register
 from ..criteria.baselines import FromStatistics, TaskDataSettings, layer_statistics
-from ..selection import lowest_scored
 from .budget import FORWARD_SHARE, SearchPlan, SearchSize, SelectionBudget, plan_search
 from .judge import Judge, Scoring, choice_scoring, task_batches
 
