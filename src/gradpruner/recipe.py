@@ -81,14 +81,17 @@ def finetune_dense(model, tokenizer, train_examples: list, cfg: TrainConfig,
                    probed: ProbeResult, checkpoint_dir: str | None):
     """The dense reference fine-tune; with the probe's checkpoint (a LoRA probe of the same run,
     `probe(..., checkpoint_dir=...)`) it continues from the probe's last step instead of redoing
-    those steps, and its seconds count the probe's. Returns (model, stats)."""
+    those steps. Its `train_seconds` are then those of its steps after the probe's, scaled to
+    all its steps (the probe's own steps also pay for reading gradients); `resumed_seconds` are
+    the seconds it ran. Returns (model, stats)."""
     if checkpoint_dir is None:
         return finetune(model, tokenizer, train_examples, cfg)
     tuned, stats = finetune(model, tokenizer, train_examples,
                             replace(cfg, checkpoint_dir=checkpoint_dir, resume=True))
-    seconds = stats["train_seconds"] + probed.stats["probe_seconds"]
-    stats.update(train_seconds=seconds, seconds_per_step=seconds / max(stats["steps"], 1),
-                 probe_steps_reused=probed.stats["steps"])
+    reused = probed.stats["steps"]
+    per_step = stats["train_seconds"] / max(stats["steps"] - reused, 1)
+    stats.update(resumed_seconds=stats["train_seconds"], train_seconds=per_step * stats["steps"],
+                 seconds_per_step=per_step, probe_steps_reused=reused)
     return tuned, stats
 
 

@@ -83,7 +83,9 @@ def _reused(dense_ft: dict) -> list[str]:
     if not steps:
         return []
     return [f"The probe is the first {steps} steps of the dense fine-tune: the dense reference "
-            "continued from the probe's checkpoint (its seconds include the probe's).", ""]
+            f"continued from the probe's checkpoint; its fine-tuning seconds are its "
+            f"{dense_ft['steps'] - steps} steps after the probe's ({dense_ft['resumed_seconds']:.1f} s) "
+            f"scaled to all {dense_ft['steps']}.", ""]
 
 
 def _selection_cost(prune: dict, finetune: dict) -> list[str]:
