@@ -46,9 +46,9 @@ def torchrun(*args) -> subprocess.CompletedProcess:
 def test_two_process_probe_equals_one_process_with_the_same_global_batch(workspace):
     w = workspace
     assert main(["probe", "--model", str(w / "model"), "--data", str(w / "data.jsonl"),
-                 "--out", str(w / "one"), "--batch-size", "4", *TRAIN]) == 0
+                 "--out", str(w / "one"), "--batch-size", "4", "--heldout", "8", *TRAIN]) == 0
     done = torchrun("probe", "--model", w / "model", "--data", w / "data.jsonl", "--out", w / "two",
-                    "--batch-size", "2", *TRAIN)
+                    "--batch-size", "2", "--heldout", "8", *TRAIN)
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = IGIA.load(w / "one"), IGIA.load(w / "two")
     assert two.steps == one.steps == 3

@@ -76,6 +76,11 @@ def check_memory(model: str | None, cfg: TrainConfig, dtype: str, device: str,
                cfg.batch_size, cfg.max_length, cfg.full, cfg.lora_rank, cfg.gradient_checkpointing)
 
 
+def stage_split(examples: list, heldout: int) -> tuple[list, list]:
+    """`split_heldout` for a stage: nothing is held out of a split too small to hold `heldout`."""
+    return split_heldout(examples, heldout if len(examples) > heldout else 0)
+
+
 def probe_stage(model: str | None, task: Task, out: str, cfg: TrainConfig, steps: int = 40,
                 schedule_steps: int | None = None, dtype: str = "auto", device: str = "auto",
                 overwrite: bool = False, device_map: str | None = None, heldout: int = 32) -> IGIA:
@@ -88,14 +93,14 @@ def probe_stage(model: str | None, task: Task, out: str, cfg: TrainConfig, steps
     refuse_sharded_probe()
     if is_main_process():
         check_output_dir(out, overwrite, resolve_model(model))
-    examples, _ = split_heldout(task.train_examples(), heldout)
+    examples, held = stage_split(task.train_examples(), heldout)
     check_memory(model, cfg, dtype, device, device_map)
     net, tokenizer, source = load_model(model, dtype, device, device_map)
     output = partial(atomic_output_dir, out, overwrite=overwrite, source=source)
     with main_process_output(output) as tmp:
         probed = probe(net, tokenizer, examples, cfg, steps, schedule_steps)
         if tmp is not None:
-            probed.save(tmp, {"source_model": source, "task": task.name, "heldout": heldout,
+            probed.save(tmp, {"source_model": source, "task": task.name, "heldout": len(held),
                               "versions": versions(), "train_config": asdict(cfg)})
     return probed.igia
 
@@ -129,7 +134,7 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
     removing = len(select_layers([0.0] * total, ratio=ratio, count=count, remove=remove))
     examples = task.train_examples() if task is not None else []
     heldout = meta.get("heldout", 32) if heldout is None else heldout
-    train, held = split_heldout(examples, heldout) if len(examples) > heldout else (examples, [])
+    train, held = stage_split(examples, heldout)
     net, tokenizer, source = load_model(source, "float32", device)
     step = probed.stats.get("step_seconds") if probed else None
     budget = heal_budget(selection_budget, heal_steps, total, removing, step)
@@ -162,7 +167,7 @@ def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
     if heldout is None:
         judged = record.get("config") or {}
         heldout = judged.get("heldout", 0) if judged.get("task") == task.name else 0
-    examples, _ = split_heldout(task.train_examples(), heldout)
+    examples, _ = stage_split(task.train_examples(), heldout)
     check_memory(model, cfg, dtype, device, device_map)
     net, tokenizer, source = load_model(model, dtype, device, device_map)
     checkpoints = Path(out).with_name(Path(out).name + ".checkpoints")

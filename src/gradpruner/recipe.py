@@ -81,15 +81,15 @@ def finetune_dense(model, tokenizer, train_examples: list, cfg: TrainConfig,
                    probed: ProbeResult, checkpoint_dir: str | None):
     """The dense reference fine-tune; with the probe's checkpoint (a LoRA probe of the same run,
     `probe(..., checkpoint_dir=...)`) it continues from the probe's last step instead of redoing
-    those steps. Its `train_seconds` are then those of its steps after the probe's, scaled to
-    all its steps (the probe's own steps also pay for reading gradients); `resumed_seconds` are
-    the seconds it ran. Returns (model, stats)."""
+    those steps. Its `train_seconds` are then its steady step time (`step_seconds`, after the
+    first resumed step, which loads the checkpoint) times all its steps; `resumed_seconds` are the
+    seconds it ran. Returns (model, stats)."""
     if checkpoint_dir is None:
         return finetune(model, tokenizer, train_examples, cfg)
     tuned, stats = finetune(model, tokenizer, train_examples,
                             replace(cfg, checkpoint_dir=checkpoint_dir, resume=True))
     reused = probed.stats["steps"]
-    per_step = stats["train_seconds"] / max(stats["steps"] - reused, 1)
+    per_step = stats["step_seconds"] or stats["train_seconds"] / max(stats["steps"] - reused, 1)
     stats.update(resumed_seconds=stats["train_seconds"], train_seconds=per_step * stats["steps"],
                  seconds_per_step=per_step, probe_steps_reused=reused)
     return tuned, stats

@@ -83,9 +83,9 @@ def _reused(dense_ft: dict) -> list[str]:
     if not steps:
         return []
     return [f"The probe is the first {steps} steps of the dense fine-tune: the dense reference "
-            f"continued from the probe's checkpoint; its fine-tuning seconds are its "
-            f"{dense_ft['steps'] - steps} steps after the probe's ({dense_ft['resumed_seconds']:.1f} s) "
-            f"scaled to all {dense_ft['steps']}.", ""]
+            f"continued from the probe's checkpoint ({dense_ft['resumed_seconds']:.1f} s for its "
+            f"{dense_ft['steps'] - steps} other steps); its fine-tuning seconds are its steady step "
+            f"time times all {dense_ft['steps']} steps.", ""]
 
 
 def _selection_cost(prune: dict, finetune: dict) -> list[str]:
@@ -167,6 +167,9 @@ def run_markdown(results: dict) -> str:
         f"| fine-tuning seconds ({pruned_ft.get('steps', '-')} steps) | "
         f"{dense_ft.get('train_seconds', 0):.1f} | {pruned_ft.get('train_seconds', 0):.1f} | "
         f"{_ratio(pruned_ft.get('train_seconds'), dense_ft.get('train_seconds'))} |",
+        f"| fine-tuning step seconds, steady (after the first step) | "
+        f"{dense_ft.get('step_seconds') or 0:.3f} | {pruned_ft.get('step_seconds') or 0:.3f} | "
+        f"{_ratio(pruned_ft.get('step_seconds'), dense_ft.get('step_seconds'))} |",
         f"| inference: prefill seconds, batch 8 x 128 tokens (median of 5) | "
         f"{prefill.get('dense', 0):.3f} | {prefill.get('pruned', 0):.3f} | "
         f"{_ratio(prefill.get('pruned'), prefill.get('dense'))} |",

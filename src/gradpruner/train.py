@@ -182,7 +182,8 @@ def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
     trainable = model if cfg.full else add_lora(model, cfg)
     warmed = warm_start(trainable, *warm) if warm and not cfg.full else 0
     with _output_dir(cfg) as out:
-        trainer = make_trainer(trainable, tokenizer, examples, cfg, out, callbacks)
+        timer = StepTimer()
+        trainer = make_trainer(trainable, tokenizer, examples, cfg, out, [*(callbacks or []), timer])
         checkpoint = last_complete_checkpoint(out) if cfg.resume else None
         if cfg.resume and checkpoint is None:
             print(f"gradpruner: no checkpoint in {out}: starting from the first step", file=sys.stderr)
@@ -196,6 +197,7 @@ def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
         "train_seconds": seconds,
         "train_loss": output.training_loss,
         "seconds_per_step": seconds / max(trainer.state.global_step, 1),
+        "step_seconds": timer.steady_seconds(),
         "resumed_from": checkpoint,
         "warm_started_matrices": warmed,
         "config": asdict(cfg),
