@@ -9,7 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from gradpruner.cli import main
-from tiny_models import tiny_model
+from tiny_models import tiny_model, write_color_questions
 from tiny_tokenizer import tiny_tokenizer
 
 TRAIN = ["--steps", "4", "--batch-size", "4", "--lr", "5e-3", "--seed", "0"]
@@ -21,12 +21,7 @@ def workspace(tmp_path_factory):
     model = tiny_model("llama")
     model.save_pretrained(root / "model")
     tiny_tokenizer().save_pretrained(root / "model")
-    colors = ["blue", "green", "red", "black"]
-    with open(root / "data.jsonl", "w") as f:
-        for i in range(40):
-            gold = i % 4
-            f.write(json.dumps({"prompt": f"Question: color {i}? Answer:", "choices": colors,
-                                "answer": gold}) + "\n")
+    write_color_questions(root / "data.jsonl", 40)
     (root / "empty.jsonl").write_text("")
     (root / "bad.jsonl").write_text('{"prompt": "p", "choices": ["a", "b"], "answer": 5}\n')
     return root

@@ -8,7 +8,7 @@ import pytest
 from gradpruner.cli import main
 from gradpruner.compare import METHODS
 from gradpruner.compare_report import spearman
-from tiny_models import save_tiny_model
+from tiny_models import save_tiny_model, write_color_questions
 
 ARGS = ["--steps", "3", "--batch-size", "4", "--lr", "5e-3", "--probe-steps", "3",
         "--heldout", "8", "--limit", "8", "--ratio", "0.3,0.5"]
@@ -18,11 +18,7 @@ ARGS = ["--steps", "3", "--batch-size", "4", "--lr", "5e-3", "--probe-steps", "3
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     save_tiny_model(root / "model", "llama")
-    colors = ["blue", "green", "red", "black"]
-    with open(root / "data.jsonl", "w") as f:
-        for i in range(60):
-            f.write(json.dumps({"prompt": f"Question: color {i}? Answer:", "choices": colors,
-                                "answer": i % 4}) + "\n")
+    write_color_questions(root / "data.jsonl", 60)
     return root
 
 

@@ -17,7 +17,7 @@ from gradpruner.config import CompareConfig, RunConfig
 from gradpruner.errors import GradPrunerError
 from gradpruner.plan import MergeStep, PrunePlan, PruneRecord
 from gradpruner.prune import prune_model
-from tiny_models import save_tiny_model, tiny_model
+from tiny_models import save_tiny_model, write_color_questions, tiny_model
 from tiny_tokenizer import tiny_tokenizer
 import test_auto
 
@@ -30,11 +30,7 @@ TRAIN = dict(steps=3, batch_size=4, lr=5e-3, seed=0, progress=False)
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("recipe")
     save_tiny_model(root / "model", "llama")
-    colors = ["blue", "green", "red", "black"]
-    with open(root / "data.jsonl", "w") as f:
-        for i in range(60):
-            f.write(json.dumps({"prompt": f"Question: color {i}? Answer:", "choices": colors,
-                                "answer": i % 4}) + "\n")
+    write_color_questions(root / "data.jsonl", 60)
     return root
 
 

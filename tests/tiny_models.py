@@ -59,3 +59,14 @@ def save_tiny_model(folder, arch: str = "llama") -> None:
 
     tiny_model(arch).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
+
+
+def write_color_questions(path, count: int) -> None:
+    """A JSONL task of `count` four-choice questions ("Question: color i?", gold i % 4)."""
+    import json
+
+    colors = ["blue", "green", "red", "black"]
+    with open(path, "w") as f:
+        for i in range(count):
+            f.write(json.dumps({"prompt": f"Question: color {i}? Answer:", "choices": colors,
+                                "answer": i % 4}) + "\n")

@@ -22,22 +22,25 @@ class _Parser(argparse.ArgumentParser):
 def _add_model(p: argparse.ArgumentParser, device_map: bool = False) -> None:
     p.add_argument("--model", default=None,
                    help="local HF folder or Hub id (default: the offline SmolLM2-135M-Instruct)")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda[:N]")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (default: bf16 on CUDA, else fp32) | float32 | bfloat16 | float16")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA when present) | cpu | cuda[:N]")
     if device_map:
         p.add_argument("--device-map", default=None, choices=["auto"],
                        help="spread a model too large for one device over all GPUs (and the CPU)")
 
 
-def _add_data(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
-    p.add_argument("--task", help="built-in task (see `gradpruner tasks`)")
+def _add_data(p: argparse.ArgumentParser, evaluation: bool = True, task: str | None = None) -> None:
+    default = f"default {task}; " if task else ""
+    p.add_argument("--task", help=f"built-in task ({default}see `gradpruner tasks`)")
     p.add_argument("--data", help='JSONL of {"prompt","completion"} or {"prompt","choices","answer"}')
     if evaluation:
         p.add_argument("--eval-data", help="JSONL for evaluation (default: a held-out part of --data)")
 
 
 def _add_output(p: argparse.ArgumentParser, default: str | None = None) -> None:
-    p.add_argument("--out", required=default is None, default=default, help="output folder")
+    p.add_argument("--out", required=default is None, default=default,
+                   help=f"output folder (default {default})" if default else "output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 
@@ -45,23 +48,50 @@ def _add_train(p: argparse.ArgumentParser, steps: int | None) -> None:
     p.add_argument("--steps", type=int, default=steps,
                    help=f"optimizer steps (default {steps if steps else 'one epoch'})")
     p.add_argument("--epochs", type=float, default=None, help="epochs instead of --steps")
-    p.add_argument("--batch-size", type=int, default=8, help="per-process batch size")
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--lora-rank", type=int, default=8)
-    p.add_argument("--lora-alpha", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=8, help="per-process batch size (default 8)")
+    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (default 8)")
+    p.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default 32)")
     p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
-    p.add_argument("--max-length", type=int, default=256, help="tokens per training example")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--max-length", type=int, default=256, help="tokens per training example (default 256)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of training and of the random criterion (default 0)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations to save memory")
 
 
-def _add_selection(p: argparse.ArgumentParser) -> None:
-    """`prune`'s selection options, with their defaults."""
-    _add_selection_flags(p)
+def _add_selection(p: argparse.ArgumentParser, ratio: float | None) -> None:
+    """The criterion, the cut (`ratio` or a count or a list) and the merge."""
+    from .criteria import CRITERIA
+
+    p.add_argument("--criterion", default="auto", choices=sorted(CRITERIA),
+                   help="auto (default): of the cuts several criteria propose, the one with the "
+                        "lowest held-out task loss; gradpruner: the paper's IGIA score")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--ratio", type=float, default=ratio,
+                       help="fraction of decoder layers to remove" + (f" (default {ratio})" if ratio else ""))
+    group.add_argument("--layers", type=int, help="number of layers to remove")
+    group.add_argument("--remove", help="explicit layers to remove, e.g. 3,4,5 or 20-27")
+    p.add_argument("--merge", default="auto",
+                   help="donor layers to merge: a number (the paper: 3), 'all', 'none', or 'auto' "
+                        "(default: donors 0-3 and scales 1, 0.5, 0.25 judged on held-out loss)")
+
+
+def _add_merge_options(p: argparse.ArgumentParser) -> None:
+    """The merge's density and the selection budget."""
     p.add_argument("--density", type=float, default=0.2, help="kept fraction of each donor matrix (default 0.2)")
-    _add_budget(p)
-    p.set_defaults(criterion="auto", merge="auto", ratio=None, layers=None, remove=None)
+    p.add_argument("--selection-budget", type=_budget, default=0.1, metavar="F",
+                   help="auto's search and the merge search take at most this fraction of the "
+                        "pruned model's fine-tune (timed by the probe), skipping the parts that do "
+                        "not fit; 'none': the whole search (default 0.1)")
+
+
+def _flags_only(p: argparse.ArgumentParser) -> None:
+    """Make every option of `p` set its value only when given (`run` and `compare`: flags
+    override `--config`, which overrides `config.RunConfig`'s defaults, the same as in the help)."""
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
 
 
 def _budget(text: str) -> float | None:
@@ -73,59 +103,24 @@ def _budget(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"a fraction or 'none', got {text!r}") from None
 
 
-def _add_budget(p: argparse.ArgumentParser, default: bool = True) -> None:
-    p.add_argument("--selection-budget", type=_budget, metavar="F", **({"default": 0.1} if default else {}),
-                   help="auto's search and the merge search take at most this fraction of the "
-                        "pruned model's fine-tune (timed by the probe), skipping the parts that do "
-                        "not fit; 'none': the whole search (default 0.1)")
-
-
 def _add_recipe(p: argparse.ArgumentParser, out: str | None) -> None:
-    """The options of `run` and `compare`: they override `--config`, whose values override the
-    defaults (`config.RunConfig`); none has an argparse default, so only given flags override."""
+    """The options of `run` and `compare` (`config.RecipeConfig`)."""
     p.add_argument("--config", help="YAML or JSON file of settings (a run's report.json works too)")
-    p.add_argument("--model", help="local HF folder or Hub id (default: the offline SmolLM2-135M-Instruct)")
-    p.add_argument("--dtype", help="auto (default: bf16 on CUDA, else fp32) | float32 | bfloat16 | float16")
-    p.add_argument("--device", help="auto (default: CUDA when present) | cpu | cuda[:N]")
-    p.add_argument("--task", help="built-in task (default arc_easy; see `gradpruner tasks`)")
-    p.add_argument("--data", help='JSONL of {"prompt","completion"} or {"prompt","choices","answer"}')
-    p.add_argument("--eval-data", help="JSONL for evaluation (default: a held-out part of --data)")
-    p.add_argument("--steps", type=int, help="optimizer steps of each fine-tune (default 60)")
-    p.add_argument("--epochs", type=float, help="epochs instead of --steps")
-    p.add_argument("--batch-size", type=int, help="per-process batch size (default 8)")
-    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps (default 1)")
-    p.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
-    p.add_argument("--lora-rank", type=int, help="LoRA rank (default 8)")
-    p.add_argument("--lora-alpha", type=int, help="LoRA alpha (default 32)")
-    p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
-    p.add_argument("--max-length", type=int, help="tokens per training example (default 256)")
-    p.add_argument("--seed", type=int, help="seed of training and of the random criterion (default 0)")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
-    p.add_argument("--density", type=float, help="kept fraction of each donor matrix (default 0.2)")
-    _add_budget(p, default=False)
-    p.add_argument("--probe-steps", type=int, help="steps of the probe (default 40)")
-    p.add_argument("--heldout", type=int,
+    _add_model(p)
+    _add_data(p, task="arc_easy")
+    _add_train(p, steps=60)
+    _add_merge_options(p)
+    p.add_argument("--probe-steps", type=int, default=40, help="steps of the probe (default 40)")
+    p.add_argument("--heldout", type=int, default=32,
                    help="training examples set apart, never trained on, to judge cuts (default 32)")
-    p.add_argument("--limit", type=int, help="evaluation items (default 300; 0 = all)")
+    p.add_argument("--limit", type=int, default=300, help="evaluation items (default 300; 0 = all)")
     p.add_argument("--cold-start", action="store_true",
                    help="start the pruned model's LoRA adapters fresh instead of from the probe's")
-    p.add_argument("--out", required=out is None,
-                   help=f"output folder (default {out})" if out else
-                   "output folder; an unfinished comparison there is resumed")
-
-
-def _add_selection_flags(p: argparse.ArgumentParser) -> None:
-    from .criteria import CRITERIA
-
-    p.add_argument("--criterion", choices=sorted(CRITERIA),
-                   help="auto (default): of the cuts several criteria propose, the one with the "
-                        "lowest held-out task loss; gradpruner: the paper's IGIA score")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--ratio", type=float, help="fraction of decoder layers to remove (default 0.2)")
-    group.add_argument("--layers", type=int, help="number of layers to remove")
-    group.add_argument("--remove", help="explicit layers to remove, e.g. 3,4,5 or 20-27")
-    p.add_argument("--merge", help="donor layers to merge: a number (the paper: 3), 'all', 'none', or "
-                                   "'auto' (default: donors 0-3 and scales 1, 0.5, 0.25 judged on held-out loss)")
+    if out:
+        _add_output(p, out)
+    else:
+        p.add_argument("--out", required=True,
+                       help="output folder; an unfinished comparison there is resumed")
 
 
 TRAIN_FLAGS = ("steps", "epochs", "batch_size", "grad_accum", "lr", "lora_rank", "lora_alpha",
@@ -205,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", type=int, default=None,
                    help="last training examples that judge cuts (default: as many as the probe "
                         "left out, else 32)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
-    _add_selection(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random criterion (default 0)")
+    _add_selection(p, ratio=None)
+    _add_merge_options(p)
     p.add_argument("--heal-steps", type=int, default=None,
                    help="steps of the fine-tune planned after pruning: sets the selection budget "
                         "(default: no budget)")
@@ -235,19 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", help="write the metrics to this JSON file")
 
-    p = sub.add_parser("run", help="probe, prune, fine-tune and evaluate, beside the dense model",
-                       argument_default=argparse.SUPPRESS)
+    p = sub.add_parser("run", help="probe, prune, fine-tune and evaluate, beside the dense model")
     _add_recipe(p, "runs/default")
+    _add_selection(p, ratio=0.2)
     p.add_argument("--no-dense", action="store_true", help="skip the dense reference fine-tune")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    _add_selection_flags(p)
+    _flags_only(p)
 
-    p = sub.add_parser("compare", help="pruning methods side by side: same model, data, budget, seeds",
-                       argument_default=argparse.SUPPRESS)
+    p = sub.add_parser("compare", help="pruning methods side by side: same model, data, budget, seeds")
     _add_recipe(p, None)
     p.add_argument("--methods", help="comma-separated methods, or 'all' (default; see the README)")
     p.add_argument("--ratio", help="comma-separated fractions of layers to remove (default 0.25,0.4)")
     p.add_argument("--seeds", type=int, help="N seeds for every cell: --seed, --seed + 1, ... (default 1)")
+    _flags_only(p)
 
     sub.add_parser("tasks", help="list the built-in tasks")
     return parser

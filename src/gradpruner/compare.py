@@ -18,7 +18,7 @@ from pathlib import Path
 from .config import CompareConfig
 from .errors import GradPrunerError
 from .models import load_model
-from .outputs import atomic_output_dir, write_json
+from .outputs import atomic_output_dir, plain_json, write_json
 from .pipeline import _say, resolve_task, versions
 from .recipe import ProbeResult, cut, evaluate, heal, needs_probe, probe, recipe_dtype, split_heldout
 from .search.judge import task_batches, task_loss
@@ -49,7 +49,7 @@ RESULT_KEYS = ("model", "task", "data", "eval_data", "density", "selection_budge
 def fingerprint(cfg: CompareConfig) -> dict:
     """What must match for finished cells to be reused."""
     train = {k: v for k, v in asdict(cfg.train).items() if k not in CONTROL_KEYS}
-    return json.loads(json.dumps({**{k: getattr(cfg, k) for k in RESULT_KEYS}, "train": train}))
+    return plain_json({**{k: getattr(cfg, k) for k in RESULT_KEYS}, "train": train})
 
 
 class Comparison:
@@ -88,7 +88,7 @@ class Comparison:
         if path.is_file():
             return json.loads(path.read_text())
         _say(f"compare: {name}")
-        result = json.loads(json.dumps(compute(), default=str))
+        result = plain_json(compute())
         write_json(path, result)
         return result
 
@@ -130,8 +130,7 @@ class Comparison:
         of an earlier cell (`done`, by plan) that gave the same plan."""
         def compute():
             criterion, merge = METHODS[method]
-            warm = self.cfg.warm_start and not self.cfg.train.full
-            probed = self.probe(seed) if warm or needs_probe(criterion, merge) else None
+            probed = self.probe(seed) if self.cfg.warm_starts or needs_probe(criterion, merge) else None
             recipe = self.recipe(seed)
             done_cut = cut(copy.deepcopy(self.master), self.tokenizer, self.train_examples,
                            self.heldout, probed, recipe, criterion, merge, ratio, seed)

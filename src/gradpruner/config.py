@@ -10,11 +10,11 @@ works too (its `config`), and reproduces the run's plan.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from .errors import GradPrunerError
+from .outputs import plain_json
 from .train import TrainConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -47,6 +47,11 @@ class RecipeConfig:
     dtype: str = "auto"
     device: str = "auto"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=60))
+
+    @property
+    def warm_starts(self) -> bool:
+        """Whether the pruned model's LoRA adapters start from the probe's."""
+        return self.warm_start and not self.train.full
 
     def validate(self) -> None:
         """Every check that needs no model: one clear error for the first bad value."""
@@ -96,7 +101,7 @@ class RecipeConfig:
         return {name: settings_class(name)(**values) for name, values in self.settings.items()}
 
     def to_json(self) -> dict:
-        return json.loads(json.dumps(asdict(self), default=str))
+        return plain_json(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> "RecipeConfig":

@@ -104,6 +104,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def plain_json(value: Any) -> Any:
+    """`value` as plain JSON types (what JSON cannot hold, as its `str`), as a reader gets it back."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write `data` as indented JSON with a final newline, atomically: a temporary sibling
     renamed into place, so a reader never sees a half-written file."""

@@ -124,7 +124,7 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
     source = resolve_model(model)
     check_output_dir(out, overwrite, source)
     probed = ProbeResult.load(scores) if scores else None
-    meta = json.loads((Path(scores) / "scores.json").read_text()) if scores else {}
+    meta = probed.info if probed else {}
     if task is None and meta.get("task") in {t.name for t in list_tasks()}:
         task = get_task(meta["task"])
     config = load_config(source)
@@ -141,10 +141,18 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
     record = prune_model(net, probed.igia if probed else None, tokenizer, train, heldout=held,
                          criterion=criterion, ratio=ratio, count=count, remove=remove, merge=merge,
                          density=density, budget=budget, seed=seed, settings=settings)
-    record.costs = cut_costs(config, record.kept_layers)
-    record.source_model, record.scores_dir, record.versions = source, scores, versions()
-    record.config = {"task": task.name if task else None, "heldout": len(held)}
+    describe(record, config, source, scores, {"task": task.name if task else None, "heldout": len(held)})
     save_pretrained_atomic(net, tokenizer, out, record.to_json(), overwrite, source)
+    return record
+
+
+def describe(record: PruneRecord, config, source: str, scores_dir: str | None,
+             settings: dict) -> PruneRecord:
+    """`record` with what the sidecar says beyond the cut: the cost model of the cut on `config`,
+    the source model, the probe folder, the settings that made it and the library versions."""
+    record.costs = cut_costs(config, record.kept_layers)
+    record.source_model, record.scores_dir = source, scores_dir
+    record.config, record.versions = settings, versions()
     return record
 
 
@@ -160,10 +168,10 @@ def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
     `cfg.resume` continues from and a finished run removes. `warm_start` is a probe folder
     whose adapters the pruned model's adapters start from.
     """
+    source = resolve_model(model)
     if is_main_process():
-        check_output_dir(out, overwrite, resolve_model(model))
-    record = read_sidecar(resolve_model(model)) or {"source_model": resolve_model(model),
-                                                    "versions": versions()}
+        check_output_dir(out, overwrite, source)
+    record = read_sidecar(source) or {"source_model": source, "versions": versions()}
     if heldout is None:
         judged = record.get("config") or {}
         heldout = judged.get("heldout", 0) if judged.get("task") == task.name else 0
@@ -236,10 +244,7 @@ def run(cfg: RunConfig) -> dict:
         _say("pruning")
         done = cut(copy.deepcopy(master), tokenizer, train, held, probed, cfg, cfg.criterion,
                    cfg.merge, cfg.ratio, cfg.train.seed)
-        record = done.record
-        record.costs = cut_costs(master.config, record.kept_layers)
-        record.source_model, record.versions = source, versions()
-        record.scores_dir, record.config = str(cfg.out) + "/probe", cfg.to_json()
+        record = describe(done.record, master.config, source, f"{cfg.out}/probe", cfg.to_json())
         _say(f"removed layers {record.removed_layers}, merged {record.merged or 'none'} "
              f"({done.select_seconds:.0f} s)")
         _say("fine-tuning the pruned model")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -36,11 +36,13 @@ from .warm_start import load_adapters, save_adapters
 @dataclass
 class ProbeResult:
     """The probe's IGIA, its statistics (steps, seconds, the steady step time) and, with LoRA, its
-    adapters by original layer index (for the warm start)."""
+    adapters by original layer index (for the warm start); `info`: what a saved probe folder
+    records of its run (task, held-out count, versions, ...)."""
 
     igia: IGIA
     stats: dict
     adapters: dict
+    info: dict = field(default_factory=dict)
 
     def save(self, folder: Path, extra: dict) -> None:
         self.igia.save(folder, extra={"probe": self.stats, **extra})
@@ -50,9 +52,9 @@ class ProbeResult:
     @classmethod
     def load(cls, folder: str | Path) -> "ProbeResult":
         igia = IGIA.load(folder)
-        stats = json.loads((Path(folder) / "scores.json").read_text()).get("probe", {})
+        info = json.loads((Path(folder) / "scores.json").read_text())
         adapters = load_adapters(folder) if (Path(folder) / "adapters.safetensors").is_file() else {}
-        return cls(igia, stats, adapters)
+        return cls(igia, info.get("probe", {}), adapters, info)
 
 
 def split_heldout(examples: list, heldout: int) -> tuple[list, list]:
@@ -141,7 +143,7 @@ def heal(model, tokenizer, train_examples: list, probed: ProbeResult | None, cfg
          kept: list[int], seed: int, dtype: torch.dtype):
     """Fine-tune the cut model in `dtype` (LoRA merged, warm-started from the probe's adapters
     when `cfg.warm_start`); returns (model, stats)."""
-    warm = (probed.adapters, kept) if cfg.warm_start and probed and probed.adapters and not cfg.train.full else None
+    warm = (probed.adapters, kept) if cfg.warm_starts and probed and probed.adapters else None
     return finetune(model.to(dtype), tokenizer, train_examples, replace(cfg.train, seed=seed), warm=warm)
 
 
