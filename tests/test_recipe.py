@@ -17,21 +17,16 @@ from gradpruner.config import CompareConfig, RunConfig
 from gradpruner.errors import GradPrunerError
 from gradpruner.plan import MergeStep, PrunePlan, PruneRecord
 from gradpruner.prune import prune_model
-from tiny_models import save_tiny_model, write_color_questions, tiny_model
+from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
 import test_auto
 
+import test_compare
+
 igia = test_auto.igia  # the module-scoped probe fixture
+workspace = test_compare.workspace  # a tiny llama folder and 60 four-choice questions
 EXAMPLES = test_auto.EXAMPLES
 TRAIN = dict(steps=3, batch_size=4, lr=5e-3, seed=0, progress=False)
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recipe")
-    save_tiny_model(root / "model", "llama")
-    write_color_questions(root / "data.jsonl", 60)
-    return root
 
 
 def state(model) -> dict:
