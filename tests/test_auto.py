@@ -133,7 +133,7 @@ def test_generation_examples_are_judged_by_the_answer_loss():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_skipped_layers_give_the_cut_model_and_are_put_back(arch):
-    from gradpruner.search.judge import skipping
+    from gradpruner.surgery import skipping
     from gradpruner.surgery import cut_layers
 
     model = tiny_model(arch)
@@ -174,7 +174,10 @@ def test_auto_needs_no_probe_and_then_skips_the_igia_candidates():
     record = pruned(model, None, criterion="auto", count=2, merge="auto")
     assert len(record["removed_layers"]) == 2
     assert not any(c["name"].startswith("gradpruner") for c in record["selection"]["auto"]["candidates"])
-    assert record["merged"] == {} and "skipped" in record["selection"]["merge_search"]
+    # without a probe the merge search can only try the linear fold (no paper's merge trials)
+    trials = record["selection"]["merge_search"]["trials"]
+    assert [bool(t.get("fold")) for t in trials] == [False, True] and trials[0]["donors"] == 0
+    assert (record["plan"]["merge_rule"] == "fold") == (trials[1]["loss"] < trials[0]["loss"])
 
 
 def test_one_set_of_inputs_serves_two_prunes_each_judged_on_its_own_model(igia):
@@ -265,8 +268,9 @@ def test_merge_search_keeps_no_merge_when_every_merge_raises_the_loss(igia, monk
     monkeypatch.setattr(Judge, "_loss", planted)
     record = pruned(model, igia, criterion="gradpruner", remove=[1, 3], merge="auto")
     trials = record["selection"]["merge_search"]["trials"]
-    # none, then k = 1 at each scale; as no scale helped, no more donors are tried
-    assert [(t["donors"], t["scale"]) for t in trials] == [(0, 0.0), (1, 1.0), (1, 0.5), (1, 0.25)]
+    # none, the linear fold, then k = 1 at each scale; as no scale helped, no more donors are tried
+    assert [("fold" if t.get("fold") else (t["donors"], t["scale"])) for t in trials] == \
+        [(0, 0.0), "fold", (1, 1.0), (1, 0.5), (1, 0.25)]
     assert all(t["loss"] > trials[0]["loss"] for t in trials[1:])
     assert record["merged"] == {} and record["merged_entries"] == {}
     kept = [0, 2, 4, 5]
@@ -284,11 +288,13 @@ def test_merge_search_adds_donors_at_the_best_scale_only(igia, monkeypatch):
                                 for n, p in judge.model.named_parameters()))
 
     monkeypatch.setattr(Judge, "_loss", planted)
-    record = pruned(model, igia, criterion="gradpruner", remove=[1, 3], merge="auto")
+    paper_only = {"auto": AutoSettings(merge_fold=False)}  # the paper's merge trials alone
+    record = pruned(model, igia, criterion="gradpruner", remove=[1, 3], merge="auto", settings=paper_only)
     trials = record["selection"]["merge_search"]["trials"]
     assert [(t["donors"], t["scale"]) for t in trials] == [(0, 0.0), (1, 1.0), (1, 0.5), (1, 0.25),
                                                            (2, 1.0)]
-    assert record["selection"]["merge_search"]["chosen"] == {"plan": {"0": [1], "2": [3]}, "scale": 1.0}
+    assert record["selection"]["merge_search"]["chosen"] == {"rule": "gradpruner",
+                                                             "plan": {"0": [1], "2": [3]}, "scale": 1.0}
 
 
 def test_merge_search_applies_the_best_trial(igia):
@@ -297,9 +303,13 @@ def test_merge_search_applies_the_best_trial(igia):
     record = pruned(model, igia, criterion="gradpruner", remove=[2, 4], merge="auto")
     trials = record["selection"]["merge_search"]["trials"]
     best = min(trials, key=lambda t: t["loss"])
-    assert record["selection"]["merge_search"]["chosen"]["scale"] == best["scale"]
-    assert len(record["merged"]) == (0 if best["donors"] == 0 else
-                                     len({1 if d == 2 else 3 for d in [2, 4][:best["donors"]]}))
+    chosen = record["selection"]["merge_search"]["chosen"]
+    if best.get("fold"):
+        assert chosen["rule"] == "fold" and record["merged"] == {"1": [2], "3": [4]}
+    else:
+        assert chosen["scale"] == (best["scale"] or None)
+        assert len(record["merged"]) == (0 if best["donors"] == 0 else
+                                         len({1 if d == 2 else 3 for d in [2, 4][:best["donors"]]}))
     held = choice_scoring(ctx.tokenizer, EXAMPLES[-24:])  # the pruned model's choice loss
     assert held.evaluate(model) == pytest.approx(best["loss"], abs=1e-5)
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from gradpruner.cli import main
-from gradpruner.compare import METHODS
+from gradpruner.config import all_methods
 from gradpruner.compare_report import spearman
 from tiny_models import save_tiny_model, write_color_questions
 
@@ -35,7 +35,7 @@ def test_every_method_and_ratio_has_a_row(compared):
     with open(compared / "results.csv") as f:
         table = list(csv.DictReader(f))
     cells = {(r["method"], r["ratio"]) for r in table}
-    assert cells == {("dense", "0.0")} | {(m, r) for m in METHODS for r in ("0.3", "0.5")}
+    assert cells == {("dense", "0.0")} | {(m, r) for m in all_methods() for r in ("0.3", "0.5")}
     for row in table:
         if row["method"] != "dense":
             removed = row["layers_removed"].split()

@@ -74,8 +74,10 @@ def _add_selection(p: argparse.ArgumentParser, ratio: float | None) -> None:
     group.add_argument("--layers", type=int, help="number of layers to remove")
     group.add_argument("--remove", help="explicit layers to remove, e.g. 3,4,5 or 20-27")
     p.add_argument("--merge", default="auto",
-                   help="donor layers to merge: a number (the paper: 3), 'all', 'none', or 'auto' "
-                        "(default: donors 0-3 and scales 1, 0.5, 0.25 judged on held-out loss)")
+                   help="donor layers to merge by the paper's rule: a number (the paper: 3), 'all', "
+                        "'none'; 'fold': replace each removed block by a least-squares linear map "
+                        "folded into the layer before; or 'auto' (default: no merge, the fold, and "
+                        "donors 1-3 at scales 1, 0.5, 0.25, judged on held-out loss)")
 
 
 def _add_merge_options(p: argparse.ArgumentParser) -> None:
@@ -85,6 +87,27 @@ def _add_merge_options(p: argparse.ArgumentParser) -> None:
                    help="auto's search and the merge search take at most this fraction of the "
                         "pruned model's fine-tune (timed by the probe), skipping the parts that do "
                         "not fit; 'none': the whole search (default 0.1)")
+
+
+def _add_heal(p: argparse.ArgumentParser, rounds: bool = True) -> None:
+    """How the cut model is healed (`heal.HealConfig`)."""
+    p.add_argument("--heal", choices=["lora", "full", "partial"], default="lora",
+                   help="lora (default): LoRA on every linear module; full: every weight; partial: "
+                        "full fine-tuning of the last --heal-layers layers, the rest frozen")
+    p.add_argument("--heal-layers", type=int, default=4, help="layers --heal partial trains (default 4)")
+    p.add_argument("--heal-lm-head", action="store_true", help="--heal partial also trains the LM head")
+    p.add_argument("--heal-lr", type=float, default=None,
+                   help="learning rate of the healing (default: --lr)")
+    p.add_argument("--distill", type=float, default=0.0, metavar="W",
+                   help="weight of the teacher's KL term in the healing loss, 0-1 (default 0: none)")
+    p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (default 2)")
+    p.add_argument("--teacher", metavar="DIR",
+                   help="the distillation teacher (default: the dense model with the probe's adapters)")
+    if rounds:
+        p.add_argument("--rounds", type=int, default=1,
+                       help="remove the layers in this many rounds, re-scored and healed in between (default 1)")
+        p.add_argument("--round-steps", type=int, default=10,
+                       help="healing steps between rounds (default 10)")
 
 
 def _flags_only(p: argparse.ArgumentParser) -> None:
@@ -110,6 +133,7 @@ def _add_recipe(p: argparse.ArgumentParser, out: str | None) -> None:
     _add_data(p, task="arc_easy")
     _add_train(p, steps=60)
     _add_merge_options(p)
+    _add_heal(p)
     p.add_argument("--probe-steps", type=int, default=40, help="steps of the probe (default 40)")
     p.add_argument("--heldout", type=int, default=32,
                    help="training examples set apart, never trained on, to judge cuts (default 32)")
@@ -125,6 +149,9 @@ def _add_recipe(p: argparse.ArgumentParser, out: str | None) -> None:
 
 TRAIN_FLAGS = ("steps", "epochs", "batch_size", "grad_accum", "lr", "lora_rank", "lora_alpha",
                "full", "max_length", "seed", "gradient_checkpointing")
+HEAL_FLAGS = {"heal": "method", "heal_layers": "layers", "heal_lm_head": "lm_head", "heal_lr": "lr",
+              "distill": "distill", "temperature": "temperature", "teacher": "teacher",
+              "rounds": "rounds", "round_steps": "round_steps"}
 RECIPE_FLAGS = ("model", "dtype", "device", "task", "data", "eval_data", "criterion", "density",
                 "selection_budget", "probe_steps", "heldout", "out", "overwrite", "seeds")
 
@@ -141,6 +168,9 @@ def recipe_overrides(args) -> dict:
         train["steps"] = None
     if train:
         out["train"] = train
+    heal = {field: given[flag] for flag, field in HEAL_FLAGS.items() if flag in given}
+    if heal:
+        out["heal"] = heal
     if "data" in given:
         out["task"] = None
     if "limit" in given:
@@ -151,6 +181,8 @@ def recipe_overrides(args) -> dict:
         out["warm_start"] = False
     if "merge" in given:
         out["merge"] = parse_merge_count(given["merge"])
+    if "heals" in given:
+        out["heals"] = [h.strip() for h in given["heals"].split(",") if h.strip()]
     if "methods" in given:
         out["methods"] = None if given["methods"] == "all" else [
             m.strip() for m in given["methods"].split(",") if m.strip()]
@@ -221,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "cut when its gradpruner.json names this task, else 0)")
     p.add_argument("--warm-start", metavar="PROBE_DIR",
                    help="start the adapters of each kept layer from the probe's (LoRA only)")
+    _add_heal(p, rounds=False)
     _add_output(p)
 
     p = sub.add_parser("eval", help="evaluate a model on a task")
@@ -242,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="comma-separated methods, or 'all' (default; see the README)")
     p.add_argument("--ratio", help="comma-separated fractions of layers to remove (default 0.25,0.4)")
     p.add_argument("--seeds", type=int, help="N seeds for every cell: --seed, --seed + 1, ... (default 1)")
+    p.add_argument("--heals", help="comma-separated healing variants for every method (default lora; "
+                                   "see compare.HEALS: full, partial, partial_head, distill, "
+                                   "partial_distill, rounds)")
     _flags_only(p)
 
     sub.add_parser("tasks", help="list the built-in tasks")
@@ -322,9 +358,14 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "finetune":
         task = pipeline.resolve_task(args.task, args.data, args.eval_data)
+        from .heal import HealConfig
+
+        heal = HealConfig(method=args.heal, layers=args.heal_layers, lm_head=args.heal_lm_head,
+                          lr=args.heal_lr, distill=args.distill, temperature=args.temperature,
+                          teacher=args.teacher)
         record = pipeline.finetune_stage(args.model, task, args.out, _train_config(args),
                                          args.dtype, args.device, args.overwrite, args.device_map,
-                                         args.warm_start, args.heldout)
+                                         args.warm_start, args.heldout, heal)
         print(json.dumps({"out": args.out, "train_loss": record["finetune"]["train_loss"]}))
         return 0
     if args.command == "eval":

@@ -20,7 +20,10 @@ from .errors import GradPrunerError
 from .models import load_model
 from .outputs import atomic_output_dir, plain_json, write_json
 from .pipeline import _say, resolve_task, versions
-from .recipe import ProbeResult, cut, evaluate, heal, needs_probe, probe, recipe_dtype, split_heldout
+from .evaluate import evaluate_examples
+from .heal import HealConfig
+from .recipe import (Cut, ProbeResult, cut, evaluate, heal, needs_probe, probe, recipe_dtype,
+                     split_heldout, teacher_model)
 from .search.judge import task_batches, task_loss
 from .timing import compare_prefill
 from .train import finetune
@@ -38,6 +41,19 @@ METHODS: dict[str, tuple[str, int | str | None]] = {
     "taylor": ("taylor", None),
     "ppl": ("ppl", None),
     "laco": ("laco", None),
+    "auto_fold": ("auto", "fold"),
+    "auto_nomerge": ("auto", None),
+}
+
+# healing variant -> `heal.HealConfig` fields set on top of the comparison's own
+HEALS: dict[str, dict] = {
+    "lora": {},
+    "full": {"method": "full"},
+    "partial": {"method": "partial"},
+    "partial_head": {"method": "partial", "lm_head": True},
+    "distill": {"distill": 0.5},
+    "partial_distill": {"method": "partial", "distill": 0.5},
+    "rounds": {"rounds": 2},
 }
 
 
@@ -47,9 +63,16 @@ RESULT_KEYS = ("model", "task", "data", "eval_data", "density", "selection_budge
 
 
 def fingerprint(cfg: CompareConfig) -> dict:
-    """What must match for finished cells to be reused."""
+    """What must match for finished cells to be reused (the healing when it is not the
+    default's: the healing variants are cells of their own)."""
     train = {k: v for k, v in asdict(cfg.train).items() if k not in CONTROL_KEYS}
-    return plain_json({**{k: getattr(cfg, k) for k in RESULT_KEYS}, "train": train})
+    heal = {"heal": asdict(cfg.heal)} if cfg.heal != HealConfig() else {}
+    return plain_json({**{k: getattr(cfg, k) for k in RESULT_KEYS}, "train": train, **heal})
+
+
+def cell_name(method: str, heal: str, ratio: float, seed: int) -> str:
+    """The cell's file name: `method-rR-sS`, with `+heal` after the method for a healing variant."""
+    return f"{method}{'' if heal == 'lora' else '+' + heal}-r{ratio}-s{seed}"
 
 
 class Comparison:
@@ -66,6 +89,7 @@ class Comparison:
         self.dtype = recipe_dtype(cfg)
         self.model = copy.deepcopy(self.master).to(self.dtype)  # the dense model, never changed
         self.heldout_batches = task_batches(self.tokenizer, self.heldout, 8, "compare")
+        self._last_cut: tuple[tuple, Cut] | None = None  # healing variants share one cut
 
     def _check_settings(self) -> None:
         path = self.out / "settings.json"
@@ -98,9 +122,16 @@ class Comparison:
     def heldout_loss(self, model) -> float:
         return task_loss(model, self.heldout_batches)
 
-    def recipe(self, seed: int) -> CompareConfig:
-        """The recipe's settings for a cell of `seed` (no progress bars)."""
-        return replace(self.cfg, train=replace(self.cfg.train, seed=seed, progress=False))
+    def heldout_metrics(self, model) -> dict:
+        """Metrics on the held-out training examples (never trained on): where defaults are
+        chosen, apart from the test items."""
+        return evaluate_examples(model, self.tokenizer, self.heldout, self.task.kind)
+
+    def recipe(self, seed: int, heal: str = "lora") -> CompareConfig:
+        """The recipe's settings for a cell of `seed` and healing variant `heal` (no progress
+        bars)."""
+        return replace(self.cfg, train=replace(self.cfg.train, seed=seed, progress=False),
+                       heal=replace(self.cfg.heal, **HEALS[heal]))
 
     def zero_shot(self) -> dict:
         return self.cell("dense-zero-shot", lambda: {
@@ -110,7 +141,8 @@ class Comparison:
         def compute():
             train = self.recipe(seed).train
             tuned, stats = finetune(copy.deepcopy(self.model), self.tokenizer, self.train_examples, train)
-            return {"method": "dense", "seed": seed, "finetune": stats, "after": self.evaluate(tuned)}
+            return {"method": "dense", "seed": seed, "finetune": stats, "after": self.evaluate(tuned),
+                    "heldout_after": self.heldout_metrics(tuned)}
 
         return self.cell(f"dense-s{seed}", compute)
 
@@ -125,37 +157,61 @@ class Comparison:
                 probed.save(tmp, {"task": self.task.name})
         return ProbeResult.load(folder)
 
-    def pruned(self, method: str, ratio: float, seed: int, done: dict[str, dict]) -> dict:
+    def pruned(self, method: str, ratio: float, seed: int, done: dict[str, dict],
+               heal_name: str = "lora") -> dict:
         """Cut, judge, heal and evaluate one cell (the recipe `run` runs); reuses the fine-tune
-        of an earlier cell (`done`, by plan) that gave the same plan."""
+        of an earlier cell (`done`, by plan and healing) that gave the same plan, and the cut of
+        the cell before when only the healing differs."""
         def compute():
             criterion, merge = METHODS[method]
-            probed = self.probe(seed) if self.cfg.warm_starts or needs_probe(criterion, merge) else None
-            recipe = self.recipe(seed)
-            done_cut = cut(copy.deepcopy(self.master), self.tokenizer, self.train_examples,
-                           self.heldout, probed, recipe, criterion, merge, ratio, seed)
+            recipe = self.recipe(seed, heal_name)
+            probed = self.probe(seed) if recipe.warm_starts or recipe.heal.distils or \
+                needs_probe(criterion, merge) else None
+            teacher = (teacher_model(self.master, probed.adapters, recipe.heal, recipe.train, self.dtype)
+                       if recipe.heal.distils else None)
+            done_cut = self._cut(method, ratio, seed, recipe, probed, teacher)
             net, record = done_cut.model, done_cut.record
-            result = {"method": method, "ratio": ratio, "seed": seed, "prune": record.to_json(),
-                      "select_seconds": done_cut.select_seconds,
+            result = {"method": cell_name(method, heal_name, ratio, seed).rsplit("-r", 1)[0],
+                      "criterion_method": method, "heal": heal_name, "ratio": ratio, "seed": seed,
+                      "prune": record.to_json(), "select_seconds": done_cut.select_seconds,
                       "heldout_loss": self.heldout_loss(net), "before": self.evaluate(net)}
-            twin = done.get(_cut_key(result["prune"], seed))
+            twin = done.get(_cut_key(result["prune"], seed, recipe))
             if twin is not None:
                 return {**result, "same_cut_as": twin["method"],
-                        **{k: twin[k] for k in ("finetune", "after", "prefill_seconds")}}
-            tuned, stats = heal(net, self.tokenizer, self.train_examples, probed, recipe,
-                                record.kept_layers, seed, self.dtype)
+                        **{k: twin[k] for k in ("finetune", "after", "prefill_seconds", "heldout_after")
+                           if k in twin}}
+            tuned, stats = heal(net, self.tokenizer, self.train_examples,
+                                None if record.rounds else probed, recipe, record.kept_layers,
+                                seed, self.dtype, teacher)
+            stats["round_heal_seconds"] = done_cut.heal_seconds
             prefill = compare_prefill({"dense": self.model, "pruned": tuned})
             return {**result, "finetune": stats, "after": self.evaluate(tuned),
-                    "prefill_seconds": prefill}
+                    "heldout_after": self.heldout_metrics(tuned), "prefill_seconds": prefill}
 
-        result = self.cell(f"{method}-r{ratio}-s{seed}", compute)
-        done.setdefault(_cut_key(result["prune"], seed), result)
+        name = cell_name(method, heal_name, ratio, seed)
+        result = self.cell(name, compute)
+        done.setdefault(_cut_key(result["prune"], seed, self.recipe(seed, heal_name)), result)
         return result
 
+    def _cut(self, method: str, ratio: float, seed: int, recipe: CompareConfig,
+             probed: ProbeResult | None, teacher) -> Cut:
+        """The cell's cut; a copy of the previous cell's when only the healing differs (and
+        neither removes in rounds)."""
+        key = (method, ratio, seed)
+        if recipe.heal.rounds == 1 and self._last_cut and self._last_cut[0] == key:
+            previous = self._last_cut[1]
+            return replace(previous, model=copy.deepcopy(previous.model))
+        criterion, merge = METHODS[method]
+        done = cut(copy.deepcopy(self.master), self.tokenizer, self.train_examples, self.heldout,
+                   probed, recipe, criterion, merge, ratio, seed, teacher, self.dtype)
+        if recipe.heal.rounds == 1:
+            self._last_cut = (key, replace(done, model=copy.deepcopy(done.model)))
+        return done
 
-def _cut_key(sidecar: dict, seed: int) -> str:
-    """Cells with the same key give the same pruned weights and so the same fine-tune."""
-    return json.dumps([seed, sidecar["plan"]])
+
+def _cut_key(sidecar: dict, seed: int, recipe: CompareConfig) -> str:
+    """Cells with the same key give the same pruned weights and healing, so the same fine-tune."""
+    return json.dumps([seed, sidecar["plan"], sidecar.get("rounds"), asdict(recipe.heal)])
 
 
 def compare(cfg: CompareConfig) -> dict:
@@ -172,6 +228,7 @@ def compare(cfg: CompareConfig) -> dict:
         results["dense"].append(comparison.dense(seed))
         for ratio in cfg.ratios:
             for method in cfg.methods:
-                results["cells"].append(comparison.pruned(method, ratio, seed, done))
-                write_comparison(results, comparison.out)  # the tables so far, after every cell
+                for heal_name in cfg.heals:
+                    results["cells"].append(comparison.pruned(method, ratio, seed, done, heal_name))
+                    write_comparison(results, comparison.out)  # the tables so far, after every cell
     return results

@@ -12,8 +12,13 @@ from pathlib import Path
 from .report import primary_metric
 
 COLUMNS = ("method", "ratio", "seed", "layers_removed", "params_removed", "acc_before",
-           "acc_after", "heldout_loss", "finetune_seconds", "finetune_vs_dense",
+           "acc_after", "heldout_acc_after", "heldout_loss", "finetune_seconds", "finetune_vs_dense",
            "prefill_vs_dense", "select_seconds", "same_cut_as")
+
+
+def healing_seconds(cell: dict) -> float:
+    """The seconds a cell spent healing: its fine-tune and any healing between pruning rounds."""
+    return cell["finetune"]["train_seconds"] + cell["finetune"].get("round_heal_seconds", 0.0)
 
 
 def rows(results: dict) -> list[dict]:
@@ -23,6 +28,7 @@ def rows(results: dict) -> list[dict]:
     out = [{"method": "dense", "ratio": 0.0, "seed": d["seed"], "layers_removed": "",
             "params_removed": 0.0, "acc_before": primary_metric(zero["before"]),
             "acc_after": primary_metric(d["after"]),
+            "heldout_acc_after": primary_metric(d.get("heldout_after")),
             "heldout_loss": zero["heldout_loss"], "finetune_seconds": d["finetune"]["train_seconds"],
             "finetune_vs_dense": 1.0, "prefill_vs_dense": 1.0, "select_seconds": 0.0,
             "same_cut_as": ""} for d in results["dense"]]
@@ -34,8 +40,9 @@ def rows(results: dict) -> list[dict]:
             "layers_removed": " ".join(map(str, c["prune"]["removed_layers"])),
             "params_removed": c["prune"]["param_fraction_removed"],
             "acc_before": primary_metric(c["before"]), "acc_after": primary_metric(c["after"]),
-            "heldout_loss": c["heldout_loss"], "finetune_seconds": c["finetune"]["train_seconds"],
-            "finetune_vs_dense": c["finetune"]["train_seconds"] / dense["finetune"]["train_seconds"],
+            "heldout_acc_after": primary_metric(c.get("heldout_after")),
+            "heldout_loss": c["heldout_loss"], "finetune_seconds": healing_seconds(c),
+            "finetune_vs_dense": healing_seconds(c) / dense["finetune"]["train_seconds"],
             "prefill_vs_dense": prefill["pruned"] / prefill["dense"],
             "select_seconds": c["select_seconds"], "same_cut_as": c.get("same_cut_as", ""),
         })

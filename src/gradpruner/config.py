@@ -14,6 +14,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from .errors import GradPrunerError
+from .heal import HealConfig
 from .outputs import plain_json
 from .train import TrainConfig
 
@@ -47,11 +48,12 @@ class RecipeConfig:
     dtype: str = "auto"
     device: str = "auto"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=60))
+    heal: HealConfig = field(default_factory=HealConfig)
 
     @property
     def warm_starts(self) -> bool:
         """Whether the pruned model's LoRA adapters start from the probe's."""
-        return self.warm_start and not self.train.full
+        return self.warm_start and not self.train.full and self.heal.method == "lora"
 
     def validate(self) -> None:
         """Every check that needs no model: one clear error for the first bad value."""
@@ -80,7 +82,26 @@ class RecipeConfig:
 
             get_task(self.task)  # an unknown task name is the error
         self.train.validate()
+        self.heal.validate()
+        if self.heal.rounds > 1:
+            self._check_rounds()
+        if self.heal.teacher and not Path(self.heal.teacher).is_dir():
+            raise GradPrunerError(f"teacher model folder not found: {self.heal.teacher}")
         self._check_settings()
+
+    def _check_rounds(self) -> None:
+        """Iterative pruning re-scores the healed model, which has no probe of its own."""
+        from .criteria import get_criterion
+
+        if self.criterion != "auto" and get_criterion(self.criterion).needs_probe:
+            raise GradPrunerError(f"--rounds re-scores the healed model each round; criterion "
+                                  f"{self.criterion!r} reads the dense model's probe: use auto or a "
+                                  "criterion that scores on task data")
+        if self.remove:
+            raise GradPrunerError("--rounds removes by a criterion, not an explicit --remove list")
+        if isinstance(self.merge, int) or self.merge == "all":
+            raise GradPrunerError("--rounds merges by 'auto', 'fold' or 'none' (the paper's merge "
+                                  "reads the dense model's probe)")
 
     def _validate_cut(self) -> None:
         given = [k for k in ("ratio", "count", "remove") if getattr(self, k) is not None]
@@ -111,15 +132,10 @@ class RecipeConfig:
         if unknown:
             raise GradPrunerError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         values = dict(data)
-        train = values.pop("train", None) or {}
-        if isinstance(train, TrainConfig):
-            train = asdict(train)
-        train_known = {f.name for f in fields(TrainConfig)}
-        bad = sorted(set(train) - train_known)
-        if bad:
-            raise GradPrunerError(f"unknown train setting(s) {', '.join(bad)}; known: {', '.join(sorted(train_known))}")
-        default_train = asdict(cls().train)
-        return cls(**values, train=TrainConfig(**{**default_train, **train}))
+        defaults = cls()
+        nested = {key: _nested(key, values.pop(key, None) or {}, getattr(defaults, key))
+                  for key in ("train", "heal")}
+        return cls(**values, **nested)
 
     @classmethod
     def from_file(cls, path: str, overrides: dict | None = None) -> "RecipeConfig":
@@ -146,13 +162,17 @@ class CompareConfig(RecipeConfig):
     methods: list[str] = field(default_factory=lambda: all_methods())
     ratios: list[float] = field(default_factory=lambda: [0.25, 0.4])
     seeds: int = 1
+    heals: list[str] = field(default_factory=lambda: ["lora"])
 
     def _validate_cut(self) -> None:
-        from .compare import METHODS
+        from .compare import HEALS, METHODS
 
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise GradPrunerError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+        unknown = [h for h in self.heals if h not in HEALS]
+        if unknown or not self.heals:
+            raise GradPrunerError(f"unknown or no healing variant(s) {', '.join(unknown)}; known: {', '.join(HEALS)}")
         if not self.ratios:
             raise GradPrunerError("--ratio is empty")
         for ratio in self.ratios:
@@ -161,9 +181,11 @@ class CompareConfig(RecipeConfig):
 
 
 def all_methods() -> list[str]:
+    """The methods of `--methods all`: every criterion's own (the `auto` merge variants are
+    asked for by name)."""
     from .compare import METHODS
 
-    return list(METHODS)
+    return [m for m in METHODS if m not in ("auto_fold", "auto_nomerge")]
 
 
 def check_ratio(ratio: object) -> None:
@@ -173,10 +195,10 @@ def check_ratio(ratio: object) -> None:
 
 
 def check_merge(merge: object) -> None:
-    if merge is None or merge in ("all", "auto"):
+    if merge is None or merge in ("all", "auto", "fold"):
         return
     if isinstance(merge, bool) or not isinstance(merge, int) or merge < 1:
-        raise GradPrunerError(f"--merge takes a number of donor layers, 'all', 'auto' or 'none', got {merge!r}")
+        raise GradPrunerError(f"--merge takes a number of donor layers, 'all', 'fold', 'auto' or 'none', got {merge!r}")
 
 
 def _at_least(low: int, **values: object) -> None:
@@ -186,9 +208,13 @@ def _at_least(low: int, **values: object) -> None:
 
 
 def settings_class(name: str) -> type:
-    """The settings dataclass of criterion `name`."""
+    """The settings dataclass of criterion `name` (or of the linear fold, "fold")."""
     from .criteria import CRITERIA
 
+    if name == "fold":
+        from .apply.fold import FoldSettings
+
+        return FoldSettings
     if name not in CRITERIA:
         raise GradPrunerError(f"settings for unknown criterion {name!r}; known: {', '.join(sorted(CRITERIA))}")
     cls = getattr(CRITERIA[name], "settings_class", None)
@@ -214,10 +240,22 @@ def read_config_file(path: str) -> dict:
     return data
 
 
+def _nested(key: str, given, default):
+    """The nested settings `key` (`train`, `heal`): the defaults with the given values on top."""
+    cls = type(default)
+    if isinstance(given, cls):
+        given = asdict(given)
+    known = {f.name for f in fields(cls)}
+    bad = sorted(set(given) - known)
+    if bad:
+        raise GradPrunerError(f"unknown {key} setting(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+    return cls(**{**asdict(default), **given})
+
+
 def merge_config(base: dict, overrides: dict) -> dict:
-    """`base` with `overrides` on top (`train` and `settings` merged key by key)."""
+    """`base` with `overrides` on top (`train`, `heal` and `settings` merged key by key)."""
     out = {**base, **overrides}
-    for key in ("train", "settings"):
+    for key in ("train", "heal", "settings"):
         if key in base and key in overrides:
             out[key] = {**base[key], **overrides[key]}
     return out

@@ -21,8 +21,9 @@ GIB = 1024 ** 3
 
 
 def training_bytes(config, dtype: torch.dtype, batch: int, seq_len: int, full: bool = False,
-                   lora_rank: int = 8, checkpointing: bool = False) -> dict[str, int]:
-    """Estimated bytes by part (`weights`, `training_state`, `activations`, `logits`) and `total`."""
+                   lora_rank: int = 8, checkpointing: bool = False, teacher: bool = False) -> dict[str, int]:
+    """Estimated bytes by part (`weights`, `training_state`, `activations`, `logits`, and with a
+    distillation `teacher` the teacher's weights and logits) and `total`."""
     width = torch.empty((), dtype=dtype).element_size()
     params = parameter_count(config)
     hidden, layers = config.hidden_size, config.num_hidden_layers
@@ -42,6 +43,8 @@ def training_bytes(config, dtype: torch.dtype, batch: int, seq_len: int, full: b
     logits = tokens * config.vocab_size * 4
     parts = {"weights": params * width, "training_state": state, "activations": activations,
              "logits": logits}
+    if teacher:  # the dense teacher beside the student, its logits kept for the KL term
+        parts["teacher"] = params * width + logits
     return {**parts, "total": sum(parts.values())}
 
 
@@ -54,9 +57,9 @@ def available_bytes(device: torch.device) -> int:
 
 
 def check_fits(config, dtype: torch.dtype, device: torch.device, batch: int, seq_len: int,
-               full: bool, lora_rank: int, checkpointing: bool) -> dict[str, int]:
+               full: bool, lora_rank: int, checkpointing: bool, teacher: bool = False) -> dict[str, int]:
     """Print the estimate; refuse with one clear line when it exceeds the free memory."""
-    need = training_bytes(config, dtype, batch, seq_len, full, lora_rank, checkpointing)
+    need = training_bytes(config, dtype, batch, seq_len, full, lora_rank, checkpointing, teacher)
     free = available_bytes(device)
     print(f"[gradpruner] memory: about {need['total'] / GIB:.1f} GiB needed "
           f"({free / GIB:.1f} GiB free on {device.type})", file=sys.stderr)

@@ -25,6 +25,8 @@ from .config import RunConfig
 from .costs import cut_costs
 from .distributed import is_main_process, main_process_output, refuse_sharded_probe
 from .errors import GradPrunerError
+from .heal import HealConfig, get_healer
+from .heal.distill import Distillation
 from .igia import IGIA
 from .memory import check_fits
 from .models import load_config, load_model, resolve_device, resolve_dtype, resolve_model
@@ -32,7 +34,7 @@ from .outputs import SIDECAR_NAME, atomic_output_dir, check_output_dir, write_js
 from .plan import PruneRecord
 from .prune import check_igia_matches, prune_model
 from .recipe import (ProbeResult, cut, evaluate, finetune_dense, heal, probe, recipe_dtype,
-                     split_heldout)
+                     split_heldout, teacher_model)
 from .search.budget import heal_budget
 from .selection import select_layers
 from .surgery import save_pretrained_atomic
@@ -67,13 +69,15 @@ def read_sidecar(model_dir: str) -> dict:
 
 
 def check_memory(model: str | None, cfg: TrainConfig, dtype: str, device: str,
-                 device_map: str | None) -> None:
-    """Print the memory a training run needs; stop early when the device cannot hold it."""
+                 device_map: str | None, teacher: bool = False) -> None:
+    """Print the memory a training run needs (with a distillation `teacher` beside it); stop
+    early when the device cannot hold it."""
     if device_map:  # spread over several devices: accelerate plans the placement
         return
     target = resolve_device(device)
     check_fits(load_config(resolve_model(model)), resolve_dtype(dtype, target), target,
-               cfg.batch_size, cfg.max_length, cfg.full, cfg.lora_rank, cfg.gradient_checkpointing)
+               cfg.batch_size, cfg.max_length, cfg.full, cfg.lora_rank, cfg.gradient_checkpointing,
+               teacher)
 
 
 def stage_split(examples: list, heldout: int) -> tuple[list, list]:
@@ -159,15 +163,19 @@ def describe(record: PruneRecord, config, source: str, scores_dir: str | None,
 def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
                    dtype: str = "auto", device: str = "auto", overwrite: bool = False,
                    device_map: str | None = None, warm_start: str | None = None,
-                   heldout: int | None = None) -> dict:
+                   heldout: int | None = None, heal: HealConfig | None = None) -> dict:
     """Fine-tune `model` on the task and save it (LoRA merged) with the sidecar extended.
 
     The last `heldout` training examples are left out (default: those that judged the model's
     cut, when its sidecar names this task; else none).
     Checkpoints (with `cfg.save_every`) go to the sibling folder `OUT.checkpoints`, which
     `cfg.resume` continues from and a finished run removes. `warm_start` is a probe folder
-    whose adapters the pruned model's adapters start from.
+    whose adapters the pruned model's adapters start from. `heal` chooses LoRA, full or
+    partial-layer fine-tuning and distillation; the default teacher is the model the sidecar
+    says was pruned, with the adapters of the probe (`warm_start`, else the sidecar's).
     """
+    heal = heal or HealConfig()
+    heal.validate()
     source = resolve_model(model)
     if is_main_process():
         check_output_dir(out, overwrite, source)
@@ -176,13 +184,30 @@ def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
         judged = record.get("config") or {}
         heldout = judged.get("heldout", 0) if judged.get("task") == task.name else 0
     examples, _ = stage_split(task.train_examples(), heldout)
-    check_memory(model, cfg, dtype, device, device_map)
+    teacher_source = heal.teacher or record.get("source_model")
+    if heal.distils and not heal.teacher and not record.get("scores_dir") and not warm_start:
+        raise GradPrunerError("--distill on a model without a gradpruner.json naming its dense "
+                              "source: give --teacher DIR")
+    check_memory(model, cfg, dtype, device, device_map, heal.distils)
     net, tokenizer, source = load_model(model, dtype, device, device_map)
     checkpoints = Path(out).with_name(Path(out).name + ".checkpoints")
-    cfg = replace(cfg, checkpoint_dir=str(checkpoints))
+    healer = get_healer(heal.method)
+    net, cfg = healer.prepare(net, replace(cfg, checkpoint_dir=str(checkpoints)), heal)
     kept = record.get("kept_layers") or list(range(net.config.num_hidden_layers))
-    warm = (load_adapters(warm_start), kept) if warm_start else None
-    tuned, stats = finetune(net, tokenizer, examples, cfg, warm=warm)
+    warm = (load_adapters(warm_start), kept) if warm_start and healer.warm_starts else None
+    distill = None
+    if heal.distils:
+        probe_dir = warm_start or record.get("scores_dir")
+        adapters = load_adapters(probe_dir) if not heal.teacher and probe_dir and \
+            (Path(probe_dir) / "adapters.safetensors").is_file() else {}
+        dense, _, _ = load_model(teacher_source, "float32", str(next(net.parameters()).device))
+        dtype_now = next(net.parameters()).dtype
+        distill = Distillation(teacher_model(dense, adapters, replace(heal, teacher=None), cfg, dtype_now),
+                               heal.distill, heal.temperature)
+        del dense
+    tuned, stats = finetune(net, tokenizer, examples, cfg, warm=warm, distill=distill)
+    stats["heal"] = {"method": heal.method, "describe": heal.describe(), "distill": heal.distill,
+                     "temperature": heal.temperature, "teacher": teacher_source if distill else None}
     record["finetune"] = {**stats, "task": task.name, "heldout": heldout}
     if is_main_process():
         save_pretrained_atomic(tuned, tokenizer, out, record, overwrite, source)
@@ -222,7 +247,7 @@ def run(cfg: RunConfig) -> dict:
     started = time.perf_counter()
     train, held = split_heldout(task.train_examples(), cfg.heldout)
     refuse_sharded_probe()
-    check_memory(cfg.model, cfg.train, cfg.dtype, cfg.device, None)
+    check_memory(cfg.model, cfg.train, cfg.dtype, cfg.device, None, cfg.heal.distils)
     with atomic_output_dir(cfg.out, overwrite=cfg.overwrite) as tmp:
         master, tokenizer, source = load_model(cfg.model, "float32", cfg.device)
         dtype = recipe_dtype(cfg)
@@ -241,15 +266,19 @@ def run(cfg: RunConfig) -> dict:
         probed.save(tmp / "probe", {"source_model": source, "task": task.name,
                                     "versions": versions(), "train_config": asdict(cfg.train)})
         results["probe"] = probed.stats
+        teacher = (teacher_model(master, probed.adapters, cfg.heal, cfg.train, dtype)
+                   if cfg.heal.distils else None)
         _say("pruning")
         done = cut(copy.deepcopy(master), tokenizer, train, held, probed, cfg, cfg.criterion,
-                   cfg.merge, cfg.ratio, cfg.train.seed)
+                   cfg.merge, cfg.ratio, cfg.train.seed, teacher, dtype)
         record = describe(done.record, master.config, source, f"{cfg.out}/probe", cfg.to_json())
         _say(f"removed layers {record.removed_layers}, merged {record.merged or 'none'} "
              f"({done.select_seconds:.0f} s)")
-        _say("fine-tuning the pruned model")
-        pruned, stats = heal(done.model, tokenizer, train, probed, cfg, record.kept_layers,
-                             cfg.train.seed, dtype)
+        _say(f"healing the pruned model ({cfg.heal.describe()})")
+        pruned, stats = heal(done.model, tokenizer, train, None if record.rounds else probed, cfg,
+                             record.kept_layers, cfg.train.seed, dtype, teacher)
+        stats["round_heal_seconds"] = done.heal_seconds
+        del teacher
         record.finetune = {**stats, "task": task.name}
         save_pretrained_atomic(pruned, tokenizer, tmp / "model", record.to_json(), source_dir=source)
         results["prune"], results["pruned_finetune"] = record.to_json(), stats

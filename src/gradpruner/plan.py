@@ -13,7 +13,7 @@ from typing import Any
 from .errors import GradPrunerError
 
 SCHEMA_VERSION = 1
-MERGE_RULES = ("gradpruner", "laco")
+MERGE_RULES = ("gradpruner", "laco", "fold")
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,9 @@ class PrunePlan:
     `gradpruner`: each donor matrix sparsified to `density` by its IGIA, same-sign entries added
     times `scale` (all from the original weights, so the order of the steps does not matter).
     `laco`: every parameter of the donors folded in as differences, step after step in order.
+    `fold`: each step's block (consecutive donors right after the receiver) replaced by the
+    least-squares linear map fitted on the first `calibration` training examples with `ridge`,
+    folded into the receiver's MLP down projection (`apply.fold`), step after step in order.
     """
 
     num_layers: int
@@ -39,6 +42,8 @@ class PrunePlan:
     merge_rule: str | None = None
     density: float | None = None
     scale: float | None = None
+    ridge: float | None = None
+    calibration: int | None = None
 
     def __post_init__(self):
         if self.merges and self.merge_rule not in MERGE_RULES:
@@ -46,6 +51,11 @@ class PrunePlan:
         donors = [d for step in self.merges for d in step.donors]
         if any(d not in self.removed for d in donors):
             raise GradPrunerError(f"merge donors {donors} must all be removed layers {list(self.removed)}")
+        if self.merge_rule == "fold":
+            for step in self.merges:
+                if list(step.donors) != list(range(step.receiver + 1, step.receiver + 1 + len(step.donors))):
+                    raise GradPrunerError(f"a fold step's donors must be the layers right after its "
+                                          f"receiver, got {step.receiver} <- {list(step.donors)}")
 
     @property
     def kept(self) -> list[int]:
@@ -64,19 +74,22 @@ class PrunePlan:
     @property
     def key(self) -> tuple:
         """Plans with equal keys give the same weights."""
-        return (self.removed, self.merges, self.merge_rule, self.density, self.scale)
+        return (self.removed, self.merges, self.merge_rule, self.density, self.scale, self.ridge,
+                self.calibration)
 
     def to_json(self) -> dict:
         return {"num_layers": self.num_layers, "removed": list(self.removed),
                 "merges": [{"receiver": s.receiver, "donors": list(s.donors)} for s in self.merges],
-                "merge_rule": self.merge_rule, "density": self.density, "scale": self.scale}
+                "merge_rule": self.merge_rule, "density": self.density, "scale": self.scale,
+                "ridge": self.ridge, "calibration": self.calibration}
 
     @classmethod
     def from_json(cls, data: dict) -> "PrunePlan":
         merges = tuple(MergeStep(int(s["receiver"]), tuple(int(d) for d in s["donors"]))
                        for s in data.get("merges", []))
         return cls(int(data["num_layers"]), tuple(int(i) for i in data["removed"]), merges,
-                   data.get("merge_rule"), data.get("density"), data.get("scale"))
+                   data.get("merge_rule"), data.get("density"), data.get("scale"), data.get("ridge"),
+                   data.get("calibration"))
 
 
 def paper_merge_plan(num_layers: int, removed, merged: dict[int, list[int]], density: float,
@@ -93,7 +106,9 @@ class PruneRecord:
     """The sidecar of a pruned model: the plan, how it was chosen, and what it did.
 
     `selection` is the selection's report (`search.SelectionReport.to_json()`); `merged_entries`
-    counts the entries the merge changed per receiver weight; `costs` is the cut's cost model.
+    counts the entries the merge changed per receiver weight; `costs` is the cut's cost model;
+    `rounds`, with iterative pruning, what each round removed (original indices), merged and
+    healed (the plan then replays the cut, not the healing between rounds).
     """
 
     plan: PrunePlan
@@ -109,6 +124,7 @@ class PruneRecord:
     config: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     finetune: dict | None = None
+    rounds: list[dict] = field(default_factory=list)
 
     @property
     def removed_layers(self) -> list[int]:
@@ -147,6 +163,7 @@ class PruneRecord:
             "config": self.config,
             "versions": self.versions,
             "finetune": self.finetune,
+            "rounds": self.rounds,
         }
 
     @classmethod
@@ -159,5 +176,5 @@ class PruneRecord:
                    data["params_before"], data["params_after"], data.get("merged_entries", {}),
                    data.get("selection", {}), data.get("costs", {}), data.get("source_model"),
                    data.get("scores_dir"), data.get("config", {}), data.get("versions", {}),
-                   data.get("finetune"))
+                   data.get("finetune"), data.get("rounds", []))
 

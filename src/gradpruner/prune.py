@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .apply import apply
+from .apply.fold import Calibration
 from .errors import GradPrunerError
 from .plan import PruneRecord
 from .search.budget import SelectionBudget
@@ -42,6 +43,6 @@ def prune_model(model, igia=None, tokenizer=None, examples: list | None = None, 
     plan, report = select(model, tokenizer, examples, heldout=heldout, igia=igia, criterion=criterion,
                           ratio=ratio, count=count, remove=remove, merge=merge, density=density,
                           budget=budget, seed=seed, settings=settings)
-    _, entries = apply(model, plan, igia)
+    _, entries = apply(model, plan, igia, Calibration(tokenizer, list(examples or [])))
     return PruneRecord(plan, criterion, report.layer_scores, params_before, count_parameters(model),
                        entries, report.to_json())

@@ -9,6 +9,7 @@ recipe's dtype.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -17,20 +18,23 @@ from pathlib import Path
 import torch
 
 from .apply import apply
+from .apply.fold import Calibration
 from .config import RecipeConfig
 from .errors import GradPrunerError
 from .evaluate import evaluate_examples
 from .igia import IGIA
 from .models import resolve_device, resolve_dtype
-from .plan import PruneRecord
+from .plan import PrunePlan, PruneRecord
 from .prune import check_igia_matches
 from .search.budget import heal_budget
 from .search.select import select
 from .selection import removal_count
 from .surgery import count_parameters, num_layers
 from .tasks import Task
-from .train import TrainConfig, finetune, probe as probe_run
-from .warm_start import load_adapters, save_adapters
+from .heal import HealConfig, get_healer
+from .heal.distill import Distillation
+from .train import TrainConfig, add_lora, finetune, probe as probe_run
+from .warm_start import load_adapters, save_adapters, warm_start
 
 
 @dataclass
@@ -106,17 +110,76 @@ def needs_probe(criterion: str, merge) -> bool:
 
 @dataclass
 class Cut:
-    """A pruned (not yet healed) fp32 model and its record."""
+    """A pruned (not yet healed) fp32 model and its record; `heal_seconds`: the healing between
+    rounds of iterative pruning."""
 
     model: object
     record: PruneRecord
     select_seconds: float
+    heal_seconds: float = 0.0
 
 
 def cut(model_fp32, tokenizer, train_examples: list, heldout: list, probed: ProbeResult | None,
-        cfg: RecipeConfig, criterion: str, merge, ratio: float | None, seed: int) -> Cut:
-    """Select a plan for `model_fp32` and apply it (in place), within the selection budget of the
-    fine-tune that follows."""
+        cfg: RecipeConfig, criterion: str, merge, ratio: float | None, seed: int,
+        teacher=None, dtype: torch.dtype = torch.float32) -> Cut:
+    """Select a plan for `model_fp32` and apply it, within the selection budget of the fine-tune
+    that follows; with `cfg.heal.rounds` > 1, in rounds healed in between (`cut_in_rounds`)."""
+    if cfg.heal.rounds > 1:
+        return cut_in_rounds(model_fp32, tokenizer, train_examples, heldout, probed, cfg, criterion,
+                             merge, ratio, seed, teacher, dtype)
+    return _cut_once(model_fp32, tokenizer, train_examples, heldout, probed, cfg, criterion, merge,
+                     ratio, seed)
+
+
+def round_counts(removing: int, rounds: int) -> list[int]:
+    """`removing` layers over at most `rounds` rounds, the earlier rounds taking the extra ones."""
+    base, extra = divmod(removing, rounds)
+    return [n for n in (base + (i < extra) for i in range(rounds)) if n]
+
+
+def cut_in_rounds(model_fp32, tokenizer, train_examples: list, heldout: list,
+                  probed: ProbeResult | None, cfg: RecipeConfig, criterion: str, merge,
+                  ratio: float | None, seed: int, teacher, dtype: torch.dtype) -> Cut:
+    """Iterative pruning: remove the layers in `cfg.heal.rounds` rounds, each chosen by the
+    criterion on the model as the rounds before left it, with `cfg.heal.round_steps` healing
+    steps after every round but the last. The probe (of the dense model) serves the first round
+    only; later rounds merge by the fold or not at all. The record's plan is the whole cut in
+    original indices; `rounds` says what each round removed, merged and healed."""
+    total = num_layers(model_fp32)
+    params_before = count_parameters(model_fp32)
+    counts = round_counts(removal_count(total, ratio, cfg.count), cfg.heal.rounds)
+    kept, rounds, first = list(range(total)), [], None
+    select_seconds = heal_seconds = 0.0
+    model = model_fp32
+    for number, count in enumerate(counts):
+        later = number > 0
+        done = _cut_once(model, tokenizer, train_examples, heldout, None if later else probed,
+                         replace(cfg, ratio=None, count=count, remove=None), criterion,
+                         (merge if merge in ("auto", "fold", None) else None) if later else merge,
+                         None, seed + number)
+        plan, select_seconds = done.record.plan, select_seconds + done.select_seconds
+        first = first or done.record
+        entry = {"removed": [kept[i] for i in plan.removed], "merge_rule": plan.merge_rule,
+                 "merges": [{"receiver": kept[s.receiver], "donors": [kept[d] for d in s.donors]}
+                            for s in plan.merges], "select_seconds": round(done.select_seconds, 2)}
+        kept = [kept[i] for i in plan.kept]
+        if number < len(counts) - 1:
+            model, stats = heal(done.model, tokenizer, train_examples, None if later else probed,
+                                cfg, kept, seed, dtype, teacher, cfg.heal.round_steps)
+            model = model.float()
+            heal_seconds += stats["train_seconds"]
+            entry["heal"] = {k: stats[k] for k in ("steps", "train_seconds", "train_loss")}
+        rounds.append(entry)
+    removed = tuple(i for i in range(total) if i not in kept)
+    record = PruneRecord(PrunePlan(total, removed), criterion, first.layer_scores, params_before,
+                         count_parameters(model), {}, first.selection, rounds=rounds)
+    return Cut(model, record, select_seconds, heal_seconds)
+
+
+def _cut_once(model_fp32, tokenizer, train_examples: list, heldout: list,
+              probed: ProbeResult | None, cfg: RecipeConfig, criterion: str, merge,
+              ratio: float | None, seed: int) -> Cut:
+    """Select a plan for `model_fp32` and apply it (in place)."""
     igia = probed.igia if probed else None
     if igia is not None:
         check_igia_matches(igia, model_fp32)
@@ -133,18 +196,56 @@ def cut(model_fp32, tokenizer, train_examples: list, heldout: list, probed: Prob
                           remove=cfg.remove if ratio is None else None, merge=merge,
                           density=cfg.density, budget=budget, seed=seed,
                           settings=cfg.criterion_settings())
-    _, entries = apply(model_fp32, plan, igia)
+    _, entries = apply(model_fp32, plan, igia, Calibration(tokenizer, train_examples))
     record = PruneRecord(plan, criterion, report.layer_scores, params_before,
                          count_parameters(model_fp32), entries, report.to_json())
     return Cut(model_fp32, record, time.perf_counter() - start)
 
 
 def heal(model, tokenizer, train_examples: list, probed: ProbeResult | None, cfg: RecipeConfig,
-         kept: list[int], seed: int, dtype: torch.dtype):
-    """Fine-tune the cut model in `dtype` (LoRA merged, warm-started from the probe's adapters
-    when `cfg.warm_start`); returns (model, stats)."""
+         kept: list[int], seed: int, dtype: torch.dtype, teacher=None, steps: int | None = None):
+    """Heal the cut model in `dtype` by `cfg.heal` (LoRA merged, warm-started from the probe's
+    adapters when `cfg.warm_starts`; or full, or partial-layer fine-tuning), distilling from
+    `teacher` when `cfg.heal.distill` > 0, for `steps` (default: the training config's); returns
+    (model, stats)."""
+    healer = get_healer(cfg.heal.method)
     warm = (probed.adapters, kept) if cfg.warm_starts and probed and probed.adapters else None
-    return finetune(model.to(dtype), tokenizer, train_examples, replace(cfg.train, seed=seed), warm=warm)
+    model, train = healer.prepare(model.to(dtype), replace(cfg.train, seed=seed), cfg.heal)
+    if steps is not None:
+        train = replace(train, steps=steps, epochs=None)
+    distill = None
+    if cfg.heal.distils:
+        if teacher is None:
+            raise GradPrunerError("distillation needs a teacher model")
+        distill = Distillation(teacher, cfg.heal.distill, cfg.heal.temperature)
+    tuned, stats = finetune(model, tokenizer, train_examples, train, warm=warm, distill=distill)
+    stats["heal"] = {"method": cfg.heal.method, "describe": cfg.heal.describe(),
+                     "distill": cfg.heal.distill, "temperature": cfg.heal.temperature,
+                     "teacher": cfg.heal.teacher or ("dense+probe adapters" if distill else None),
+                     "lr": train.lr, "full": train.full}
+    return tuned, stats
+
+
+def teacher_model(master, adapters: dict, heal_cfg: HealConfig, train: TrainConfig,
+                  dtype: torch.dtype):
+    """The distillation teacher in `dtype` on the master's device: `heal_cfg.teacher` (a model
+    folder), else the dense `master` with the probe's LoRA `adapters` merged in (it has seen the
+    task for the probe's steps), else the dense model as it is."""
+    if heal_cfg.teacher:
+        from .models import load_model
+
+        teacher, _, _ = load_model(heal_cfg.teacher, str(dtype).removeprefix("torch."),
+                                   str(next(master.parameters()).device))
+        if teacher.config.vocab_size != master.config.vocab_size:
+            raise GradPrunerError(f"the teacher's vocabulary ({teacher.config.vocab_size}) is not "
+                                  f"the model's ({master.config.vocab_size})")
+        return teacher.eval()
+    teacher = copy.deepcopy(master).to(dtype)
+    if adapters:
+        peft = add_lora(teacher, train)
+        warm_start(peft, adapters, list(range(num_layers(master))))
+        teacher = peft.merge_and_unload()
+    return teacher.eval()
 
 
 def evaluate(model, tokenizer, task: Task, limit: int | None, protocol: str = "loglik",

@@ -129,10 +129,45 @@ def _auto_section(prune: dict, finetune: dict) -> list[str]:
         lines.append(f"| {c['name']}{mark} | {' '.join(map(str, c['removed']))} | {loss} |")
     trials = (prune["selection"].get("merge_search") or {}).get("trials")
     if trials:
-        tried = ", ".join(f"{t['donors']} donors x {t['scale']:g}: {t['loss']:.3f}" if t["donors"]
-                          else f"none: {t['loss']:.3f}" for t in trials)
+        tried = ", ".join(_trial(t) for t in trials)
         lines += ["", f"Merge trials (held-out {judge['measure']}): {tried}."]
     return [*lines, *_selection_cost(prune, finetune), ""]
+
+
+def _trial(trial: dict) -> str:
+    if trial.get("fold"):
+        return f"linear fold: {trial['loss']:.3f}"
+    if trial["donors"]:
+        return f"{trial['donors']} donors x {trial['scale']:g}: {trial['loss']:.3f}"
+    return f"none: {trial['loss']:.3f}"
+
+
+def _healing(results: dict) -> list[str]:
+    """Which healing options ran, their step time beside the dense step, and the gap they left."""
+    pruned_ft, dense_ft = results.get("pruned_finetune", {}), results.get("dense_finetune", {})
+    heal = pruned_ft.get("heal") or {}
+    if not heal:
+        return []
+    line = f"Healing: `{heal['describe']}`"
+    if heal.get("teacher"):
+        line += (f" (distillation weight {heal['distill']:g}, temperature {heal['temperature']:g}, "
+                 f"teacher {heal['teacher']})")
+    if pruned_ft.get("trained_parameters"):
+        line += f"; {pruned_ft['trained_parameters']:,} parameters trained"
+    line += "."
+    rounds = results["prune"].get("rounds") or []
+    if rounds:
+        line += " Removed in rounds: " + "; ".join(
+            f"{' '.join(map(str, r['removed']))}" + (f" then {r['heal']['steps']} steps" if r.get("heal") else "")
+            for r in rounds) + f" ({pruned_ft.get('round_heal_seconds', 0):.0f} s of healing between rounds)."
+    lines = [line]
+    dense, pruned = results.get("dense_finetuned"), results.get("pruned_finetuned")
+    if dense and pruned and "acc" in dense:
+        healing = pruned_ft.get("train_seconds", 0) + pruned_ft.get("round_heal_seconds", 0)
+        lines.append(f"Pruned minus dense accuracy after fine-tuning: {pruned['acc'] - dense['acc']:+.3f} "
+                     f"({pruned['acc'] / dense['acc']:.1%} of dense); healing took "
+                     f"{_ratio(healing, dense_ft.get('train_seconds'))} of the dense fine-tune's time.")
+    return [*lines, ""]
 
 
 def run_markdown(results: dict) -> str:
@@ -177,6 +212,7 @@ def run_markdown(results: dict) -> str:
         f"{results['probe'].get('probe_seconds', 0):.1f} | - |",
         "",
         *_reused(dense_ft),
+        *_healing(results),
         *_warnings(results),
         *_auto_section(prune, pruned_ft),
         f"Evaluation items: {results['dense_zero_shot'].get('n')}; "

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
@@ -267,3 +268,42 @@ def save_pretrained_atomic(
             tokenizer.save_pretrained(tmp)
         write_json(tmp / SIDECAR_NAME, sidecar)
     return Path(out_dir)
+
+
+def returns_tuple(model) -> bool:
+    """Whether the model's decoder layers return a tuple (hidden, ...) rather than the hidden
+    states alone; found by a one-token forward pass."""
+    outputs: list[object] = []
+    handle = decoder_layers(model)[0].register_forward_hook(lambda m, a, o: outputs.append(o))
+    device = next(model.parameters()).device
+    try:
+        with torch.inference_mode():
+            model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
+    finally:
+        handle.remove()
+    return isinstance(outputs[0], tuple)
+
+
+@contextmanager
+def skipping(model, indices: Collection[int], as_tuple: bool | None = None) -> Iterator[None]:
+    """Within the block, the `indices` layers return their input without computing anything.
+
+    `as_tuple`: whether layers return tuples (`returns_tuple`); found when not given. A forward
+    set on the layer before (accelerate's device hooks) is put back afterwards.
+    """
+    if not indices:
+        yield
+        return
+    layers = decoder_layers(model)
+    as_tuple = returns_tuple(model) if as_tuple is None else as_tuple
+    saved = {i: layers[i].__dict__.get("forward") for i in indices}
+    for i in indices:
+        layers[i].forward = lambda hidden, *args, **kwargs: (hidden,) if as_tuple else hidden
+    try:
+        yield
+    finally:
+        for i, forward in saved.items():
+            if forward is None:
+                del layers[i].forward
+            else:
+                layers[i].forward = forward

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
@@ -25,6 +26,9 @@ from .errors import GradPrunerError
 from .igia import IGIA, IGIACallback
 from .surgery import base_model
 from .warm_start import adapter_state, warm_start
+
+if TYPE_CHECKING:
+    from .heal.distill import Distillation
 
 
 @dataclass
@@ -90,25 +94,36 @@ def add_lora(model, cfg: TrainConfig):
 
 
 class _ScheduledTrainer(Trainer):
-    """A Trainer whose learning-rate schedule is that of a run of `schedule_steps` steps.
+    """A Trainer whose learning-rate schedule is that of a run of `schedule_steps` steps, and
+    whose loss mixes in a teacher's (`distillation`) when one is given.
 
     The probe runs only the first steps of a fine-tune; its warm-up and decay must be the full
     run's, while its progress bar and stopping point are the probe's own.
     """
 
     schedule_steps: int | None = None
+    distillation: Distillation | None = None
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         return super().create_scheduler(self.schedule_steps or num_training_steps, optimizer)
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.distillation is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        tokens = num_items_in_batch if self.model_accepts_loss_kwargs else None
+        loss = self.distillation.loss(loss, outputs.logits, inputs, tokens)
+        return (loss, outputs) if return_outputs else loss
+
 
 def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, output_dir: str,
                  callbacks: list | None = None, max_steps: int | None = None,
-                 schedule_steps: int | None = None) -> Trainer:
+                 schedule_steps: int | None = None, distill: Distillation | None = None) -> Trainer:
     """A Trainer over the tokenised gold answers of `examples` (loss on the answer only).
 
     `max_steps` overrides `cfg.steps`; `schedule_steps` sets the length of the learning-rate
-    schedule when it differs from the number of steps run (the probe).
+    schedule when it differs from the number of steps run (the probe); `distill` mixes a
+    teacher's distributions into the loss.
     """
     cfg.validate()
     features = training_features(tokenizer, examples, cfg.max_length)
@@ -149,7 +164,7 @@ def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, ou
         data_collator=PadCollator(pad_id(tokenizer), answer_logits=takes_logits_to_keep(model)),
         callbacks=callbacks or [],
     )
-    trainer.schedule_steps = schedule_steps
+    trainer.schedule_steps, trainer.distillation = schedule_steps, distill
     return trainer
 
 
@@ -169,21 +184,26 @@ def _checkpointing(enabled: bool) -> dict:
 
 
 def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
-             callbacks: list | None = None, warm: tuple[dict, list[int]] | None = None):
+             callbacks: list | None = None, warm: tuple[dict, list[int]] | None = None,
+             distill: Distillation | None = None):
     """Fine-tune `model` on `examples`; returns (the plain HF model, stats).
 
     With LoRA the adapters are merged into the weights, so the result saves as an ordinary model.
     With `cfg.save_every`, checkpoints go to `cfg.checkpoint_dir` every that many steps, and
     `cfg.resume` continues from the last one there (optimizer, schedule, data order and RNG
     included), ending with the model an uninterrupted run would give. `warm` = (the probe's
-    adapters, kept layers) starts the adapters from the probe's (`warm_start`).
+    adapters, kept layers) starts the adapters from the probe's (`warm_start`). With `cfg.full`
+    only the parameters that require gradients train (partial-layer healing freezes the rest);
+    `distill` mixes a teacher's token distributions into the loss.
     """
     set_seed(cfg.seed)
     trainable = model if cfg.full else add_lora(model, cfg)
     warmed = warm_start(trainable, *warm) if warm and not cfg.full else 0
+    trained = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
     with _output_dir(cfg) as out:
         timer = StepTimer()
-        trainer = make_trainer(trainable, tokenizer, examples, cfg, out, [*(callbacks or []), timer])
+        trainer = make_trainer(trainable, tokenizer, examples, cfg, out, [*(callbacks or []), timer],
+                               distill=distill)
         checkpoint = last_complete_checkpoint(out) if cfg.resume else None
         if cfg.resume and checkpoint is None:
             print(f"gradpruner: no checkpoint in {out}: starting from the first step", file=sys.stderr)
@@ -200,6 +220,7 @@ def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
         "step_seconds": timer.steady_seconds(),
         "resumed_from": checkpoint,
         "warm_started_matrices": warmed,
+        "trained_parameters": trained,
         "config": asdict(cfg),
     }
     return result, stats

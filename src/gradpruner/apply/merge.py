@@ -19,15 +19,16 @@ from ..errors import GradPrunerError
 
 
 def parse_merge_count(value: str | int | None) -> int | str | None:
-    """`--merge` as an int, "all", "auto" (held-out search) or None ("none")."""
+    """`--merge` as an int, "all", "fold" (the linear fold), "auto" (held-out search) or None
+    ("none")."""
     if value is None or value == "none":
         return None
-    if value in ("all", "auto"):
+    if value in ("all", "auto", "fold"):
         return value
     try:
         count = int(value)
     except (TypeError, ValueError):
-        raise GradPrunerError(f"--merge takes a number of donor layers, 'all', 'auto' or 'none', got {value!r}") from None
+        raise GradPrunerError(f"--merge takes a number of donor layers, 'all', 'fold', 'auto' or 'none', got {value!r}") from None
     if count < 0:
         raise GradPrunerError(f"--merge must not be negative, got {count}")
     return count or None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..apply.collapse import collapse_into
-from ..search.judge import skipping
+from ..surgery import skipping
 from ..surgery import decoder_layers, num_layers
 from . import ScoreContext, Selection, register
 from .baselines import OnTaskData, last_token_states

@@ -32,7 +32,7 @@ CANDIDATES = ("block_influence", "gradpruner", "angular", "gradpruner_relative",
 class AutoSettings:
     """`auto`'s search: its candidates, the held-out judge (at most `choice_rows` example-choice
     rows of the last `heldout_examples`), the statistics pass's examples, the greedy search, and
-    the merge search's donor counts and scales."""
+    the merge search's donor counts and scales, and whether it tries the linear fold."""
 
     candidates: tuple[str, ...] = CANDIDATES
     heldout_examples: int = 32
@@ -42,11 +42,13 @@ class AutoSettings:
     greedy_examples: int = 16
     merge_donors: tuple[int, ...] = (1, 2, 3)
     merge_scales: tuple[float, ...] = (1.0, 0.5, 0.25)
+    merge_fold: bool = True
 
     @property
     def merge_trials(self) -> int:
-        """Trials of the merge search at most: one donor at each scale, then more donors."""
-        return len(self.merge_scales) + len(self.merge_donors) - 1
+        """Trials of the merge search at most: the linear fold, one donor at each scale, then
+        more donors."""
+        return int(self.merge_fold) + len(self.merge_scales) + len(self.merge_donors) - 1
 
 
 def heldout_scoring(ctx: ScoreContext, settings: AutoSettings, measure: str = "choice",

@@ -16,8 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +24,7 @@ import torch
 from ..data import MCExample, PadCollator, pad_id, training_features
 from ..errors import GradPrunerError
 from ..evaluate import choice_pairs, continuation_logprobs
-from ..surgery import decoder_layers
+from ..surgery import decoder_layers, skipping
 
 INPUTS_BYTES = 2**30  # the judge's store of the dense model's layer inputs
 
@@ -102,45 +101,6 @@ def choice_scoring(tokenizer, examples: list[MCExample], batch_size: int = 8,
     collate = PadCollator(pad_id(tokenizer))
     batches = [collate([f for _, _, f in pairs[i:i + batch_size]]) for i in range(0, len(pairs), batch_size)]
     return Scoring(batches, [(i, j) for i, j, _ in pairs], [ex.gold for ex in examples])
-
-
-def returns_tuple(model) -> bool:
-    """Whether the model's decoder layers return a tuple (hidden, ...) rather than the hidden
-    states alone; found by a one-token forward pass."""
-    outputs: list[object] = []
-    handle = decoder_layers(model)[0].register_forward_hook(lambda m, a, o: outputs.append(o))
-    device = next(model.parameters()).device
-    try:
-        with torch.inference_mode():
-            model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
-    finally:
-        handle.remove()
-    return isinstance(outputs[0], tuple)
-
-
-@contextmanager
-def skipping(model, indices: Collection[int], as_tuple: bool | None = None) -> Iterator[None]:
-    """Within the block, the `indices` layers return their input without computing anything.
-
-    `as_tuple`: whether layers return tuples (`returns_tuple`); found when not given. A forward
-    set on the layer before (accelerate's device hooks) is put back afterwards.
-    """
-    if not indices:
-        yield
-        return
-    layers = decoder_layers(model)
-    as_tuple = returns_tuple(model) if as_tuple is None else as_tuple
-    saved = {i: layers[i].__dict__.get("forward") for i in indices}
-    for i in indices:
-        layers[i].forward = lambda hidden, *args, **kwargs: (hidden,) if as_tuple else hidden
-    try:
-        yield
-    finally:
-        for i, forward in saved.items():
-            if forward is None:
-                del layers[i].forward
-            else:
-                layers[i].forward = forward
 
 
 class Judge:

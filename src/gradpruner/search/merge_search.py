@@ -1,31 +1,51 @@
-"""The merge search: the paper's merge at the donor count and scale with the lowest held-out loss.
+"""The merge search: of "no merge", the linear fold and the paper's merge at several donor counts
+and scales, the plan with the lowest held-out loss.
 
-One donor at each scale on the added weights, then more donors at the best scale until one more
-raises the loss, keeping the lowest loss of all; "no merge" is a trial, so the search never
-returns a merge that raises the loss. Trials change the receivers in place and put them back.
+The linear fold first (when a calibration is given), then the paper's merge: one donor at each
+scale on the added weights, then more donors at the best scale until one more raises the loss,
+keeping the lowest loss of all; "no merge" is a trial, so the search never returns a merge that
+raises the loss. Trials change the receivers in place and put them back.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 
+from ..apply.fold import Calibration, fold_blocks, fold_steps
 from ..apply.merge import add_deltas, plan_deltas, plan_merge
+from ..plan import PrunePlan, paper_merge_plan
 from ..surgery import decoder_layers, layer_prefix
 from .judge import Judge
 
 
+@dataclass(frozen=True)
+class FoldTrial:
+    """The linear fold as a trial of the merge search: its calibration examples and ridge."""
+
+    calibration: Calibration
+    ridge: float
+
+
 def search_merge(judge: Judge, igia, removed: list[int], kept: list[int], donor_scores: list[float],
                  density: float, donors: tuple[int, ...], scales: tuple[float, ...],
-                 trials_allowed: int) -> tuple[dict[int, list[int]], float, dict]:
-    """(receiver -> donors, scale) with the lowest loss of `judge` on the cut `removed`, and the
-    search's report; at most `trials_allowed` merge trials besides "no merge"."""
+                 trials_allowed: int, fold: FoldTrial | None = None) -> tuple[PrunePlan, dict]:
+    """The plan with the lowest loss of `judge` on the cut `removed`, and the search's report; at
+    most `trials_allowed` trials besides "no merge" (the fold, when given, is the first; the
+    paper's merge only with the probe's `igia`)."""
     start, model = time.perf_counter(), judge.model
+    total = len(decoder_layers(model))
     trials = [{"donors": 0, "scale": 0.0, "loss": judge.loss(removed)}]
+    steps = fold_steps(removed, total) if fold else ()
+    if steps and trials_allowed:
+        trials.append({"fold": True, "loss": _fold_loss(judge, removed, steps, fold)})
+    if igia is None:  # no probe: the paper's merge cannot be tried
+        donors, scales = (), ()
     deltas: dict[int, dict[str, torch.Tensor]] = {}  # donor -> its amounts, planned when first tried
-    saved = _snapshot(model, plan_merge(removed, kept, donor_scores, max(donors)))
+    saved = _snapshot(model, plan_merge(removed, kept, donor_scores, max(donors, default=0)))
 
     def attempt(k: int, scale: float) -> float:
         if len(trials) > trials_allowed:
@@ -45,7 +65,7 @@ def search_merge(judge: Judge, igia, removed: list[int], kept: list[int], donor_
 
     for scale in scales:
         attempt(donors[0], scale)
-    best = _lowest(trials)
+    best = _lowest([t for t in trials if "fold" not in t])
     if best["donors"]:  # more donors at the best scale, until one more makes it worse
         previous = best["loss"]
         for k in (k for k in donors[1:] if k <= len(removed)):
@@ -56,7 +76,22 @@ def search_merge(judge: Judge, igia, removed: list[int], kept: list[int], donor_
     best = _lowest(trials)
     report = {"trials": trials, "density": density, "judge": judge.cost(),
               "seconds": round(time.perf_counter() - start, 2)}
-    return plan_merge(removed, kept, donor_scores, best["donors"]), best["scale"], report
+    if "fold" in best:
+        return PrunePlan(total, tuple(removed), steps, "fold", ridge=fold.ridge,
+                         calibration=len(fold.calibration.examples)), report
+    merged = plan_merge(removed, kept, donor_scores, best["donors"])
+    return paper_merge_plan(total, removed, merged, density, best["scale"]), report
+
+
+def _fold_loss(judge: Judge, removed: list[int], steps, fold: FoldTrial) -> float:
+    """The loss of the cut with its blocks folded into the receivers (put back afterwards)."""
+    model = judge.model
+    saved = _snapshot(model, {s.receiver: [] for s in steps})
+    try:
+        fold_blocks(model, steps, fold.calibration, fold.ridge)
+        return judge.loss(removed, cached=False, changed_from=min(s.receiver for s in steps))
+    finally:
+        _restore(model, saved)
 
 
 def _lowest(trials: list[dict]) -> dict:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from ..criteria import ScoreContext, Selection, get_criterion
 from ..errors import GradPrunerError
+from ..apply.fold import Calibration, FoldSettings, fold_steps
 from ..apply.merge import plan_merge
 from ..plan import MergeStep, PrunePlan, paper_merge_plan
 from ..selection import removal_count, validate_removal
@@ -17,7 +18,7 @@ from ..surgery import num_layers
 from .auto import Auto, AutoSettings, heldout_scoring
 from .budget import FORWARD_SHARE, SelectionBudget, SkippedPart, plan_merge_search
 from .judge import Judge
-from .merge_search import search_merge
+from .merge_search import FoldTrial, search_merge
 
 DEFAULT_DENSITY = 0.2
 
@@ -45,15 +46,16 @@ def select(model, tokenizer=None, examples: list | None = None, *, heldout: list
            budget: SelectionBudget = SelectionBudget(), seed: int = 0,
            settings: dict[str, object] | None = None) -> tuple[PrunePlan, SelectionReport]:
     """The plan for `model`: `remove` as given, or `count` (or `ratio`) layers by `criterion`;
-    then the merge: `merge` donors by the paper's rule at `density`, "all", None, or "auto" (the
-    held-out merge search). `heldout` are examples never trained on that judge cuts; `budget`
-    limits `auto` and the merge search; `settings` maps a criterion's name to its settings."""
+    then the merge: `merge` donors by the paper's rule at `density`, "all", None, "fold" (the
+    least-squares linear fold, `settings["fold"]`), or "auto" (the held-out merge search over
+    these). `heldout` are examples never trained on that judge cuts; `budget` limits `auto` and
+    the merge search; `settings` maps a criterion's name (or "fold") to its settings."""
     start, settings = time.perf_counter(), settings or {}
     total = num_layers(model)
     ctx = ScoreContext(model=model, tokenizer=tokenizer, examples=list(examples or []), igia=igia,
                        seed=seed, heldout=list(heldout or []))
     chosen = get_criterion(criterion, settings.get(criterion))
-    searched = merge == "auto" and igia is not None
+    searched = merge == "auto"
     judge, trials = None, None  # auto's held-out judge and the merge trials its plan affords
     if remove is not None:
         selection = Selection(validate_removal(remove, total), chosen.layer_scores(ctx) if merge else None)
@@ -68,12 +70,20 @@ def select(model, tokenizer=None, examples: list | None = None, *, heldout: list
     if selection.merges:  # the criterion folds as it removes (LaCo)
         steps = tuple(MergeStep(r, tuple(d)) for r, d in selection.merges)
         plan = PrunePlan(total, tuple(removed), steps, criterion)
+    elif merge == "fold":
+        folding = settings.get("fold") or FoldSettings()
+        plan = PrunePlan(total, tuple(removed), fold_steps(removed, total), "fold",
+                         ridge=folding.ridge, calibration=min(folding.examples, len(ctx.examples)))
+        if not ctx.examples:
+            raise GradPrunerError("--merge fold needs task data to fit the fold (--task or --data)")
     elif merge == "auto":
-        if igia is None:
-            plan, merge_report = PrunePlan(total, tuple(removed)), {"skipped": "no probe output to merge by"}
+        auto_settings = settings.get("auto") or AutoSettings()
+        if igia is None and not (auto_settings.merge_fold and ctx.examples and fold_steps(removed, total)):
+            plan, merge_report = PrunePlan(total, tuple(removed)), {"skipped": "nothing to merge by"}
         else:
             plan, merge_report = _merge_search(ctx, selection, chosen, budget, judge, trials,
-                                               density, settings.get("auto") or AutoSettings())
+                                               density, auto_settings,
+                                               settings.get("fold") or FoldSettings())
     else:
         merged = plan_merge(removed, kept, selection.scores or [0.0] * total, merge)
         if merged and igia is None:
@@ -86,7 +96,7 @@ def select(model, tokenizer=None, examples: list | None = None, *, heldout: list
 
 def _merge_search(ctx: ScoreContext, selection: Selection, chosen, budget: SelectionBudget,
                   judge: Judge | None, trials: int | None, density: float,
-                  settings: AutoSettings) -> tuple[PrunePlan, dict]:
+                  settings: AutoSettings, folding: FoldSettings) -> tuple[PrunePlan, dict]:
     """The merge search on `selection`'s cut, with auto's judge and planned trials when auto
     chose the cut, else with a judge and a budget plan of its own."""
     total = num_layers(ctx.model)
@@ -104,8 +114,12 @@ def _merge_search(ctx: ScoreContext, selection: Selection, chosen, budget: Selec
     if not trials:  # auto's plan, or the merge search's own, affords no trial
         return PrunePlan(total, tuple(removed)), {"trials": [], "skipped": [asdict(p) for p in skipped]}
     donor_scores = selection.scores or chosen.layer_scores(ctx)
-    merged, scale, report = search_merge(judge, ctx.igia, removed, kept, donor_scores, density,
-                                         settings.merge_donors, settings.merge_scales, trials)
+    fold = None
+    if settings.merge_fold and ctx.examples and fold_steps(removed, total):
+        fold = FoldTrial(Calibration(ctx.tokenizer, ctx.examples[:folding.examples]), folding.ridge)
+    plan, report = search_merge(judge, ctx.igia, removed, kept, donor_scores, density,
+                                settings.merge_donors, settings.merge_scales, trials, fold)
     report["skipped"] = [asdict(p) for p in skipped]
-    report["chosen"] = {"plan": {str(r): d for r, d in merged.items()}, "scale": scale}
-    return paper_merge_plan(total, removed, merged, density, scale), report
+    report["chosen"] = {"rule": plan.merge_rule, "plan": {str(r): d for r, d in plan.merged.items()},
+                        "scale": plan.scale}
+    return plan, report
