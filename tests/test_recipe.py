@@ -173,6 +173,13 @@ def test_a_yaml_config_with_flags_on_top(tmp_path):
     (["run", "--config", "missing.yaml"], "config file not found"),
     (["compare", "--ratio", "0.2,1.5", "--out", "x"], "ratio must be a number strictly between 0 and 1"),
     (["compare", "--methods", "tail,nope", "--out", "x"], "unknown method(s) nope"),
+    (["compare", "--heals", "lora,magic", "--out", "x"], "healing variant(s) magic"),
+    (["run", "--distill", "2"], "--distill must be a weight in [0, 1]"),
+    (["run", "--heal-layers", "0", "--heal", "partial"], "heal layers must be a positive integer"),
+    (["run", "--rounds", "2", "--criterion", "gradpruner"], "reads the dense model's probe"),
+    (["run", "--rounds", "2", "--merge", "3"], "--rounds merges by 'auto', 'fold' or 'none'"),
+    (["run", "--distill", "0.5", "--teacher", "missing"], "teacher model folder not found: missing"),
+    (["run", "--merge", "blend"], "--merge takes a number of donor layers, 'all', 'fold'"),
 ])
 def test_bad_settings_are_refused_before_any_model_is_loaded(args, message, monkeypatch, capsys, tmp_path):
     def refuse(*a, **k):

@@ -276,8 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", help="comma-separated fractions of layers to remove (default 0.25,0.4)")
     p.add_argument("--seeds", type=int, help="N seeds for every cell: --seed, --seed + 1, ... (default 1)")
     p.add_argument("--heals", help="comma-separated healing variants for every method (default lora; "
-                                   "see compare.HEALS: full, partial, partial_head, distill, "
-                                   "partial_distill, rounds)")
+                                   "also full, partial, partial_head, distill, partial_distill, "
+                                   "rounds, and lora_lr3, partial_lr10, distill_lr3 with the "
+                                   "healing learning rate raised to 3e-4 / 1e-3; compare.HEALS)")
     _flags_only(p)
 
     sub.add_parser("tasks", help="list the built-in tasks")

@@ -54,6 +54,9 @@ HEALS: dict[str, dict] = {
     "distill": {"distill": 0.5},
     "partial_distill": {"method": "partial", "distill": 0.5},
     "rounds": {"rounds": 2},
+    "lora_lr3": {"lr": 3e-4},
+    "partial_lr10": {"method": "partial", "lr": 1e-3},
+    "distill_lr3": {"distill": 0.5, "lr": 3e-4},
 }
 
 

@@ -185,7 +185,7 @@ def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
         heldout = judged.get("heldout", 0) if judged.get("task") == task.name else 0
     examples, _ = stage_split(task.train_examples(), heldout)
     teacher_source = heal.teacher or record.get("source_model")
-    if heal.distils and not heal.teacher and not record.get("scores_dir") and not warm_start:
+    if heal.distils and not heal.teacher and not read_sidecar(source).get("source_model"):
         raise GradPrunerError("--distill on a model without a gradpruner.json naming its dense "
                               "source: give --teacher DIR")
     check_memory(model, cfg, dtype, device, device_map, heal.distils)

@@ -142,6 +142,16 @@ def _trial(trial: dict) -> str:
     return f"none: {trial['loss']:.3f}"
 
 
+def _round(entry: dict) -> str:
+    """One round of iterative pruning: what it removed, folded or merged, and healed."""
+    text = " ".join(map(str, entry["removed"]))
+    if entry.get("merges"):
+        text += f" ({entry['merge_rule']} into {', '.join(str(m['receiver']) for m in entry['merges'])})"
+    if entry.get("heal"):
+        text += f", then {entry['heal']['steps']} healing steps"
+    return text
+
+
 def _healing(results: dict) -> list[str]:
     """Which healing options ran, their step time beside the dense step, and the gap they left."""
     pruned_ft, dense_ft = results.get("pruned_finetune", {}), results.get("dense_finetune", {})
@@ -157,9 +167,8 @@ def _healing(results: dict) -> list[str]:
     line += "."
     rounds = results["prune"].get("rounds") or []
     if rounds:
-        line += " Removed in rounds: " + "; ".join(
-            f"{' '.join(map(str, r['removed']))}" + (f" then {r['heal']['steps']} steps" if r.get("heal") else "")
-            for r in rounds) + f" ({pruned_ft.get('round_heal_seconds', 0):.0f} s of healing between rounds)."
+        line += " Removed in rounds: " + "; ".join(_round(r) for r in rounds) + \
+            f" ({pruned_ft.get('round_heal_seconds', 0):.0f} s of healing between rounds)."
     lines = [line]
     dense, pruned = results.get("dense_finetuned"), results.get("pruned_finetuned")
     if dense and pruned and "acc" in dense:

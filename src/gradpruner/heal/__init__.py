@@ -1,6 +1,7 @@
 """Healing the cut model: how it is fine-tuned after the cut, behind one registry.
 
-    lora     LoRA on every linear module, merged afterwards (the training config's; default)
+    lora     the training config's: LoRA on every linear module, merged afterwards (default), or
+             full fine-tuning under `--full`
     full     full fine-tuning of every weight
     partial  full fine-tuning of the last `layers` kept layers and the final norm (and with
              `lm_head` the LM head; where it is tied to the input embeddings, those too),
@@ -63,12 +64,13 @@ class HealConfig:
 
 
 class LoRAHeal:
-    """LoRA as the training config sets it (the probe's adapters as the warm start)."""
+    """The training config's own fine-tuning: LoRA (the probe's adapters as the warm start), or
+    full fine-tuning under `--full`."""
 
     warm_starts = True
 
     def prepare(self, model, train: TrainConfig, heal: HealConfig):
-        return model, replace(train, full=False, lr=heal.lr or train.lr)
+        return model, replace(train, lr=heal.lr or train.lr)
 
 
 class FullHeal:

@@ -1,0 +1,73 @@
+"""Seconds per healing step of each healing option beside the dense model's LoRA step, measured
+side by side in one process (the variants interleaved, `--repeats` times; the median of each).
+
+    python benchmarks/bench_heal_speed.py --remove 12-17,25,26 --steps 8 --repeats 2
+
+The cut is the one `auto` chose on ARC-Easy at 25 % (8 of 30 layers); the teacher is the dense
+model. Prints one Markdown row per variant: steady seconds per step (after the first) and the
+ratio to the dense LoRA step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+from dataclasses import replace
+
+import torch
+
+from gradpruner.apply import apply
+from gradpruner.config import RunConfig
+from gradpruner.heal import HealConfig
+from gradpruner.models import load_model
+from gradpruner.plan import PrunePlan
+from gradpruner.recipe import heal
+from gradpruner.selection import parse_layer_list
+from gradpruner.tasks import get_task
+from gradpruner.train import TrainConfig
+
+VARIANTS = {
+    "pruned, LoRA": HealConfig(),
+    "pruned, LoRA + distillation": HealConfig(distill=0.5),
+    "pruned, partial (last 4 layers)": HealConfig(method="partial"),
+    "pruned, partial + distillation": HealConfig(method="partial", distill=0.5),
+    "pruned, full": HealConfig(method="full"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--remove", default="12-17,25,26")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--task", default="arc_easy")
+    args = parser.parse_args()
+    master, tokenizer, _ = load_model(None, "float32", "cpu")
+    examples = get_task(args.task).train_examples()[:-32]
+    train = TrainConfig(steps=args.steps, progress=False, logging_steps=1000)
+    plan = PrunePlan(master.config.num_hidden_layers, tuple(parse_layer_list(args.remove)))
+    pruned, _ = apply(copy.deepcopy(master), plan)
+    times: dict[str, list[float]] = {"dense, LoRA": [], **{name: [] for name in VARIANTS}}
+    for _ in range(args.repeats):
+        cfg = RunConfig(train=train)
+        _, stats = heal(copy.deepcopy(master), tokenizer, examples, None, cfg,
+                        list(range(plan.num_layers)), 0, torch.float32)
+        times["dense, LoRA"].append(stats["step_seconds"])
+        for name, variant in VARIANTS.items():
+            cfg = replace(RunConfig(train=train), heal=variant)
+            teacher = copy.deepcopy(master) if variant.distils else None
+            _, stats = heal(copy.deepcopy(pruned), tokenizer, examples, None, cfg, plan.kept, 0,
+                            torch.float32, teacher)
+            times[name].append(stats["step_seconds"])
+    dense = statistics.median(times["dense, LoRA"])
+    print(f"| healing ({args.steps} steps, batch {train.batch_size}, {args.repeats} interleaved repeats) "
+          "| s / step | / dense LoRA step |")
+    print("|---|---|---|")
+    for name, values in times.items():
+        value = statistics.median(values)
+        print(f"| {name} | {value:.3f} | {value / dense:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

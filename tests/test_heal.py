@@ -1,0 +1,233 @@
+"""Healing options: the distillation loss by hand and by gradient, the trainer's mixed loss,
+partial-layer healing, iterative pruning, and each option through `run` with a sidecar that
+replays."""
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gradpruner.apply import apply
+from gradpruner.apply.fold import Calibration
+from gradpruner.config import RunConfig
+from gradpruner.data import training_features
+from gradpruner.errors import GradPrunerError
+from gradpruner.heal import HealConfig
+from gradpruner.heal.distill import Distillation, distill_sum
+from gradpruner.plan import PruneRecord
+from gradpruner.recipe import cut, heal, round_counts
+from gradpruner.surgery import decoder_layers
+from gradpruner.train import TrainConfig, make_trainer
+from tiny_models import tiny_model
+from tiny_tokenizer import tiny_tokenizer
+import test_auto
+import test_compare
+from test_recipe import recipe, state
+
+workspace = test_compare.workspace
+EXAMPLES = test_auto.EXAMPLES
+
+
+def test_the_distillation_term_equals_a_hand_computation():
+    student = torch.tensor([[[1.0, 0.0, -1.0], [0.5, 0.5, 0.0]]])
+    teacher = torch.tensor([[[0.0, 2.0, 0.0], [1.0, -1.0, 3.0]]])
+    mask = torch.tensor([[True, False]])  # only the first position is an answer position
+    t = 2.0
+
+    def softmax(row):
+        e = [math.exp(v / t) for v in row]
+        return [v / sum(e) for v in e]
+
+    p, q = softmax([0.0, 2.0, 0.0]), softmax([1.0, 0.0, -1.0])
+    expected = t * t * sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+    assert float(distill_sum(student, teacher, mask, t)) == pytest.approx(expected, rel=1e-6)
+    assert float(distill_sum(teacher, teacher, torch.ones(1, 2, dtype=torch.bool), t)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_the_distillation_gradient_equals_a_direct_implementation():
+    torch.manual_seed(0)
+    student = torch.randn(2, 5, 11, requires_grad=True)
+    teacher = torch.randn(2, 5, 11)
+    mask = torch.rand(2, 5) > 0.4
+    t = 1.5
+    distill_sum(student, teacher, mask, t).backward()
+    ours = student.grad.clone()
+    student.grad = None
+    direct = F.kl_div(F.log_softmax(student[mask] / t, -1), F.log_softmax(teacher[mask] / t, -1),
+                      log_target=True, reduction="sum") * t * t
+    direct.backward()
+    torch.testing.assert_close(ours, student.grad)
+    assert ours[~mask].abs().sum() == 0  # positions that predict no answer token get no gradient
+
+
+def test_the_trainer_mixes_the_task_loss_and_the_teacher_term(tmp_path):
+    tokenizer = tiny_tokenizer()
+    student, teacher = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+    distill = Distillation(teacher, weight=0.3, temperature=2.0)
+    cfg = TrainConfig(steps=1, batch_size=4, full=True, progress=False)
+    trainer = make_trainer(student, tokenizer, EXAMPLES[:4], cfg, str(tmp_path), distill=distill)
+    batch = trainer.data_collator(training_features(tokenizer, EXAMPLES[:4]))
+    assert "shift_labels" in batch  # the LM head runs on the answer positions only
+    mixed = trainer.compute_loss(student, batch)
+    with torch.no_grad():
+        task = student(**batch).loss
+        kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      logits_to_keep=batch["logits_to_keep"])
+        mask = batch["shift_labels"] != -100
+        kl = distill_sum(student(**kwargs).logits, teacher(**kwargs).logits, mask, 2.0) / mask.sum()
+    assert float(mixed) == pytest.approx(float(0.7 * task + 0.3 * kl), rel=1e-5)
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+@pytest.mark.parametrize("lm_head", [False, True])
+def test_partial_healing_changes_only_the_chosen_layers(lm_head):
+    model = tiny_model("llama")
+    before = state(model)
+    cfg = RunConfig(train=TrainConfig(steps=3, batch_size=4, lr=1e-2, progress=False),
+                    heal=HealConfig(method="partial", layers=2, lm_head=lm_head))
+    healed, stats = heal(model, tiny_tokenizer(), EXAMPLES, None, cfg, list(range(6)), 0, torch.float32)
+    changed = _changed(before, state(healed))
+    allowed = {k for k in before if k.startswith(("model.layers.4.", "model.layers.5.", "model.norm."))}
+    if lm_head:
+        allowed |= {"lm_head.weight"}
+    assert changed and changed <= allowed
+    assert any(k.startswith("model.layers.4.") for k in changed) and ("lm_head.weight" in changed) == lm_head
+    assert stats["trained_parameters"] == sum(before[k].numel() for k in allowed)
+    assert stats["heal"]["method"] == "partial" and stats["heal"]["full"] is True
+
+
+def test_lora_healing_with_distillation_records_the_teacher():
+    model, teacher = tiny_model("llama"), tiny_model("llama", seed=4)
+    cfg = RunConfig(train=TrainConfig(steps=2, batch_size=4, progress=False), heal=HealConfig(distill=0.5))
+    _, stats = heal(model, tiny_tokenizer(), EXAMPLES, None, cfg, list(range(6)), 0, torch.float32, teacher)
+    assert stats["heal"]["describe"] == "lora+distill0.5" and stats["heal"]["teacher"]
+    with pytest.raises(GradPrunerError, match="teacher"):
+        heal(tiny_model("llama"), tiny_tokenizer(), EXAMPLES, None, cfg, list(range(6)), 0, torch.float32)
+
+
+def test_round_counts_split_the_removal():
+    assert round_counts(6, 2) == [3, 3] and round_counts(7, 3) == [3, 2, 2] and round_counts(1, 3) == [1]
+
+
+def test_iterative_pruning_removes_in_rounds_rescored_on_the_healed_model():
+    tokenizer = tiny_tokenizer()
+    train, held = EXAMPLES[:16], EXAMPLES[16:]
+    cfg = RunConfig(ratio=None, count=3, merge=None, selection_budget=None,
+                    train=TrainConfig(steps=2, batch_size=4, lr=5e-2, progress=False),
+                    heal=HealConfig(rounds=2, round_steps=2))
+    done = cut(tiny_model("llama"), tokenizer, train, held, None, cfg, "block_influence", None,
+               None, 0)
+    record = done.record
+    first, second = record.rounds
+    assert len(first["removed"]) == 2 and len(second["removed"]) == 1
+    assert not set(first["removed"]) & set(second["removed"])
+    assert sorted(first["removed"] + second["removed"]) == record.removed_layers
+    assert first["heal"]["steps"] == 2 and "heal" not in second and done.heal_seconds > 0
+    assert len(decoder_layers(done.model)) == 3 and record.kept_layers == [
+        i for i in range(6) if i not in record.removed_layers]
+    # round 2 is block influence on the healed model: the same cut on the model after round 1
+    once = replace_rounds(cfg, 1, count=2)
+    alone = cut(tiny_model("llama"), tokenizer, train, held, None, once, "block_influence", None, None, 0)
+    assert alone.record.removed_layers == first["removed"]
+    healed_first, _ = heal(alone.model, tokenizer, train, None, once, alone.record.kept_layers, 0,
+                           torch.float32, None, 2)
+    again = cut(healed_first.float(), tokenizer, train, held, None, replace_rounds(cfg, 1, count=1),
+                "block_influence", None, None, 1)
+    assert [alone.record.kept_layers[i] for i in again.record.removed_layers] == second["removed"]
+    # the sidecar round-trips, and its plan replays to the same architecture
+    sidecar = json.loads(json.dumps(record.to_json()))
+    assert PruneRecord.from_json(sidecar).rounds == record.rounds
+    replayed, _ = apply(tiny_model("llama"), PruneRecord.from_json(sidecar).plan)
+    assert len(decoder_layers(replayed)) == 3
+
+
+def replace_rounds(cfg: RunConfig, rounds: int, **values) -> RunConfig:
+    from dataclasses import replace
+
+    return replace(cfg, heal=replace(cfg.heal, rounds=rounds), **values)
+
+
+@pytest.mark.parametrize("options", [
+    ["--merge", "fold"],
+    ["--heal", "partial", "--heal-layers", "2", "--distill", "0.5"],
+    ["--rounds", "2", "--round-steps", "1", "--merge", "fold"],
+])
+def test_each_option_runs_and_its_sidecar_replays(workspace, tmp_path, monkeypatch, options):
+    import gradpruner.pipeline as pipeline_module
+    from gradpruner.cli import main
+    from gradpruner.tasks import task_from_jsonl
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cut_models = []
+    original = pipeline_module.heal
+
+    def keep_the_cut(model, *args, **kwargs):
+        cut_models.append(state(model))
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "heal", keep_the_cut)
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(workspace / "model"), "--data", str(workspace / "data.jsonl"),
+                 "--out", str(out), "--probe-steps", "2", "--layers", "2", "--heldout", "8",
+                 "--limit", "8", "--selection-budget", "none", "--steps", "2", "--batch-size", "4",
+                 "--no-dense", *options]) == 0
+    sidecar = json.loads((out / "model" / "gradpruner.json").read_text())
+    record = PruneRecord.from_json(sidecar)
+    report = json.loads((out / "report.json").read_text())
+    assert sidecar["config"]["heal"] == report["config"]["heal"]
+    assert sidecar["finetune"]["heal"]["describe"] == RunConfig.from_dict(report["config"]).heal.describe()
+    assert "Healing: `" in (out / "report.md").read_text()
+    examples = task_from_jsonl(str(workspace / "data.jsonl")).train_examples()[:-8]  # 8 held out
+    tokenizer = AutoTokenizer.from_pretrained(workspace / "model")
+    replayed, entries = apply(AutoModelForCausalLM.from_pretrained(workspace / "model"), record.plan,
+                              calibration=Calibration(tokenizer, examples))
+    assert entries == record.merged_entries
+    (before_healing,) = cut_models
+    if "--rounds" in options:  # the plan replays the cut, not the healing between the rounds
+        assert len(record.rounds) == 2 and sidecar["finetune"]["round_heal_seconds"] > 0
+        assert {k: v.shape for k, v in state(replayed).items()} == {k: v.shape for k, v in before_healing.items()}
+    else:
+        assert record.plan.merge_rule == ("fold" if "fold" in options else record.plan.merge_rule)
+        mine = state(replayed)
+        assert mine.keys() == before_healing.keys()
+        assert all(torch.equal(mine[k], before_healing[k]) for k in mine)
+
+
+def test_bad_heal_settings_are_refused():
+    for heal, message in ((HealConfig(method="magic"), "unknown healing"),
+                          (HealConfig(distill=1.5), "--distill"),
+                          (HealConfig(layers=0), "heal layers"),
+                          (HealConfig(temperature=0), "--temperature")):
+        with pytest.raises(GradPrunerError, match=message):
+            RunConfig(heal=heal).validate()
+    with pytest.raises(GradPrunerError, match="reads the dense model's probe"):
+        RunConfig(criterion="gradpruner", heal=HealConfig(rounds=2)).validate()
+    with pytest.raises(GradPrunerError, match="teacher model folder not found"):
+        RunConfig(heal=HealConfig(distill=0.5, teacher="/nonexistent")).validate()
+
+
+def test_the_finetune_stage_heals_partially_with_a_teacher(workspace, tmp_path):
+    from gradpruner.cli import main
+    from safetensors.torch import load_file
+
+    data = str(workspace / "data.jsonl")
+    pruned, tuned = tmp_path / "pruned", tmp_path / "tuned"
+    assert main(["prune", "--model", str(workspace / "model"), "--data", data, "--criterion",
+                 "block_influence", "--layers", "2", "--merge", "fold", "--out", str(pruned)]) == 0
+    assert main(["finetune", "--model", str(pruned), "--data", data, "--steps", "2", "--batch-size",
+                 "4", "--lr", "1e-2", "--heal", "partial", "--heal-layers", "1", "--distill", "0.5",
+                 "--out", str(tuned)]) == 0
+    sidecar = json.loads((tuned / "gradpruner.json").read_text())
+    assert sidecar["plan"]["merge_rule"] == "fold"
+    assert sidecar["finetune"]["heal"]["describe"] == "partial1+distill0.5"
+    assert sidecar["finetune"]["heal"]["teacher"] == sidecar["source_model"]  # the dense model
+    before, after = load_file(str(pruned / "model.safetensors")), load_file(str(tuned / "model.safetensors"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("model.layers.3.", "model.norm.")) for k in changed)
