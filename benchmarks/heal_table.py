@@ -19,7 +19,14 @@ from gradpruner.compare_report import rows
 
 
 def load(folder: str) -> tuple[str, list[dict], dict]:
-    results = json.loads((Path(folder) / "results.json").read_text())
+    """(task, the pruned rows, the dense row) of every finished cell in a comparison folder
+    (results.json holds only the cells of the last `compare` call)."""
+    cells = Path(folder) / "cells"
+    read = lambda path: json.loads(path.read_text())  # noqa: E731
+    results = {"task": read(Path(folder) / "settings.json")["task"],
+               "zero_shot": read(cells / "dense-zero-shot.json"),
+               "dense": [read(p) for p in sorted(cells.glob("dense-s*.json"))],
+               "cells": [read(p) for p in sorted(cells.glob("*-r*-s*.json"))]}
     table = rows(results)
     dense = next(r for r in table if r["method"] == "dense")
     return results["task"], [r for r in table if r["method"] != "dense"], dense
@@ -40,7 +47,7 @@ def main() -> None:
     for ratio in ratios:
         print(f"\n### {ratio:.0%} of the layers removed\n")
         print("| variant | " + " | ".join(f"{n} test | {n} held-out" for n in names) +
-              " | mean test | mean held-out | healing time / dense |")
+              " | mean test | mean held-out | healing time / dense (grid) |")
         print("|---" * (2 * len(names) + 4) + "|")
         for variant in variants:
             cells, test, held, time = [], [], [], []
@@ -55,10 +62,12 @@ def main() -> None:
                 held.append(held_share)
                 time.append(row["finetune_vs_dense"])
                 cells += [f"{row['acc_after']:.3f} ({share:.0%})", f"{row['heldout_acc_after']:.3f} ({held_share:.0%})"]
+            if not test:
+                continue
             complete = len(test) == len(tasks)
             mean = lambda xs: f"{statistics.fmean(xs):.1%}" if complete else "-"  # noqa: E731
             print(f"| {variant} | " + " | ".join(cells) +
-                  f" | {mean(test)} | {mean(held)} | {statistics.fmean(time):.2f} |" if time else "")
+                  f" | {mean(test)} | {mean(held)} | {statistics.fmean(time):.2f} |")
 
 
 if __name__ == "__main__":

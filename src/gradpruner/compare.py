@@ -5,7 +5,9 @@ and evaluation items; only the choice of layers (and the merge) differs. Work sh
 is done once: one dense fine-tune per seed (the reference), one probe per seed for every method
 that reads the IGIA. Each finished cell (method x ratio x seed) is a JSON file under `cells/`,
 written atomically, so an interrupted comparison resumes where it stopped. Two methods that cut
-the same layers with the same merge share one fine-tune.
+the same layers with the same merge share one fine-tune. Each method can be healed by several
+variants (`HEALS`, `--heals`): cells of their own, sharing the method's cut; every cell also
+records its accuracy on the held-out training examples, where defaults are chosen.
 """
 
 from __future__ import annotations
