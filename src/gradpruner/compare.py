@@ -75,9 +75,14 @@ def fingerprint(cfg: CompareConfig) -> dict:
     return plain_json({**{k: getattr(cfg, k) for k in RESULT_KEYS}, "train": train, **heal})
 
 
+def variant_name(method: str, heal: str) -> str:
+    """A method healed by a variant: `method`, or `method+heal` for a variant other than LoRA."""
+    return method if heal == "lora" else f"{method}+{heal}"
+
+
 def cell_name(method: str, heal: str, ratio: float, seed: int) -> str:
-    """The cell's file name: `method-rR-sS`, with `+heal` after the method for a healing variant."""
-    return f"{method}{'' if heal == 'lora' else '+' + heal}-r{ratio}-s{seed}"
+    """The cell's file name: `variant-rR-sS`."""
+    return f"{variant_name(method, heal)}-r{ratio}-s{seed}"
 
 
 class Comparison:
@@ -176,7 +181,7 @@ class Comparison:
                        if recipe.heal.distils else None)
             done_cut = self._cut(method, ratio, seed, recipe, probed, teacher)
             net, record = done_cut.model, done_cut.record
-            result = {"method": cell_name(method, heal_name, ratio, seed).rsplit("-r", 1)[0],
+            result = {"method": variant_name(method, heal_name),
                       "criterion_method": method, "heal": heal_name, "ratio": ratio, "seed": seed,
                       "prune": record.to_json(), "select_seconds": done_cut.select_seconds,
                       "heldout_loss": self.heldout_loss(net), "before": self.evaluate(net)}
@@ -193,8 +198,7 @@ class Comparison:
             return {**result, "finetune": stats, "after": self.evaluate(tuned),
                     "heldout_after": self.heldout_metrics(tuned), "prefill_seconds": prefill}
 
-        name = cell_name(method, heal_name, ratio, seed)
-        result = self.cell(name, compute)
+        result = self.cell(cell_name(method, heal_name, ratio, seed), compute)
         done.setdefault(_cut_key(result["prune"], seed, self.recipe(seed, heal_name)), result)
         return result
 

@@ -41,7 +41,7 @@ from .surgery import save_pretrained_atomic
 from .tasks import Task, get_task, list_tasks, task_from_jsonl
 from .timing import compare_prefill
 from .train import TrainConfig, finetune
-from .warm_start import load_adapters
+from .warm_start import ADAPTERS, load_adapters
 
 def versions() -> dict:
     """Library versions recorded in every sidecar."""
@@ -179,13 +179,13 @@ def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
     source = resolve_model(model)
     if is_main_process():
         check_output_dir(out, overwrite, source)
-    record = read_sidecar(source) or {"source_model": source, "versions": versions()}
+    sidecar = read_sidecar(source)
+    record = sidecar or {"source_model": source, "versions": versions()}
     if heldout is None:
         judged = record.get("config") or {}
         heldout = judged.get("heldout", 0) if judged.get("task") == task.name else 0
     examples, _ = stage_split(task.train_examples(), heldout)
-    teacher_source = heal.teacher or record.get("source_model")
-    if heal.distils and not heal.teacher and not read_sidecar(source).get("source_model"):
+    if heal.distils and not heal.teacher and not sidecar.get("source_model"):
         raise GradPrunerError("--distill on a model without a gradpruner.json naming its dense "
                               "source: give --teacher DIR")
     check_memory(model, cfg, dtype, device, device_map, heal.distils)
@@ -197,22 +197,29 @@ def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
     warm = (load_adapters(warm_start), kept) if warm_start and healer.warm_starts else None
     distill = None
     if heal.distils:
-        probe_dir = warm_start or record.get("scores_dir")
-        adapters = load_adapters(probe_dir) if not heal.teacher and probe_dir and \
-            (Path(probe_dir) / "adapters.safetensors").is_file() else {}
-        dense, _, _ = load_model(teacher_source, "float32", str(next(net.parameters()).device))
-        dtype_now = next(net.parameters()).dtype
-        distill = Distillation(teacher_model(dense, adapters, replace(heal, teacher=None), cfg, dtype_now),
-                               heal.distill, heal.temperature)
-        del dense
+        teacher = _stage_teacher(net, heal, cfg, sidecar, warm_start)
+        distill = Distillation(teacher, heal.distill, heal.temperature)
     tuned, stats = finetune(net, tokenizer, examples, cfg, warm=warm, distill=distill)
-    stats["heal"] = {"method": heal.method, "describe": heal.describe(), "distill": heal.distill,
-                     "temperature": heal.temperature, "teacher": teacher_source if distill else None}
+    stats["heal"] = heal.summary(heal.teacher or sidecar.get("source_model"), cfg)
     record["finetune"] = {**stats, "task": task.name, "heldout": heldout}
     if is_main_process():
         save_pretrained_atomic(tuned, tokenizer, out, record, overwrite, source)
         shutil.rmtree(checkpoints, ignore_errors=True)
     return record
+
+
+def _stage_teacher(student, heal: HealConfig, train: TrainConfig, sidecar: dict,
+                   warm_start: str | None):
+    """The teacher of `finetune --distill`, beside `student` in its dtype: `heal.teacher`, else
+    the dense model the sidecar names with the adapters of its probe (`warm_start`, else the
+    sidecar's probe folder), when that folder kept them."""
+    param = next(student.parameters())
+    if heal.teacher:  # loaded from its folder, its vocabulary checked against the student's
+        return teacher_model(student, {}, heal, train, param.dtype)
+    probe_dir = warm_start or sidecar.get("scores_dir")
+    adapters = load_adapters(probe_dir) if probe_dir and (Path(probe_dir) / ADAPTERS).is_file() else {}
+    dense, _, _ = load_model(sidecar["source_model"], "float32", str(param.device))
+    return teacher_model(dense, adapters, heal, train, param.dtype)
 
 
 def eval_stage(model: str | None, task: Task, limit: int | None = None, out: str | None = None,

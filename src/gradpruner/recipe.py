@@ -219,10 +219,7 @@ def heal(model, tokenizer, train_examples: list, probed: ProbeResult | None, cfg
             raise GradPrunerError("distillation needs a teacher model")
         distill = Distillation(teacher, cfg.heal.distill, cfg.heal.temperature)
     tuned, stats = finetune(model, tokenizer, train_examples, train, warm=warm, distill=distill)
-    stats["heal"] = {"method": cfg.heal.method, "describe": cfg.heal.describe(),
-                     "distill": cfg.heal.distill, "temperature": cfg.heal.temperature,
-                     "teacher": cfg.heal.teacher or ("dense+probe adapters" if distill else None),
-                     "lr": train.lr, "full": train.full}
+    stats["heal"] = cfg.heal.summary(cfg.heal.teacher or "dense+probe adapters", train)
     return tuned, stats
 
 

@@ -52,6 +52,13 @@ class HealConfig:
     def distils(self) -> bool:
         return self.distill > 0
 
+    def summary(self, teacher: str | None, train: TrainConfig) -> dict:
+        """What the sidecar records of a healing: these options, the teacher it distilled from
+        (None without distillation) and the training settings it ran with."""
+        return {"method": self.method, "describe": self.describe(), "distill": self.distill,
+                "temperature": self.temperature, "teacher": teacher if self.distils else None,
+                "lr": train.lr, "full": train.full}
+
     def describe(self) -> str:
         """A short name of the options, for logs and tables."""
         parts = [self.method if self.method != "partial" else f"partial{self.layers}"
