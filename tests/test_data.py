@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gradpruner.data import GenExample, MCExample, PadCollator, read_jsonl, tokenize_pair
+from gradpruner.data import GenExample, MCExample, PadCollator, read_examples, tokenize_pair
 from gradpruner.errors import GradPrunerError
 from tiny_tokenizer import tiny_tokenizer
 
@@ -24,7 +24,7 @@ def test_reads_both_record_kinds(tmp_path):
         "",
         json.dumps({"prompt": "Summarise: x", "completion": "y"}),
     ])
-    a, b, c = read_jsonl(path)
+    a, b, c = read_examples(path)
     assert a == MCExample(("Q: sky?\nA:",) * 2, (" blue", " green"), 0)
     assert b.gold == 1 and b.training_pair() == ("Q: grass?\nA:", " green")
     assert c == GenExample("Summarise: x", "y") and c.training_pair() == ("Summarise: x", " y")
@@ -44,19 +44,19 @@ def test_reads_both_record_kinds(tmp_path):
 def test_malformed_records_name_file_and_line(tmp_path, line, message):
     path = write(tmp_path, [json.dumps({"prompt": "ok", "completion": "fine"}), line])
     with pytest.raises(GradPrunerError, match=message) as err:
-        read_jsonl(path)
+        read_examples(path)
     assert f"{path}:2" in str(err.value)
 
 
 def test_empty_missing_and_non_utf8_files(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n\n")
     with pytest.raises(GradPrunerError, match="empty"):
-        read_jsonl(tmp_path / "empty.jsonl")
+        read_examples(tmp_path / "empty.jsonl")
     with pytest.raises(GradPrunerError, match="not found"):
-        read_jsonl(tmp_path / "missing.jsonl")
+        read_examples(tmp_path / "missing.jsonl")
     (tmp_path / "latin1.jsonl").write_bytes('{"prompt": "caf\xe9", "completion": "x"}'.encode("latin-1"))
     with pytest.raises(GradPrunerError, match="UTF-8"):
-        read_jsonl(tmp_path / "latin1.jsonl")
+        read_examples(tmp_path / "latin1.jsonl")
 
 
 @settings(max_examples=150, deadline=None)
@@ -65,7 +65,7 @@ def test_fuzzed_bytes_either_parse_or_raise_a_clear_error(tmp_path_factory, blob
     path = tmp_path_factory.mktemp("fuzz") / "f.jsonl"
     path.write_bytes(blob)
     try:
-        examples = read_jsonl(path)
+        examples = read_examples(path)
     except GradPrunerError as err:
         assert "\n" not in str(err).strip()
     else:

@@ -162,7 +162,7 @@ def replace_rounds(cfg: RunConfig, rounds: int, **values) -> RunConfig:
 def test_each_option_runs_and_its_sidecar_replays(workspace, tmp_path, monkeypatch, options):
     import gradpruner.pipeline as pipeline_module
     from gradpruner.cli import main
-    from gradpruner.tasks import task_from_jsonl
+    from gradpruner.tasks import task_from_data
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cut_models = []
@@ -184,7 +184,7 @@ def test_each_option_runs_and_its_sidecar_replays(workspace, tmp_path, monkeypat
     assert sidecar["config"]["heal"] == report["config"]["heal"]
     assert sidecar["finetune"]["heal"]["describe"] == RunConfig.from_dict(report["config"]).heal.describe()
     assert "Healing: `" in (out / "report.md").read_text()
-    examples = task_from_jsonl(str(workspace / "data.jsonl")).train_examples()[:-8]  # 8 held out
+    examples = task_from_data(str(workspace / "data.jsonl")).train_examples()[:-8]  # 8 held out
     tokenizer = AutoTokenizer.from_pretrained(workspace / "model")
     replayed, entries = apply(AutoModelForCausalLM.from_pretrained(workspace / "model"), record.plan,
                               calibration=Calibration(tokenizer, examples))

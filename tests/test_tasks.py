@@ -11,7 +11,7 @@ import pytest
 from gradpruner.assets import package_path
 from gradpruner.data import GenExample, MCExample
 from gradpruner.errors import GradPrunerError
-from gradpruner.tasks import get_task, list_tasks, split_examples, task_from_jsonl
+from gradpruner.tasks import get_task, list_tasks, split_examples, task_from_data
 from gradpruner.tasks.base import content_key
 from gradpruner.tasks.builtin import BILLSUM_ENV, make_tasks
 from gradpruner.tasks.packaged import OLMO
@@ -126,33 +126,33 @@ def _write(path, records):
     return path
 
 
-def test_task_from_jsonl_split(tmp_path):
+def test_task_from_data_split(tmp_path):
     records = [{"prompt": f"Q{i}?", "choices": ["yes", "no"], "answer": i % 2} for i in range(30)]
     records.append(dict(records[0]))  # a duplicate that may land in both splits
     path = _write(tmp_path / "mine.jsonl", records)
-    task = task_from_jsonl(path, eval_fraction=0.1, seed=0)
+    task = task_from_data(path, eval_fraction=0.1, seed=0)
     assert task.name == "mine" and task.kind == "mc"
     train, evaluation = task.train_examples(), task.eval_examples()
     assert len(evaluation) == 3
     assert not {content_key(ex) for ex in train} & {content_key(ex) for ex in evaluation}
-    assert train == task_from_jsonl(path, eval_fraction=0.1, seed=0).train_examples()
+    assert train == task_from_data(path, eval_fraction=0.1, seed=0).train_examples()
     assert evaluation[0].continuations == (" yes", " no")
 
 
-def test_task_from_jsonl_eval_file_and_kinds(tmp_path):
+def test_task_from_data_eval_file_and_kinds(tmp_path):
     gen = [{"prompt": f"Text {i}", "completion": f"summary {i}"} for i in range(5)]
     train_path = _write(tmp_path / "train.jsonl", gen)
     eval_path = _write(tmp_path / "eval.jsonl", gen[:2] + [{"prompt": "new", "completion": "x"}])
-    task = task_from_jsonl(train_path, eval_path=eval_path)
+    task = task_from_data(train_path, eval_path=eval_path)
     assert task.kind == "gen" and task.split_sizes() == {"train": 3, "eval": 3}
     assert "2 training items" in task.note
     choice = {"prompt": "q", "choices": ["a", "b"], "answer": 0}
     mixed = _write(tmp_path / "mixed.jsonl", gen + [choice])
     with pytest.raises(GradPrunerError, match="mixes"):
-        task_from_jsonl(mixed)
+        task_from_data(mixed)
     mc = _write(tmp_path / "mc.jsonl", [choice])
     with pytest.raises(GradPrunerError, match="not of the same kind"):
-        task_from_jsonl(train_path, eval_path=mc)
+        task_from_data(train_path, eval_path=mc)
 
 
 def test_billsum_needs_a_local_file(tmp_path, monkeypatch):

@@ -33,9 +33,16 @@ def _add_model(p: argparse.ArgumentParser, device_map: bool = False) -> None:
 def _add_data(p: argparse.ArgumentParser, evaluation: bool = True, task: str | None = None) -> None:
     default = f"default {task}; " if task else ""
     p.add_argument("--task", help=f"built-in task ({default}see `gradpruner tasks`)")
-    p.add_argument("--data", help='JSONL of {"prompt","completion"} or {"prompt","choices","answer"}')
+    p.add_argument("--data", help="your data: a JSONL, JSON, parquet or CSV file, a `datasets` "
+                                  "folder or a Hub dataset id, of conversations ({\"messages\": "
+                                  "[...]}), prompt/completion or multiple-choice records (README)")
     if evaluation:
-        p.add_argument("--eval-data", help="JSONL for evaluation (default: a held-out part of --data)")
+        p.add_argument("--eval-data", help="evaluation data, as --data (default: the data's test or "
+                                           "validation split, else a held-out tenth of it)")
+    p.add_argument("--chat-template", choices=["auto", "on", "off"], default="auto",
+                   help="auto (default): conversations in the tokenizer's chat template, plain "
+                        "records as they are; on: plain records too (the prompt as the user's "
+                        "turn); off: no template (plain records only)")
 
 
 def _add_output(p: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -152,7 +159,7 @@ TRAIN_FLAGS = ("steps", "epochs", "batch_size", "grad_accum", "lr", "lora_rank",
 HEAL_FLAGS = {"heal": "method", "heal_layers": "layers", "heal_lm_head": "lm_head", "heal_lr": "lr",
               "distill": "distill", "temperature": "temperature", "teacher": "teacher",
               "rounds": "rounds", "round_steps": "round_steps"}
-RECIPE_FLAGS = ("model", "dtype", "device", "task", "data", "eval_data", "criterion", "density",
+RECIPE_FLAGS = ("model", "dtype", "device", "task", "data", "eval_data", "chat_template", "criterion", "density",
                 "selection_budget", "probe_steps", "heldout", "out", "overwrite", "seeds")
 
 
@@ -340,7 +347,7 @@ def _dispatch(args) -> int:
             print(f"{task.name:<16}{task.kind:<6}{train}{held}  {task.description}")
         return 0
     if args.command == "probe":
-        task = pipeline.resolve_task(args.task, args.data, args.eval_data)
+        task = pipeline.resolve_task(args.task, args.data, args.eval_data, args.chat_template)
         igia = pipeline.probe_stage(args.model, task, args.out, _train_config(args), args.steps,
                                     args.schedule_steps, args.dtype, args.device, args.overwrite,
                                     args.device_map, args.heldout)
@@ -349,7 +356,8 @@ def _dispatch(args) -> int:
     if args.command == "prune":
         sel = _selection(args)
         _check_density(sel["density"])
-        task = pipeline.resolve_task(args.task, args.data) if args.task or args.data else None
+        task = (pipeline.resolve_task(args.task, args.data, None, args.chat_template)
+                if args.task or args.data else None)
         record = pipeline.prune_stage(args.model, args.scores, args.out, overwrite=args.overwrite,
                                       task=task, seed=args.seed, heal_steps=args.heal_steps,
                                       heldout=args.heldout, **sel)
@@ -358,7 +366,7 @@ def _dispatch(args) -> int:
                                                   "params_before", "params_after")}))
         return 0
     if args.command == "finetune":
-        task = pipeline.resolve_task(args.task, args.data, args.eval_data)
+        task = pipeline.resolve_task(args.task, args.data, args.eval_data, args.chat_template)
         from .heal import HealConfig
 
         heal = HealConfig(method=args.heal, layers=args.heal_layers, lm_head=args.heal_lm_head,
@@ -370,7 +378,7 @@ def _dispatch(args) -> int:
         print(json.dumps({"out": args.out, "train_loss": record["finetune"]["train_loss"]}))
         return 0
     if args.command == "eval":
-        task = pipeline.resolve_task(args.task, args.data, args.eval_data)
+        task = pipeline.resolve_task(args.task, args.data, args.eval_data, args.chat_template)
         result = pipeline.eval_stage(args.model, task, args.limit, args.out, args.protocol,
                                      args.batch_size, args.dtype, args.device, args.device_map)
         print(json.dumps(result, indent=2))

@@ -92,7 +92,7 @@ class Comparison:
         cfg.validate()
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.task = resolve_task(cfg.task, cfg.data, cfg.eval_data)
+        self.task = resolve_task(cfg.task, cfg.data, cfg.eval_data, cfg.chat_template)
         self.train_examples, self.heldout = split_heldout(self.task.train_examples(), cfg.heldout)
         self._check_settings()
         self.master, self.tokenizer, self.source = load_model(cfg.model, "float32", cfg.device)

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from .errors import GradPrunerError
 from .heal import HealConfig
+from .chat import CHAT_MODES
+from .records import check_source
 from .outputs import plain_json
 from .train import TrainConfig
 
@@ -33,6 +35,7 @@ class RecipeConfig:
     task: str | None = "arc_easy"
     data: str | None = None
     eval_data: str | None = None
+    chat_template: str = "auto"
     criterion: str = "auto"
     ratio: float | None = 0.2
     count: int | None = None
@@ -75,8 +78,11 @@ class RecipeConfig:
         if not self.task and not self.data:
             raise GradPrunerError("give a built-in task (--task, see `gradpruner tasks`) or --data F.jsonl")
         for path in (self.data, self.eval_data):
-            if path and not Path(path).is_file():
-                raise GradPrunerError(f"data file not found: {path}")
+            if path:
+                check_source(path)
+        if self.chat_template not in CHAT_MODES:
+            raise GradPrunerError(f"--chat-template must be one of {', '.join(CHAT_MODES)}, "
+                                  f"got {self.chat_template!r}")
         if self.task and not self.data:
             from .tasks import get_task
 

@@ -19,7 +19,8 @@ from typing import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from .data import Example, GenExample, MCExample, PadCollator, pad_id, tokenize_pair
+from .data import (ChatExample, Example, GenExample, MCExample, PadCollator, generation_prompt,
+                   pad_id, reference_text, tokenize_pair)
 from .errors import GradPrunerError
 
 PROTOCOLS = ("loglik", "generate")
@@ -79,7 +80,7 @@ def choice_pairs(tokenizer, examples: list[MCExample], max_length: int) -> list[
     """(example, choice, features) of every (context, continuation) pair, longest first so that
     consecutive pairs batch with little padding."""
     pairs = [
-        (i, j, tokenize_pair(tokenizer, context, continuation, max_length))
+        (i, j, tokenize_pair(tokenizer, context, continuation, max_length, ex.chat))
         for i, ex in enumerate(examples)
         for j, (context, continuation) in enumerate(zip(ex.contexts, ex.continuations))
     ]
@@ -374,16 +375,18 @@ def rouge_l(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def evaluate_generation(model, tokenizer, examples: list[GenExample], max_new_tokens: int = 128,
-                        batch_size: int = 8, max_prompt_tokens: int = 1024) -> dict:
+def evaluate_generation(model, tokenizer, examples: list[GenExample | ChatExample],
+                        max_new_tokens: int = 128, batch_size: int = 8,
+                        max_prompt_tokens: int = 1024) -> dict:
     """Mean ROUGE-L of greedy generations against the reference completions: {"rouge_l", "n"}.
 
-    Prompts are tokenised as in training (with special tokens) and cut from the left to
+    Prompts are tokenised as in training (plain prompts with special tokens, conversations in
+    the chat template up to their last assistant turn) and cut from the left to
     `max_prompt_tokens`.
     """
-    prompts = [tokenizer(ex.prompt)["input_ids"][-max_prompt_tokens:] for ex in examples]
+    prompts = [generation_prompt(tokenizer, ex, max_prompt_tokens) for ex in examples]
     predictions = generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size)
-    scores = [rouge_l(p, ex.completion) for p, ex in zip(predictions, examples)]
+    scores = [rouge_l(p, reference_text(ex)) for p, ex in zip(predictions, examples)]
     return {"rouge_l": _mean(scores), "n": len(examples)}
 
 
@@ -461,12 +464,13 @@ def evaluate_examples(model, tokenizer, examples: list[Example], kind: str,
     """
     if protocol not in PROTOCOLS:
         raise GradPrunerError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-    expected = {"mc": MCExample, "gen": GenExample}.get(kind)
+    expected = {"mc": (MCExample,), "gen": (GenExample, ChatExample)}.get(kind)
     if expected is None:
         raise GradPrunerError(f"unknown task kind {kind!r}; known: mc, gen")
     examples = examples[:limit] if limit is not None else examples
     if not all(isinstance(ex, expected) for ex in examples):
-        raise GradPrunerError(f"a {kind!r} task needs {expected.__name__} examples only")
+        names = " or ".join(cls.__name__ for cls in expected)
+        raise GradPrunerError(f"a {kind!r} task needs {names} examples only")
     if kind == "gen":
         return evaluate_generation(model, tokenizer, examples, batch_size=batch_size)
     if protocol == "generate":

@@ -38,7 +38,7 @@ from .recipe import (ProbeResult, cut, evaluate, finetune_dense, heal, probe, re
 from .search.budget import heal_budget
 from .selection import select_layers
 from .surgery import save_pretrained_atomic
-from .tasks import Task, get_task, list_tasks, task_from_jsonl
+from .tasks import Task, get_task, list_tasks, task_from_data
 from .timing import compare_prefill
 from .train import TrainConfig, finetune
 from .warm_start import ADAPTERS, load_adapters
@@ -53,13 +53,18 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
-def resolve_task(task: str | None, data: str | None, eval_data: str | None = None) -> Task:
-    """The built-in task `task`, or a task made of the user's JSONL file(s)."""
+def resolve_task(task: str | None, data: str | None, eval_data: str | None = None,
+                 chat_template: str = "auto") -> Task:
+    """The built-in task `task`, or a task made of the user's data, with the chat template
+    applied as `chat_template` says (`data.with_chat_template`); the user's data is read and
+    checked now."""
     if data:
-        return task_from_jsonl(data, eval_data)
+        resolved = task_from_data(data, eval_data).with_chat_template(chat_template)
+        resolved.train_examples(), resolved.eval_examples()
+        return resolved
     if not task:
-        raise GradPrunerError("give a built-in task (--task, see `gradpruner tasks`) or --data F.jsonl")
-    return get_task(task)
+        raise GradPrunerError("give a built-in task (--task, see `gradpruner tasks`) or --data FILE")
+    return get_task(task).with_chat_template(chat_template)
 
 
 def read_sidecar(model_dir: str) -> dict:
@@ -250,7 +255,7 @@ def run(cfg: RunConfig) -> dict:
 
     cfg.validate()
     check_output_dir(cfg.out, cfg.overwrite)
-    task = resolve_task(cfg.task, cfg.data, cfg.eval_data)
+    task = resolve_task(cfg.task, cfg.data, cfg.eval_data, cfg.chat_template)
     started = time.perf_counter()
     train, held = split_heldout(task.train_examples(), cfg.heldout)
     refuse_sharded_probe()

