@@ -252,3 +252,15 @@ def test_a_chat_run_probes_prunes_finetunes_and_evaluates(chat_workspace, capsys
                  "--limit", "3", "--out", str(w / "metrics.json")]) == 0
     metrics = json.loads((w / "metrics.json").read_text())
     assert metrics["n"] == 3 and 0 <= metrics["rouge_l"] <= 1
+
+
+def test_a_record_too_long_to_train_stops_the_stage_with_nothing_written(chat_workspace, capsys):
+    w = chat_workspace
+    data = write_jsonl(w / "long.jsonl", conversations(8) + [{"messages": [
+        {"role": "user", "content": "the quick brown fox jumps over the lazy dog " * 20},
+        {"role": "assistant", "content": "blue"}]}])
+    code = main(["finetune", "--model", str(w / "model"), "--data", str(data), "--max-length", "64",
+                 "--steps", "1", "--out", str(w / "too-long")])
+    err = capsys.readouterr().err
+    assert code == 2 and "long.jsonl:9: nothing left to train on after truncation to --max-length 64" in err
+    assert not (w / "too-long").exists() and not list(w.glob(".too-long*"))
