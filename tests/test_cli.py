@@ -103,6 +103,11 @@ def test_run_writes_report_and_plot(workspace):
             f"{selection / tune['seconds_per_step']:.0f} of the pruned model's fine-tuning steps "
             f"({selection / tune['train_seconds']:.0%} of its {tune['steps']}-step fine-tune)") in text
     assert AutoConfig.from_pretrained(w / "run" / "model").num_hidden_layers == 4
+    card = (w / "run" / "model" / "README.md").read_text()  # rewritten once the run measured it
+    assert (f"| pruned, fine-tuned (this model) | {report['pruned_finetuned']['acc']:.3f} | "
+            f"{report['pruned_finetuned']['acc_norm']:.3f} |") in card
+    assert f"| dense, fine-tuned alike | {report['dense_finetuned']['acc']:.3f} |" in card
+    assert f"pruned {report['prefill_seconds']['pruned']:.4f} s" in card
     # the default warm start: every LoRA matrix of the 4 kept layers started from the probe's
     assert report["pruned_finetune"]["warm_started_matrices"] == 4 * 7 * 2
 
@@ -191,7 +196,7 @@ def test_the_stages_leave_the_judging_examples_out_of_training(workspace, tmp_pa
                w / "data.jsonl", "--layers", "2", "--merge", "none", "--selection-budget", "none",
                "--out", tmp_path / "pruned") == 0
     side = json.loads((tmp_path / "pruned" / "gradpruner.json").read_text())
-    assert side["config"] == {"task": "data", "heldout": 8}  # the probe's count
+    assert side["config"] == {"task": "data", "heldout": 8, "datasets": []}  # the probe's count
     assert side["selection"]["auto"]["judge"]["examples"] == 8
     assert cli("finetune", "--model", tmp_path / "pruned", "--data", w / "data.jsonl",
                "--out", tmp_path / "tuned", *TRAIN) == 0

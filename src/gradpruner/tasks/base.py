@@ -28,6 +28,7 @@ class Task:
     load_train: Loader = field(repr=False)
     load_eval: Loader = field(repr=False)
     offline: bool = True  # False when the data must be supplied by the user
+    datasets: tuple[str, ...] = ()  # Hugging Face Hub ids of the training data, for model cards
     _cache: dict[str, list[Example]] = field(default_factory=dict, init=False, repr=False,
                                               compare=False)
 

