@@ -111,7 +111,7 @@ def test_every_file_format_reads_the_same_examples(tmp_path):
     assert task_from_data(str(plain)).kind == "gen"
 
 
-def test_datasets_folders_and_dataset_ids(tmp_path):
+def test_datasets_folders_and_dataset_ids(tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
     train, test = conversations(8), conversations(12)[8:]
     splits = datasets.DatasetDict({"train": datasets.Dataset.from_list(train),
@@ -128,6 +128,13 @@ def test_datasets_folders_and_dataset_ids(tmp_path):
     write_jsonl(tmp_path / "hub" / "data" / "test.jsonl", test)
     loaded = task_from_data(str(tmp_path / "hub"))
     assert len(loaded.train_examples()) == 8 and len(loaded.eval_examples()) == 4
+    # a Hub id (offline here: the Hub's answer is stood in for) names the data in the model card
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: asked.append(name) or splits)
+    hub = task_from_data("acme/chats")
+    assert asked == ["acme/chats"] and hub.datasets == ("acme/chats",)
+    assert hub.eval_examples() == [parse_record(r, "") for r in test]
+    assert task.datasets == ()
     bad = datasets.Dataset.from_list([{"messages": [{"role": "user", "content": "only a question"}]}])
     bad.save_to_disk(str(tmp_path / "bad"))
     with pytest.raises(GradPrunerError, match=r"bad.* row 1: no assistant turn"):

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..data import parse_records
 from ..errors import GradPrunerError
 from ..records import read_source
@@ -50,4 +52,5 @@ def task_from_data(path: str, eval_path: str | None = None, eval_fraction: float
         name=source.name, kind=kind, description=f"examples from {path}",
         source=f"{path} (the user's data, under its own terms)", note=note,
         load_train=lambda: kept, load_eval=lambda: evaluation,
+        datasets=() if Path(path).exists() else (path,),  # a Hub dataset id
     )
