@@ -206,7 +206,9 @@ class IGIACallback(TrainerCallback):
     that trains a PEFT LoRA model, or the plain model for full fine-tuning. It reads the gradients
     at `on_pre_optimizer_step` (after clipping; under DDP after the all-reduce) and, unless
     `stop_training=False`, stops training once `max_steps` steps were seen. `result()` returns
-    the `IGIA`. Factor storage goes to `store_device` ("cpu" by default, so GPU memory is spared).
+    the `IGIA` with what the callback saw of the run (`TrainingRun`: the model, the Trainer's
+    settings, the step time), which `IGIA.save` records for `gradpruner prune`. Factor storage
+    goes to `store_device` ("cpu" by default, so GPU memory is spared).
     """
 
     def __init__(self, max_steps: int | None = None, stop_training: bool = True,
