@@ -1,5 +1,6 @@
 """IGIACallback against an independent computation from raw gradients at the same hook."""
 
+import json
 import math
 
 import pytest
@@ -143,6 +144,20 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded.model_info["num_hidden_layers"] == 6
     for name in igia.module_names:
         torch.testing.assert_close(loaded.matrix(name), igia.matrix(name))
+
+
+def test_full_fine_tuning_run_is_recorded(tmp_path):
+    """Under a plain Trainer without PEFT: full fine-tuning, no LoRA settings, no max_length, and
+    no source model for a model built from a config (prune then needs --model)."""
+    callback = IGIACallback(max_steps=2)
+    train(tiny_model("llama"), [callback], 2, tmp_path / "train")
+    callback.result().save(tmp_path / "igia")
+    scores = json.loads((tmp_path / "igia" / "scores.json").read_text())
+    assert scores["source_model"] is None and scores["task"] is None
+    assert scores["train_config"] == {"steps": 4, "batch_size": 4, "grad_accum": 1, "processes": 1,
+                                      "lr": 5e-3, "full": True, "lora_rank": None,
+                                      "lora_alpha": None, "max_length": None}
+    assert scores["probe"]["steps"] == 2 and scores["probe"]["step_seconds"] > 0
 
 
 def test_load_rejects_a_folder_that_is_not_a_probe(tmp_path):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -23,10 +23,41 @@ from transformers import TrainerCallback
 
 from .errors import GradPrunerError
 from .surgery import base_model, layer_index, layer_prefix
+from .timing import StepTimer
 
 SCORE_VARIANTS = ("squared", "unsquared")
 _TENSORS = "igia.safetensors"
 _SCORES = "scores.json"
+
+
+@dataclass
+class TrainingRun:
+    """What an `IGIACallback` saw of the training run it probed, so that `prune` can default from
+    a probe saved inside the user's own trainer. Names as in `train.TrainConfig` where it has
+    them (`processes`: the run's processes, each with `batch_size`); `steps` is the
+    run's planned optimizer steps, `source_model` the model's folder (absolute) or Hub id,
+    `step_seconds` the steady seconds of an optimizer step (None when fewer than two were timed),
+    `max_length` TRL's `SFTConfig.max_length` (None under a plain `Trainer`)."""
+
+    source_model: str | None
+    steps: int | None
+    batch_size: int
+    grad_accum: int
+    processes: int
+    lr: float
+    full: bool
+    lora_rank: int | None
+    lora_alpha: float | None
+    max_length: int | None
+    step_seconds: float | None = None
+
+    def record(self, probe_steps: int) -> dict:
+        """The `scores.json` fields `pipeline.prune_stage` reads, named as `probe_stage` writes
+        them; `task` is None: the probe cannot tell which task the trainer's data is."""
+        train = {k: v for k, v in asdict(self).items() if k not in ("source_model", "step_seconds")}
+        return {"source_model": self.source_model, "task": None, "train_config": train,
+                "probe": {"steps": probe_steps, "schedule_steps": self.steps,
+                          "step_seconds": self.step_seconds}}
 
 
 @dataclass
@@ -35,6 +66,7 @@ class IGIA:
 
     `sq_norms[i, m]` is ||S_i||_F^2 of module m at probe step i. `dense` holds F_W for the modules
     kept as dense accumulators; `factors` holds the per-step (G_B, G_A) stacks for the others.
+    `run`: what the callback saw of the training run (written by `save`, not read back).
     """
 
     module_names: list[str]
@@ -45,6 +77,7 @@ class IGIA:
     dense: dict[str, torch.Tensor] = field(default_factory=dict)
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     model_info: dict = field(default_factory=dict)
+    run: TrainingRun | None = None
 
     @property
     def steps(self) -> int:
@@ -90,7 +123,8 @@ class IGIA:
         return sum(math.prod(s) for s in shapes)
 
     def save(self, directory: str | Path, extra: dict | None = None) -> None:
-        """Write `igia.safetensors` (tensors) and `scores.json` (scores, metadata and `extra`)."""
+        """Write `igia.safetensors` (tensors) and `scores.json` (scores, metadata, the run's
+        record and `extra`, which overrides the run's fields)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {"sq_norms": self.sq_norms.contiguous()}
@@ -109,6 +143,7 @@ class IGIA:
             "module_names": self.module_names,
             "module_layers": self.module_layers,
             "model": self.model_info,
+            **(self.run.record(self.steps) if self.run else {}),
             **(extra or {}),
         }
         (directory / _SCORES).write_text(json.dumps(meta, indent=2))
@@ -171,7 +206,9 @@ class IGIACallback(TrainerCallback):
     that trains a PEFT LoRA model, or the plain model for full fine-tuning. It reads the gradients
     at `on_pre_optimizer_step` (after clipping; under DDP after the all-reduce) and, unless
     `stop_training=False`, stops training once `max_steps` steps were seen. `result()` returns
-    the `IGIA`. Factor storage goes to `store_device` ("cpu" by default, so GPU memory is spared).
+    the `IGIA` with what the callback saw of the run (`TrainingRun`: the model, the Trainer's
+    settings, the step time), which `IGIA.save` records for `gradpruner prune`. Factor storage
+    goes to `store_device` ("cpu" by default, so GPU memory is spared).
     """
 
     def __init__(self, max_steps: int | None = None, stop_training: bool = True,
@@ -186,16 +223,25 @@ class IGIACallback(TrainerCallback):
         self._mode = ""
         self._num_layers = 0
         self._info: dict = {}
+        self._run: TrainingRun | None = None
+        self._timer = StepTimer()
 
     @property
     def steps_seen(self) -> int:
         return len(self._sq_norms)
+
+    @property
+    def step_seconds(self) -> float | None:
+        """The steady seconds of an optimizer step of the run (see `timing.StepTimer`)."""
+        return self._timer.steady_seconds()
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self._tracked:
             return
         horizon = self.max_steps or state.max_steps or args.max_steps
         self._attach(model, horizon if horizon and horizon > 0 else None)
+        self._run = training_run(args, state, model, self._info["name_or_path"],
+                                 full=self._mode == "full")
 
     def _attach(self, model, horizon: int | None) -> None:
         prefix = layer_prefix(model)
@@ -227,6 +273,7 @@ class IGIACallback(TrainerCallback):
         self._sq_norms.append(sq_norms)
 
     def on_step_end(self, args, state, control, **kwargs):
+        self._timer.on_step_end(args, state, control)
         if self.stop_training and self.max_steps is not None and self.steps_seen >= self.max_steps:
             control.should_training_stop = True
         return control
@@ -273,7 +320,26 @@ class IGIACallback(TrainerCallback):
             dense=dense,
             factors=factors,
             model_info=self._info,
+            run=replace(self._run, step_seconds=self.step_seconds) if self._run else None,
         )
+
+
+def training_run(args, state, model, name_or_path: str, full: bool) -> TrainingRun:
+    """What the Trainer's arguments, state and model (its PEFT config, unless `full`) say of
+    the run, at its start."""
+    configs = getattr(model, "peft_config", None) or {}
+    active = getattr(model, "active_adapter", None)
+    lora = None if full else (configs.get(active) if isinstance(active, str)
+                              else next(iter(configs.values()), None))
+    local = bool(name_or_path) and Path(name_or_path).is_dir()
+    return TrainingRun(
+        source_model=str(Path(name_or_path).resolve()) if local else name_or_path or None,
+        steps=state.max_steps if state.max_steps > 0 else None,
+        batch_size=args.per_device_train_batch_size, grad_accum=args.gradient_accumulation_steps,
+        processes=args.world_size, lr=args.learning_rate, full=full,
+        lora_rank=getattr(lora, "r", None), lora_alpha=getattr(lora, "lora_alpha", None),
+        max_length=getattr(args, "max_length", None),
+    )
 
 
 def _base_name(name: str) -> str:

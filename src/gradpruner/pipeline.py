@@ -37,6 +37,7 @@ from .prune import check_igia_matches, prune_model
 from .recipe import (ProbeResult, cut, evaluate, finetune_dense, heal, probe, recipe_dtype,
                      split_heldout, teacher_model)
 from .search.budget import heal_budget
+from .search.select import task_data_need
 from .selection import select_layers
 from .surgery import save_pretrained_atomic
 from .tasks import Task, get_task, list_tasks, task_from_data
@@ -130,13 +131,24 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
     sidecar records them, so that `finetune_stage` leaves them out too. `auto` and the merge search take at most
     `selection_budget` of the time of the `heal_steps`-step fine-tune planned after (no limit
     when either is None), timed by the probe. The model is pruned in fp32 on `device`.
+    Without `model`, the model the probe records (`source_model`) is pruned when it names one.
+    A probe saved from the user's own trainer names no task: a cut that needs task data then
+    stops here, saying what to pass.
     """
-    source = resolve_model(model)
-    check_output_dir(out, overwrite, source)
     probed = ProbeResult.load(scores) if scores else None
     meta = probed.info if probed else {}
+    recorded = None if model else meta.get("source_model")
+    source = probed_model(scores, recorded) if recorded else resolve_model(model)
+    check_output_dir(out, overwrite, source)
     if task is None and meta.get("task") in {t.name for t in list_tasks()}:
         task = get_task(meta["task"])
+    taskless = probed is not None and task is None and not meta.get("task")
+    reason = task_data_need(criterion, merge, remove) if taskless else None
+    if reason:
+        raise GradPrunerError(
+            f"the probe in {scores} was saved from your own trainer and names no task: pass "
+            f"--data FILE (your training data) or --task NAME so that {reason}, or --criterion "
+            "gradpruner --merge none (or --merge 3, the paper's merge) to cut by the IGIA alone")
     config = load_config(source)
     if probed is not None:
         check_igia_matches(probed.igia, config)
@@ -156,6 +168,17 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
     sidecar = record.to_json()
     save_pretrained_atomic(net, tokenizer, out, sidecar, overwrite, source, model_card(sidecar))
     return record
+
+
+def probed_model(scores: str, name: str) -> str:
+    """The model a probe folder records (`prune` without --model), when it loads here."""
+    try:
+        source = resolve_model(name)
+        load_config(source)
+    except GradPrunerError as err:
+        raise GradPrunerError(f"the probe in {scores} was made on {name}, which does not load here "
+                              f"({err}): pass --model (the probed model's folder or Hub id)") from None
+    return source
 
 
 def describe(record: PruneRecord, config, source: str, scores_dir: str | None,

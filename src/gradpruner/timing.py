@@ -1,5 +1,6 @@
 """Measured speed of models side by side: runs alternate between the models and the median of
-several repetitions is kept, so a shared, noisy machine affects all of them alike."""
+several repetitions is kept, so a shared, noisy machine affects all of them alike. `StepTimer`:
+the steady seconds of a training step."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from transformers import TrainerCallback
 
 
 def prefill_seconds(model, input_ids: torch.Tensor) -> float:
@@ -47,3 +49,19 @@ def compare_prefill(models: dict[str, torch.nn.Module], batch: int = 8, seq_len:
         model.eval()
     return interleaved_medians({name: lambda m=model: prefill_seconds(m, ids) for name, model in models.items()},
                                repeats)
+
+
+class StepTimer(TrainerCallback):
+    """The end time of every optimizer step."""
+
+    def __init__(self):
+        self.ends: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ends.append(time.perf_counter())
+
+    def steady_seconds(self) -> float | None:
+        """Seconds per step after the first (which also pays for warm-up: CUDA kernels, caches)."""
+        if len(self.ends) < 2:
+            return None
+        return (self.ends[-1] - self.ends[0]) / (len(self.ends) - 1)

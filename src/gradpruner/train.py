@@ -19,12 +19,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import Trainer, TrainingArguments, set_seed
 
 from .data import Example, PadCollator, pad_id, training_features
 from .errors import GradPrunerError
 from .igia import IGIA, IGIACallback
 from .surgery import base_model
+from .timing import StepTimer
 from .warm_start import adapter_state, warm_start
 
 if TYPE_CHECKING:
@@ -267,10 +268,10 @@ def probe(model, tokenizer, examples: list[Example], cfg: TrainConfig, steps: in
     horizon = max(schedule_steps or cfg.steps or 100 * steps, steps)
     set_seed(cfg.seed)
     trainable = model if cfg.full else add_lora(model, cfg)
-    callback, timer = IGIACallback(max_steps=steps), StepTimer()
+    callback = IGIACallback(max_steps=steps)
     run_cfg = replace(cfg, save_every=steps, checkpoint_dir=checkpoint_dir) if checkpoint_dir else cfg
     with _output_dir(run_cfg) as out:
-        trainer = make_trainer(trainable, tokenizer, examples, run_cfg, out, [callback, timer],
+        trainer = make_trainer(trainable, tokenizer, examples, run_cfg, out, [callback],
                                steps, horizon)
         start = time.perf_counter()
         trainer.train()
@@ -280,21 +281,5 @@ def probe(model, tokenizer, examples: list[Example], cfg: TrainConfig, steps: in
             adapters.update(adapter_state(trainable))
         trainable.unload()
     stats = {"steps": callback.steps_seen, "probe_seconds": seconds, "schedule_steps": horizon,
-             "step_seconds": timer.steady_seconds()}
+             "step_seconds": callback.step_seconds}
     return callback.result(), stats
-
-
-class StepTimer(TrainerCallback):
-    """The end time of every optimizer step."""
-
-    def __init__(self):
-        self.ends: list[float] = []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter())
-
-    def steady_seconds(self) -> float | None:
-        """Seconds per step after the first (which also pays for warm-up: CUDA kernels, caches)."""
-        if len(self.ends) < 2:
-            return None
-        return (self.ends[-1] - self.ends[0]) / (len(self.ends) - 1)

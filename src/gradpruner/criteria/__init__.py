@@ -49,6 +49,7 @@ class Criterion:
     name: str = ""
     paper: str = ""
     needs_probe: bool = False
+    needs_data: bool = False  # scores layers or judges cuts on task examples
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
         raise NotImplementedError

@@ -66,6 +66,7 @@ class OnTaskData(Criterion):
     """A criterion computed on the first examples of the task's training data."""
 
     settings_class = TaskDataSettings
+    needs_data = True
 
     def __init__(self, settings: TaskDataSettings | None = None):
         self.settings = settings or self.settings_class()

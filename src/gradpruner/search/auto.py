@@ -133,6 +133,7 @@ class Auto(Criterion):
 
     name = "auto"
     settings_class = AutoSettings
+    needs_data = True
     paper = "this project: candidates of the other criteria judged by held-out loss"
 
     def __init__(self, settings: AutoSettings | None = None):

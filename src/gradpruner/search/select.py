@@ -94,6 +94,16 @@ def select(model, tokenizer=None, examples: list | None = None, *, heldout: list
     return plan, report
 
 
+def task_data_need(criterion: str, merge: int | str | None, remove: list[int] | None) -> str | None:
+    """Why `select` with these settings and a probe's IGIA needs task data (the end of "so
+    that ..."), or None when the IGIA is enough."""
+    if get_criterion(criterion).needs_data and (remove is None or merge):
+        return "auto can judge cuts" if criterion == "auto" else f"{criterion} can score layers"
+    if merge in ("auto", "fold"):
+        return f"--merge {merge} can " + ("judge merges" if merge == "auto" else "fit the fold")
+    return None
+
+
 def _merge_search(ctx: ScoreContext, selection: Selection, chosen, budget: SelectionBudget,
                   judge: Judge | None, trials: int | None, density: float,
                   settings: AutoSettings, folding: FoldSettings) -> tuple[PrunePlan, dict]:
