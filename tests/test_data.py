@@ -25,7 +25,7 @@ def test_reads_both_record_kinds(tmp_path):
         json.dumps({"prompt": "Summarise: x", "completion": "y"}),
     ])
     a, b, c = read_examples(path)
-    assert a == MCExample(("Q: sky?\nA:",) * 2, (" blue", " green"), 0)
+    assert a == MCExample(("Q: sky?\nA:",) * 2, (" blue", " green"), 0, ("blue", "green"))
     assert b.gold == 1 and b.training_pair() == ("Q: grass?\nA:", " green")
     assert c == GenExample("Summarise: x", "y") and c.training_pair() == ("Summarise: x", " y")
 

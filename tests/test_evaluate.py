@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from types import SimpleNamespace
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, processors
@@ -12,7 +15,8 @@ from gradpruner.errors import GradPrunerError
 from gradpruner.evaluate import (_cache_keyword, _choice_logprobs_full, _shared_contexts,
                                  choice_logprobs, choice_pairs, evaluate_examples,
                                  evaluate_exact_match, evaluate_generation, evaluate_mc,
-                                 generate_texts, predicted_choice, rouge_l)
+                                 generate_texts, mc_accuracy, predicted_choice, rouge_l)
+from gradpruner.tasks.packaged import winogrande_from_doc
 from tiny_models import ARCHS, tiny_model
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -89,8 +93,71 @@ def test_acc_norm_differs_from_acc_on_lengths(tokenizer):
     model = rigged_model(tokenizer, {"z": 5.0})
     ex = MCExample.from_question("Q:", ["z" * 12, "q"], gold=0)
     long, short = (expected_logprob(model, tokenizer, c) for c in ex.continuations)
-    assert long < short and long / len(ex.continuations[0]) > short / len(ex.continuations[1])
+    assert long < short and long / len(ex.choices[0]) > short / len(ex.choices[1])
     assert evaluate_mc(model, tokenizer, [ex]) == {"acc": 0.0, "acc_norm": 1.0, "n": 1}
+
+
+def test_acc_norm_divides_by_the_choice_without_the_joining_space():
+    """Hand-computed: choice 0 " ab" scores -2.9, choice 1 " abcd" -5.0. Per character of the
+    choice ("ab": 2, "abcd": 4) choice 1 wins (-1.45 < -1.25); per character of the continuation
+    with its space (3, 5) choice 0 would (-0.967 > -1.0). A choice that brings its own leading
+    space keeps it: " xy" is 3 characters, as lm-eval counts it."""
+    ex = MCExample.from_question("Q:", ["ab", "abcd"], gold=1)
+    assert ex.continuations == (" ab", " abcd") and ex.norm_lengths() == [2, 4]
+    assert mc_accuracy([ex], [[-2.9, -5.0]]) == {"acc": 0.0, "acc_norm": 1.0, "n": 1}
+    spaced = MCExample.from_question("Q:", [" xy", "abcd"], gold=0)
+    assert spaced.continuations == (" xy", " abcd") and spaced.norm_lengths() == [3, 4]
+    # -2.0 / 3 = -0.667 beats -3.0 / 4 = -0.75 (stripped of its space, " xy" would lose: -1.0)
+    assert mc_accuracy([spaced], [[-2.0, -3.0]])["acc_norm"] == 1.0
+    # no space joins a prompt that ends in one: the continuation is the choice
+    assert MCExample.from_question("Q: ", ["ab"], 0).norm_lengths() == [2]
+
+
+def lm_eval_process_results(choices: list[str], gold: int, logprobs: list[float],
+                            multiple_input: bool = False) -> dict:
+    """lm-eval 0.4.13's own `ConfigurableTask.process_results` for a multiple-choice doc whose
+    `doc_to_choice` is `choices`, on the given log-likelihoods."""
+    task_module = pytest.importorskip("lm_eval.api.task")
+    task = SimpleNamespace(
+        config=SimpleNamespace(process_results=None), OUTPUT_TYPE="multiple_choice",
+        _metric_fn_list={"acc": None, "acc_norm": None}, multiple_input=multiple_input,
+        multiple_target=False, doc_to_choice=lambda doc: choices,
+        doc_to_target=lambda doc: gold, doc_to_text=lambda doc: gold)
+    return task_module.ConfigurableTask.process_results(
+        task, {}, [(lp, False) for lp in logprobs])
+
+
+@pytest.mark.parametrize("choices", [
+    ["ab", "abcd", "a longer answer"],         # no leading space: lm-eval puts " " before each
+    [" ab", " abcd", " a longer answer"],      # every choice brings its own space
+    [" ab", "abcd", "  a longer answer"],      # mixed
+])
+def test_acc_norm_equals_lm_eval_process_results(choices):
+    rng = random.Random(0)
+    for trial in range(200):
+        logprobs = [-rng.uniform(0.5, 12.0) for _ in choices]
+        gold = trial % len(choices)
+        ours = mc_accuracy([MCExample.from_question("Question: q?\nAnswer:", choices, gold)],
+                           [logprobs])
+        theirs = lm_eval_process_results(choices, gold, logprobs)
+        assert (ours["acc"], ours["acc_norm"]) == (theirs["acc"], theirs["acc_norm"])
+
+
+def test_winogrande_acc_norm_equals_lm_eval_process_results():
+    """Partial scoring: lm-eval's WinoGrande names the filled contexts as its choices."""
+    winogrande = pytest.importorskip("lm_eval.tasks.winogrande.preprocess_winogrande")
+    doc = {"sentence": "Anna gave Bob the book because _ was done with it.",
+           "option1": "Anna", "option2": "Bobby-Jo", "answer": "2"}
+    ex = winogrande_from_doc(doc)
+    assert list(ex.choices) == winogrande.doc_to_choice(doc)
+    assert ex.continuations == (" " + winogrande.doc_to_target(doc),) * 2
+    rng = random.Random(1)
+    for _ in range(100):
+        logprobs = [-rng.uniform(5.0, 6.0), -rng.uniform(5.0, 6.0)]
+        ours = mc_accuracy([ex], [logprobs])
+        theirs = lm_eval_process_results(winogrande.doc_to_choice(doc),
+                                         winogrande.doc_to_text(doc), logprobs, multiple_input=True)
+        assert (ours["acc"], ours["acc_norm"]) == (theirs["acc"], theirs["acc_norm"])
 
 
 # ---------------------------------------------------------------- shared contexts

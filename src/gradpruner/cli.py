@@ -117,6 +117,15 @@ def _add_heal(p: argparse.ArgumentParser, rounds: bool = True) -> None:
                        help="healing steps between rounds (default 10)")
 
 
+def _add_harness(p: argparse.ArgumentParser, models: str) -> None:
+    """lm-evaluation-harness tasks (`harness.py`)."""
+    p.add_argument("--harness", metavar="TASKS",
+                   help=f"comma-separated lm-eval tasks to run on {models} too (needs "
+                        "`pip install lm-eval`; --limit items of each)")
+    p.add_argument("--harness-include", metavar="DIR",
+                   help="folder of your own lm-eval task YAMLs for --harness")
+
+
 def _flags_only(p: argparse.ArgumentParser) -> None:
     """Make every option of `p` set its value only when given (`run` and `compare`: flags
     override `--config`, which overrides `config.RunConfig`'s defaults, the same as in the help)."""
@@ -160,7 +169,8 @@ HEAL_FLAGS = {"heal": "method", "heal_layers": "layers", "heal_lm_head": "lm_hea
               "distill": "distill", "temperature": "temperature", "teacher": "teacher",
               "rounds": "rounds", "round_steps": "round_steps"}
 RECIPE_FLAGS = ("model", "dtype", "device", "task", "data", "eval_data", "chat_template", "criterion", "density",
-                "selection_budget", "probe_steps", "heldout", "out", "overwrite", "seeds")
+                "selection_budget", "probe_steps", "heldout", "out", "overwrite", "seeds",
+                "harness_include")
 
 
 def recipe_overrides(args) -> dict:
@@ -180,6 +190,10 @@ def recipe_overrides(args) -> dict:
         out["heal"] = heal
     if "data" in given:
         out["task"] = None
+    if "harness" in given:
+        from .harness import parse_task_names
+
+        out["harness"] = list(parse_task_names(given["harness"]))
     if "limit" in given:
         out["eval_limit"] = given["limit"] or None
     if "no_dense" in given:
@@ -270,11 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default="loglik", choices=["loglik", "generate"])
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", help="write the metrics to this JSON file")
+    _add_harness(p, "the model (alone when no --task or --data is given)")
 
     p = sub.add_parser("run", help="probe, prune, fine-tune and evaluate, beside the dense model")
     _add_recipe(p, "runs/default")
     _add_selection(p, ratio=0.2)
     p.add_argument("--no-dense", action="store_true", help="skip the dense reference fine-tune")
+    _add_harness(p, "the dense and the pruned fine-tuned models, in the report")
     _flags_only(p)
 
     p = sub.add_parser("compare", help="pruning methods side by side: same model, data, budget, seeds")
@@ -317,6 +333,18 @@ def _selection(args) -> dict:
     return {"criterion": args.criterion, "ratio": args.ratio, "count": args.layers, "remove": remove,
             "merge": parse_merge_count(args.merge), "density": args.density,
             "selection_budget": args.selection_budget}
+
+
+def _harness_spec(args):
+    """`eval`'s lm-eval tasks (`harness.HarnessSpec`), or None without --harness."""
+    from .harness import HarnessSpec, parse_task_names
+
+    if not args.harness:
+        if args.harness_include:
+            raise GradPrunerError("--harness-include needs --harness TASKS")
+        return None
+    return HarnessSpec(parse_task_names(args.harness), args.harness_include,
+                       args.chat_template == "on")
 
 
 def _floats(text: str, option: str) -> list[float]:
@@ -378,9 +406,13 @@ def _dispatch(args) -> int:
         print(json.dumps({"out": args.out, "train_loss": record["finetune"]["train_loss"]}))
         return 0
     if args.command == "eval":
-        task = pipeline.resolve_task(args.task, args.data, args.eval_data, args.chat_template)
+        harness = _harness_spec(args)
+        task = (pipeline.resolve_task(args.task, args.data, args.eval_data,
+                                        args.chat_template)
+                if args.task or args.data or harness is None else None)
         result = pipeline.eval_stage(args.model, task, args.limit, args.out, args.protocol,
-                                     args.batch_size, args.dtype, args.device, args.device_map)
+                                     args.batch_size, args.dtype, args.device, args.device_map,
+                                     harness)
         print(json.dumps(result, indent=2))
         return 0
     if args.command == "compare":

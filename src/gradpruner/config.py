@@ -14,6 +14,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from .errors import GradPrunerError
+from .harness import HarnessSpec, parse_task_names
 from .heal import HealConfig
 from .chat import CHAT_MODES
 from .records import check_source
@@ -157,6 +158,23 @@ class RunConfig(RecipeConfig):
     out: str = "runs/default"
     dense: bool = True
     overwrite: bool = False
+    harness: list[str] | None = None  # lm-eval tasks the report adds (`harness.py`)
+    harness_include: str | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.harness_include and not self.harness:
+            raise GradPrunerError("--harness-include needs --harness TASKS")
+        if self.harness:
+            self.harness_spec().validate()
+
+    def harness_spec(self) -> HarnessSpec | None:
+        """The lm-eval tasks of `harness` (a list or comma-separated names), or None."""
+        if not self.harness:
+            return None
+        names = parse_task_names(self.harness if isinstance(self.harness, str)
+                                 else ",".join(map(str, self.harness)))
+        return HarnessSpec(names, self.harness_include, self.chat_template == "on")
 
 
 @dataclass

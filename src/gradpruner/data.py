@@ -31,18 +31,28 @@ from .records import Record, read_file
 class MCExample:
     """One multiple-choice item: choice i is the text `contexts[i] + continuations[i]`.
 
+    `choices` are the choice texts as the item names them (lm-evaluation-harness's
+    `doc_to_choice`): `acc_norm` divides each choice's log-likelihood by the length of its text
+    there, without the space put between context and answer. Left empty, the continuations.
     With `chat`, each context is the user's turn of the chat template and each continuation the
-    start of the assistant's answer."""
+    start of the assistant's answer.
+    """
 
     contexts: tuple[str, ...]
     continuations: tuple[str, ...]
     gold: int
+    choices: tuple[str, ...] = ()
     chat: bool = False
 
     @classmethod
     def from_question(cls, prompt: str, choices: list[str], gold: int) -> "MCExample":
         """One shared prompt and several answers, joined by a space when neither side has one."""
-        return cls((prompt,) * len(choices), tuple(join_space(prompt, c) for c in choices), gold)
+        return cls((prompt,) * len(choices), tuple(join_space(prompt, c) for c in choices), gold,
+                   tuple(choices))
+
+    def norm_lengths(self) -> list[int]:
+        """The character length of each choice that `acc_norm` divides by (at least 1)."""
+        return [max(len(text), 1) for text in self.choices or self.continuations]
 
     def training_pair(self) -> tuple[str, str]:
         return self.contexts[self.gold], self.continuations[self.gold]

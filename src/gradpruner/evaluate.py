@@ -3,7 +3,9 @@ a generated answer letter.
 
 Log-likelihood scoring follows lm-evaluation-harness: each choice is a (context, continuation)
 pair scored by the summed log-probability of the continuation; `acc` takes the best sum,
-`acc_norm` the best sum per character of the continuation. Token ids come from
+`acc_norm` the best sum per character of the choice's own text (`MCExample.norm_lengths`: without
+the space that joins it to the context; for partial scoring, lm-eval's choices are the contexts
+the options complete). Token ids come from
 `data.tokenize_pair`, so a pair is tokenised exactly as in training.
 """
 
@@ -310,7 +312,7 @@ def mc_accuracy(examples: list[MCExample], scores: list[list[float]]) -> dict:
     """{"acc", "acc_norm", "n"} of per-choice summed log-probabilities (`choice_logprobs`)."""
     hits, hits_norm = [], []
     for ex, logprobs in zip(examples, scores):
-        per_char = [lp / max(len(c), 1) for lp, c in zip(logprobs, ex.continuations)]
+        per_char = [lp / n for lp, n in zip(logprobs, ex.norm_lengths())]
         hits.append(float(_argmax(logprobs) == ex.gold))
         hits_norm.append(float(_argmax(per_char) == ex.gold))
     return {"acc": _mean(hits), "acc_norm": _mean(hits_norm), "n": len(examples)}

@@ -25,6 +25,7 @@ from .config import RunConfig
 from .costs import cut_costs
 from .distributed import is_main_process, main_process_output, refuse_sharded_probe
 from .errors import GradPrunerError
+from .harness import HarnessSpec, run_harness
 from .heal import HealConfig, get_healer
 from .heal.distill import Distillation
 from .igia import IGIA
@@ -254,13 +255,22 @@ def _stage_teacher(student, heal: HealConfig, train: TrainConfig, sidecar: dict,
     return teacher_model(dense, adapters, heal, train, param.dtype)
 
 
-def eval_stage(model: str | None, task: Task, limit: int | None = None, out: str | None = None,
-               protocol: str = "loglik", batch_size: int = 16, dtype: str = "auto",
-               device: str = "auto", device_map: str | None = None) -> dict:
-    """Evaluate `model` on the task's evaluation split; optionally write the metrics as JSON."""
+def eval_stage(model: str | None, task: Task | None, limit: int | None = None,
+               out: str | None = None, protocol: str = "loglik", batch_size: int = 16,
+               dtype: str = "auto", device: str = "auto", device_map: str | None = None,
+               harness: HarnessSpec | None = None) -> dict:
+    """Evaluate `model` on the task's evaluation split and / or on lm-eval's tasks (`harness`,
+    under "harness" in the result, checked before the model loads); optionally write the
+    metrics as JSON."""
+    if task is None and harness is None:
+        raise GradPrunerError("give a task to evaluate (--task, --data or --harness)")
+    if harness is not None:
+        harness.validate()
     net, tokenizer, source = load_model(model, dtype, device, device_map)
-    result = evaluate(net, tokenizer, task, limit, protocol, batch_size)
-    result.update(model=source, task=task.name, protocol=protocol)
+    result = evaluate(net, tokenizer, task, limit, protocol, batch_size) if task else {}
+    result.update(model=source, task=task.name if task else None, protocol=protocol)
+    if harness is not None:
+        result["harness"] = run_harness(net, tokenizer, harness, limit, batch_size)
     if out:
         path = Path(out)
         if path.exists() and path.is_dir():
@@ -322,11 +332,20 @@ def run(cfg: RunConfig) -> dict:
         save_pretrained_atomic(pruned, tokenizer, tmp / "model", record.to_json(), source_dir=source)
         results["prune"], results["pruned_finetune"] = record.to_json(), stats
         results["pruned_finetuned"] = evaluate(pruned, tokenizer, task, cfg.eval_limit)
+        harness = cfg.harness_spec()
+        if harness:
+            _say(f"lm-evaluation-harness on the pruned model: {', '.join(harness.tasks)}")
+            results["harness"] = {"pruned_finetuned": run_harness(pruned, tokenizer, harness,
+                                                                  cfg.eval_limit)}
         if cfg.dense:
             _say("fine-tuning the dense model (the reference; --no-dense skips it)")
             dense, stats = finetune_dense(dense, tokenizer, train, cfg.train, probed, reuse)
             results["dense_finetune"] = stats
             results["dense_finetuned"] = evaluate(dense, tokenizer, task, cfg.eval_limit)
+            if harness:
+                _say("lm-evaluation-harness on the dense model")
+                results["harness"]["dense_finetuned"] = run_harness(dense, tokenizer, harness,
+                                                                    cfg.eval_limit)
         _say("timing inference: prefill of 8 x 128 tokens, dense and pruned interleaved")
         results["prefill_seconds"] = compare_prefill({"dense": dense, "pruned": pruned})
         # the model card, once the accuracies and the prefill timing are known

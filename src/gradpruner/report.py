@@ -51,6 +51,18 @@ def _metric(result: dict | None) -> str:
     return f"{value:.3f}{extra}"
 
 
+def _harness(results: dict) -> list[str]:
+    """The lm-evaluation-harness table of the fine-tuned models, when `run --harness` ran it."""
+    rows = results.get("harness")
+    if not rows:
+        return []
+    from .harness import harness_table
+
+    table = harness_table({"dense, fine-tuned": rows.get("dense_finetuned"),
+                           "pruned, fine-tuned": rows.get("pruned_finetuned")})
+    return ["lm-evaluation-harness (zero-shot; lm-eval's prompts and metrics):", "", *table, ""]
+
+
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.3f}" if a and b else "-"
 
@@ -206,6 +218,7 @@ def run_markdown(results: dict) -> str:
         f"| dense, fine-tuned | {_metric(results.get('dense_finetuned'))} |",
         f"| pruned, fine-tuned | {_metric(results['pruned_finetuned'])} |",
         "",
+        *_harness(results),
         "| cost | dense | pruned | pruned / dense |",
         "|---|---|---|---|",
         f"| fine-tuning seconds ({pruned_ft.get('steps', '-')} steps) | "

@@ -61,16 +61,14 @@ def mc_from_doc(doc: dict) -> MCExample:
 
 def winogrande_from_doc(doc: dict) -> MCExample:
     """WinoGrande with partial scoring: each option fills the blank in its own context, and
-    the text after the blank is the continuation shared by both (as the packaged requests do)."""
+    the text after the blank is the continuation shared by both (as the packaged requests do).
+    The choices are the filled contexts, as lm-evaluation-harness's WinoGrande names them."""
     sentence = doc["sentence"]
     blank = sentence.index("_")
     options = (doc["option1"], doc["option2"])
     continuation = " " + sentence[blank + 1:].strip()
-    return MCExample(
-        tuple(sentence[:blank] + option for option in options),
-        (continuation, continuation),
-        int(doc["answer"]) - 1,
-    )
+    contexts = tuple(sentence[:blank] + option for option in options)
+    return MCExample(contexts, (continuation, continuation), int(doc["answer"]) - 1, contexts)
 
 
 def mmlu_from_row(row: dict) -> MCExample:
