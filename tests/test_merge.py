@@ -3,11 +3,11 @@
 import pytest
 import torch
 
+from gradpruner.config import parse_merge_count
 from gradpruner.errors import GradPrunerError
 from gradpruner.apply.merge import (
     merge_layers,
     merged_delta,
-    parse_merge_count,
     plan_merge,
     receiver_of,
     top_p_mask,

@@ -161,7 +161,7 @@ def test_a_yaml_config_with_flags_on_top(tmp_path):
     assert cfg.criterion_settings()["laco"].threshold == 0.5
 
 
-@pytest.mark.parametrize("args,message", [
+BAD_SETTINGS = [
     (["run", "--ratio", "40"], "ratio must be a number strictly between 0 and 1, got 40.0"),
     (["run", "--steps", "0"], "--steps must be at least 1"),
     (["run", "--density", "2"], "--density must be in (0, 1]"),
@@ -180,7 +180,10 @@ def test_a_yaml_config_with_flags_on_top(tmp_path):
     (["run", "--rounds", "2", "--merge", "3"], "--rounds merges by 'auto', 'fold' or 'none'"),
     (["run", "--distill", "0.5", "--teacher", "missing"], "teacher model folder not found: missing"),
     (["run", "--merge", "blend"], "--merge takes a number of donor layers, 'all', 'fold'"),
-])
+]  # test_instant_cli also runs each without torch
+
+
+@pytest.mark.parametrize("args,message", BAD_SETTINGS)
 def test_bad_settings_are_refused_before_any_model_is_loaded(args, message, monkeypatch, capsys, tmp_path):
     def refuse(*a, **k):
         raise AssertionError("a model was loaded")

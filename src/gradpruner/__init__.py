@@ -12,23 +12,51 @@ The library, step by step (each returns a typed result):
 
 __version__ = "0.1.0"
 
-from .apply import apply  # noqa: E402
-from .apply.fold import Calibration  # noqa: E402
-from .config import CompareConfig, RunConfig  # noqa: E402
-from .errors import GradPrunerError  # noqa: E402
-from .heal import HealConfig  # noqa: E402
-from .heal.distill import Distillation  # noqa: E402
-from .igia import IGIA, IGIACallback  # noqa: E402
-from .plan import PrunePlan, PruneRecord  # noqa: E402
-from .prune import prune_model  # noqa: E402
-from .recipe import ProbeResult, evaluate, heal, probe, split_heldout, teacher_model  # noqa: E402
-from .search.budget import SelectionBudget  # noqa: E402
-from .search.select import SelectionReport, select  # noqa: E402
-from .tasks import get_task  # noqa: E402
-from .train import TrainConfig, finetune  # noqa: E402
+import importlib
+import sys
+import types
+
+# each public name -> the module that defines it, imported on first use (PEP 562), so that
+# `import gradpruner` (and the CLI's parsing and checks) imports no torch
+_SOURCES = {
+    "apply": ".apply", "Calibration": ".apply.fold", "CompareConfig": ".config",
+    "RunConfig": ".config", "GradPrunerError": ".errors", "HealConfig": ".heal",
+    "Distillation": ".heal.distill", "IGIA": ".igia", "IGIACallback": ".igia",
+    "PrunePlan": ".plan", "PruneRecord": ".plan", "prune_model": ".prune",
+    "ProbeResult": ".recipe", "evaluate": ".recipe", "heal": ".recipe", "probe": ".recipe",
+    "split_heldout": ".recipe", "teacher_model": ".recipe", "SelectionBudget": ".search.budget",
+    "SelectionReport": ".search.select", "select": ".search.select", "get_task": ".tasks",
+    "TrainConfig": ".train", "finetune": ".train",
+}
 
 __all__ = ["IGIA", "IGIACallback", "Calibration", "Distillation", "GradPrunerError", "HealConfig",
            "PrunePlan", "PruneRecord", "ProbeResult", "RunConfig", "CompareConfig",
            "SelectionBudget", "SelectionReport", "TrainConfig", "apply", "evaluate", "finetune",
            "get_task", "heal", "probe", "prune_model", "select", "split_heldout", "teacher_model",
            "__version__"]
+
+
+def __getattr__(name: str):
+    """The public name `name`, imported from its module on first use."""
+    if name not in _SOURCES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_SOURCES[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SOURCES))
+
+
+class _Package(types.ModuleType):
+    """This package, whose public functions `apply`, `evaluate` and `heal` keep their names when
+    the import system binds the same-named submodules on it (as the eager imports did)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _SOURCES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -1,6 +1,9 @@
 """Command line: arguments only; every command calls the library.
 
     gradpruner probe | prune | finetune | eval | run | compare | tasks
+
+Parsing, `--help`, argument errors and the checks of the settings finish before torch,
+transformers or peft are imported (the modules they need import none).
 """
 
 from __future__ import annotations
@@ -70,9 +73,9 @@ def _add_train(p: argparse.ArgumentParser, steps: int | None) -> None:
 
 def _add_selection(p: argparse.ArgumentParser, ratio: float | None) -> None:
     """The criterion, the cut (`ratio` or a count or a list) and the merge."""
-    from .criteria import CRITERIA
+    from .config import CRITERION_NAMES
 
-    p.add_argument("--criterion", default="auto", choices=sorted(CRITERIA),
+    p.add_argument("--criterion", default="auto", choices=CRITERION_NAMES,
                    help="auto (default): of the cuts several criteria propose, the one with the "
                         "lowest held-out task loss; gradpruner: the paper's IGIA score")
     group = p.add_mutually_exclusive_group()
@@ -175,7 +178,7 @@ RECIPE_FLAGS = ("model", "dtype", "device", "task", "data", "eval_data", "chat_t
 
 def recipe_overrides(args) -> dict:
     """The config values the given flags set (flags left out set nothing)."""
-    from .apply.merge import parse_merge_count
+    from .config import parse_merge_count
     from .selection import parse_layer_list
 
     given = vars(args)
@@ -281,8 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p, device_map=True)
     _add_data(p)
     p.add_argument("--limit", type=int, default=None, help="first N evaluation items")
-    p.add_argument("--protocol", default="loglik", choices=["loglik", "generate"])
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--protocol", default="loglik", choices=["loglik", "generate"],
+                   help="multiple choice by loglik (default): each choice's log-likelihood, as "
+                        "lm-evaluation-harness scores it; generate: the answer letter the model "
+                        "generates (generation tasks: always ROUGE-L)")
+    p.add_argument("--batch-size", type=int, default=16, help="evaluation batch size (default 16)")
     p.add_argument("--out", help="write the metrics to this JSON file")
     _add_harness(p, "the model (alone when no --task or --data is given)")
 
@@ -309,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_config(args):
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
     return TrainConfig(
         steps=args.steps if args.epochs is None else None, epochs=args.epochs,
@@ -322,13 +328,15 @@ def _train_config(args):
 
 
 def _selection(args) -> dict:
-    from .apply.merge import parse_merge_count
+    from .config import check_ratio, parse_merge_count
     from .search.budget import check_fraction
     from .selection import parse_layer_list
 
     remove = parse_layer_list(args.remove) if args.remove else None
     if args.ratio is None and args.layers is None and remove is None:
         raise GradPrunerError("give one of --ratio, --layers or --remove")
+    if args.ratio is not None:
+        check_ratio(args.ratio)
     check_fraction(args.selection_budget)
     return {"criterion": args.criterion, "ratio": args.ratio, "count": args.layers, "remove": remove,
             "merge": parse_merge_count(args.merge), "density": args.density,
@@ -363,8 +371,9 @@ def _check_density(density: float) -> None:
 
 
 def _dispatch(args) -> int:
-    from . import pipeline
-
+    """Check the settings that need no model, then import the model libraries and run."""
+    if args.command is None:
+        raise GradPrunerError("no command given (see --help)")
     if args.command == "tasks":
         from .tasks import list_tasks
 
@@ -374,6 +383,16 @@ def _dispatch(args) -> int:
             train, held = (f"{sizes[k]:>8}" if k in sizes else f"{'--data':>8}" for k in ("train", "eval"))
             print(f"{task.name:<16}{task.kind:<6}{train}{held}  {task.description}")
         return 0
+    if args.command in ("run", "compare"):
+        cfg = recipe_config(args)
+    elif args.command == "prune":
+        sel = _selection(args)
+        _check_density(sel["density"])
+    from transformers.utils import logging as hf_logging
+
+    from . import pipeline
+
+    hf_logging.disable_progress_bar()  # weight-loading bars; training keeps its own progress bar
     if args.command == "probe":
         task = pipeline.resolve_task(args.task, args.data, args.eval_data, args.chat_template)
         igia = pipeline.probe_stage(args.model, task, args.out, _train_config(args), args.steps,
@@ -382,8 +401,6 @@ def _dispatch(args) -> int:
         print(json.dumps({"out": args.out, "layer_scores": igia.layer_scores}))
         return 0
     if args.command == "prune":
-        sel = _selection(args)
-        _check_density(sel["density"])
         task = (pipeline.resolve_task(args.task, args.data, None, args.chat_template)
                 if args.task or args.data else None)
         record = pipeline.prune_stage(args.model, args.scores, args.out, overwrite=args.overwrite,
@@ -418,15 +435,11 @@ def _dispatch(args) -> int:
     if args.command == "compare":
         from .compare import compare
 
-        cfg = recipe_config(args)
         results = compare(cfg)
         print(f"{cfg.out}/results.md: {len(results['cells'])} cells")
         return 0
-    if args.command == "run":
-        cfg = recipe_config(args)
-        pipeline.run(cfg)
-        return 0
-    raise GradPrunerError("no command given (see --help)")
+    pipeline.run(cfg)  # run
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -436,9 +449,6 @@ def main(argv: list[str] | None = None) -> int:
 
         print(__version__)
         return 0
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # weight-loading bars; training keeps its own progress bar
     try:
         return _dispatch(args)
     except GradPrunerError as err:

@@ -17,6 +17,7 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from .compare_methods import HEALS, METHODS
 from .config import CompareConfig
 from .errors import GradPrunerError
 from .models import load_model
@@ -29,38 +30,6 @@ from .recipe import (Cut, ProbeResult, cut, evaluate, heal, needs_probe, probe, 
 from .search.judge import task_batches, task_loss
 from .timing import compare_prefill
 from .train import finetune
-
-# method -> (criterion, merge donors or "auto"/None)
-METHODS: dict[str, tuple[str, int | str | None]] = {
-    "auto": ("auto", "auto"),
-    "gradpruner": ("gradpruner", 3),
-    "gradpruner_nomerge": ("gradpruner", None),
-    "gradpruner_unsquared": ("gradpruner_unsquared", 3),
-    "tail": ("tail", None),
-    "random": ("random", None),
-    "block_influence": ("block_influence", None),
-    "angular": ("angular", None),
-    "taylor": ("taylor", None),
-    "ppl": ("ppl", None),
-    "laco": ("laco", None),
-    "auto_fold": ("auto", "fold"),
-    "auto_nomerge": ("auto", None),
-}
-
-# healing variant -> `heal.HealConfig` fields set on top of the comparison's own
-HEALS: dict[str, dict] = {
-    "lora": {},
-    "full": {"method": "full"},
-    "partial": {"method": "partial"},
-    "partial_head": {"method": "partial", "lm_head": True},
-    "distill": {"distill": 0.5},
-    "partial_distill": {"method": "partial", "distill": 0.5},
-    "rounds": {"rounds": 2},
-    "lora_lr3": {"lr": 3e-4},
-    "partial_lr10": {"method": "partial", "lr": 1e-3},
-    "distill_lr3": {"distill": 0.5, "lr": 3e-4},
-}
-
 
 CONTROL_KEYS = ("progress", "save_every", "checkpoint_dir", "resume")  # do not change results
 RESULT_KEYS = ("model", "task", "data", "eval_data", "density", "selection_budget", "settings",

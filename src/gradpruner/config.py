@@ -1,5 +1,5 @@
 """One config for `run` and `compare`: the defaults, a YAML (or JSON) file, and the validation,
-all before any model is loaded.
+all before any model is loaded and before torch is imported (nothing this module imports needs it).
 
     gradpruner run --config run.yaml --steps 200      # flags override the file
 
@@ -13,15 +13,21 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from .compare_methods import HEALS, METHODS
 from .errors import GradPrunerError
 from .harness import HarnessSpec, parse_task_names
 from .heal import HealConfig
 from .chat import CHAT_MODES
 from .records import check_source
 from .outputs import plain_json
-from .train import TrainConfig
+from .train_config import TrainConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# the names of `criteria.CRITERIA`, known here without importing the criteria (and torch with them);
+# a test holds both to the registry
+CRITERION_NAMES = ("angular", "auto", "block_influence", "gradpruner", "gradpruner_relative",
+                   "gradpruner_unsquared", "laco", "ppl", "random", "tail", "taylor")
+PROBE_CRITERIA = ("gradpruner", "gradpruner_relative", "gradpruner_unsquared")  # read the probe's IGIA
 
 
 @dataclass
@@ -61,11 +67,10 @@ class RecipeConfig:
 
     def validate(self) -> None:
         """Every check that needs no model: one clear error for the first bad value."""
-        from .criteria import CRITERIA
         from .search.budget import check_fraction
 
-        if self.criterion not in CRITERIA:
-            raise GradPrunerError(f"unknown criterion {self.criterion!r}; known: {', '.join(sorted(CRITERIA))}")
+        if self.criterion not in CRITERION_NAMES:
+            raise GradPrunerError(f"unknown criterion {self.criterion!r}; known: {', '.join(CRITERION_NAMES)}")
         self._validate_cut()
         check_merge(self.merge)
         if not (isinstance(self.density, (int, float)) and 0 < self.density <= 1):
@@ -98,9 +103,7 @@ class RecipeConfig:
 
     def _check_rounds(self) -> None:
         """Iterative pruning re-scores the healed model, which has no probe of its own."""
-        from .criteria import get_criterion
-
-        if self.criterion != "auto" and get_criterion(self.criterion).needs_probe:
+        if self.criterion in PROBE_CRITERIA:
             raise GradPrunerError(f"--rounds re-scores the healed model each round; criterion "
                                   f"{self.criterion!r} reads the dense model's probe: use auto or a "
                                   "criterion that scores on task data")
@@ -189,8 +192,6 @@ class CompareConfig(RecipeConfig):
     heals: list[str] = field(default_factory=lambda: ["lora"])
 
     def _validate_cut(self) -> None:
-        from .compare import HEALS, METHODS
-
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise GradPrunerError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
@@ -207,8 +208,6 @@ class CompareConfig(RecipeConfig):
 def all_methods() -> list[str]:
     """The methods of `--methods all`: every criterion's own (the `auto` merge variants are
     asked for by name)."""
-    from .compare import METHODS
-
     return [m for m in METHODS if m not in ("auto_fold", "auto_nomerge")]
 
 
@@ -216,6 +215,22 @@ def check_ratio(ratio: object) -> None:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) \
             or not 0 < ratio < 1:
         raise GradPrunerError(f"ratio must be a number strictly between 0 and 1, got {ratio}")
+
+
+def parse_merge_count(value: str | int | None) -> int | str | None:
+    """`--merge` as an int, "all", "fold" (the linear fold), "auto" (held-out search) or None
+    ("none")."""
+    if value is None or value == "none":
+        return None
+    if value in ("all", "auto", "fold"):
+        return value
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise GradPrunerError(f"--merge takes a number of donor layers, 'all', 'fold', 'auto' or 'none', got {value!r}") from None
+    if count < 0:
+        raise GradPrunerError(f"--merge must not be negative, got {count}")
+    return count or None
 
 
 def check_merge(merge: object) -> None:

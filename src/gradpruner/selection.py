@@ -6,7 +6,6 @@ import math
 from collections.abc import Sequence
 
 from .errors import GradPrunerError
-from .surgery import kept_indices
 
 
 def removal_count(num_layers: int, ratio: float | None = None, count: int | None = None) -> int:
@@ -41,6 +40,8 @@ def lowest_scored(scores: Sequence[float], count: int) -> list[int]:
 
 def validate_removal(remove: Sequence[object], num_layers: int) -> list[int]:
     """An explicit removal list checked (integers, unique, in range, not every layer), sorted."""
+    from .surgery import kept_indices  # surgery imports torch; parsing a list here does not
+
     if not remove:
         raise GradPrunerError("the removal list is empty")
     kept = kept_indices(list(remove), num_layers)

@@ -18,22 +18,6 @@ import torch
 from ..errors import GradPrunerError
 
 
-def parse_merge_count(value: str | int | None) -> int | str | None:
-    """`--merge` as an int, "all", "fold" (the linear fold), "auto" (held-out search) or None
-    ("none")."""
-    if value is None or value == "none":
-        return None
-    if value in ("all", "auto", "fold"):
-        return value
-    try:
-        count = int(value)
-    except (TypeError, ValueError):
-        raise GradPrunerError(f"--merge takes a number of donor layers, 'all', 'fold', 'auto' or 'none', got {value!r}") from None
-    if count < 0:
-        raise GradPrunerError(f"--merge must not be negative, got {count}")
-    return count or None
-
-
 def receiver_of(donor: int, kept: Sequence[int]) -> int:
     """The nearest kept layer before `donor`, or the next kept layer when none precedes it."""
     kept = sorted(kept)

@@ -16,8 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..errors import GradPrunerError
-from ..surgery import base_model, decoder_layers
-from ..train import TrainConfig
+from ..train_config import TrainConfig
 
 
 @dataclass
@@ -97,6 +96,8 @@ class PartialHeal:
     warm_starts = False
 
     def prepare(self, model, train: TrainConfig, heal: HealConfig):
+        from ..surgery import base_model, decoder_layers  # torch: imported once a model is healed
+
         layers = decoder_layers(model)
         for param in model.parameters():
             param.requires_grad_(False)

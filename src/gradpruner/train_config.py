@@ -1,0 +1,56 @@
+"""Fine-tuning settings (`TrainConfig`), in a module of their own that imports no torch, so that
+the CLI checks them before any model library is loaded."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import GradPrunerError
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning settings; defaults are the paper's LoRA recipe."""
+
+    steps: int | None = 100
+    epochs: float | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-4
+    lora_rank: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    full: bool = False
+    warmup_ratio: float = 0.03
+    scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    max_length: int = 256
+    seed: int = 0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    progress: bool = True
+    save_every: int | None = None
+    checkpoint_dir: str | None = None
+    resume: bool = False
+
+    def planned_steps(self, examples: int) -> int:
+        """Optimizer steps of the run: `steps`, or `epochs` (default one) over `examples`."""
+        if self.steps is not None:
+            return self.steps
+        return math.ceil((self.epochs or 1.0) * examples / (self.batch_size * self.grad_accum))
+
+    def validate(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise GradPrunerError(f"--steps must be at least 1, got {self.steps}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise GradPrunerError(f"--epochs must be positive, got {self.epochs}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise GradPrunerError("--batch-size and --grad-accum must be at least 1")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise GradPrunerError(f"--lr must be a positive number, got {self.lr}")
+        if not self.full and self.lora_rank < 1:
+            raise GradPrunerError(f"--lora-rank must be at least 1, got {self.lora_rank}")
+        if self.save_every is not None and self.save_every < 1:
+            raise GradPrunerError(f"--save-every must be at least 1, got {self.save_every}")

@@ -1,0 +1,152 @@
+"""An instant CLI: parsing, `--help`, argument errors and the checks of the settings finish in a
+fresh interpreter without importing torch, transformers or peft; every option's help states its
+default; the lazy package keeps its public names."""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import gradpruner
+from gradpruner import cli
+from gradpruner.config import CRITERION_NAMES, PROBE_CRITERIA
+from gradpruner.criteria import CRITERIA
+from test_recipe import BAD_SETTINGS
+
+HEAVY = ("torch", "transformers", "peft")
+
+# each case runs `main(argv)` in one fresh interpreter, then records its exit code, the last line
+# of its stderr and the heavy libraries imported so far
+CHILD = """
+import contextlib, io, json, sys
+from gradpruner.cli import main
+
+out = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+    lines = err.getvalue().strip().splitlines()
+    out.append([code, lines[-1] if lines else "", [m for m in %r if m in sys.modules]])
+import gradpruner.train  # the probe of this check: the training module does import them
+out.append([0, "", [m for m in %r if m in sys.modules]])
+print(json.dumps(out))
+""" % (HEAVY, HEAVY)
+
+
+def fresh_python(code: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`code` in a new interpreter that imports this checkout's gradpruner."""
+    src = str(Path(gradpruner.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=120)
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_help_errors_and_checks_import_no_model_library(tmp_path):
+    commands = sorted(subcommands(cli.build_parser()))
+    cases = [  # argv, exit code, what stderr's last line holds
+        (["--help"], 0, ""),
+        (["--version"], 0, ""),
+        *(([name, "--help"], 0, "") for name in commands),
+        ([], 2, "no command given"),
+        (["run", "--bogus"], 2, "unrecognized arguments: --bogus"),
+        (["run", "--criterion", "nope"], 2, "invalid choice: 'nope'"),
+        (["prune", "--model", "m", "--scores", "s", "--ratio", "1.5", "--out", "x"], 2, "ratio must be"),
+        (["prune", "--model", "m", "--scores", "s", "--ratio", "nan", "--out", "x"], 2, "ratio must be"),
+        (["prune", "--model", "m", "--scores", "s", "--remove", "1.5", "--out", "x"], 2, "not a layer"),
+        (["compare", "--ratio", "x", "--out", "x"], 2, "--ratio takes comma-separated numbers"),
+        *((argv, 2, message) for argv, message in BAD_SETTINGS),
+        (["tasks"], 0, ""),
+    ]
+    done = fresh_python(CHILD, json.dumps([argv for argv, _, _ in cases]), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    *results, probe = json.loads(done.stdout)
+    assert sorted(probe[2]) == sorted(HEAVY)  # the check sees an import when there is one
+    assert len(results) == len(cases)
+    for (argv, code, message), (got_code, last_line, heavy) in zip(cases, results):
+        assert (got_code, heavy) == (code, []), (argv, last_line)
+        assert message in last_line, (argv, last_line)
+    assert not list(tmp_path.iterdir())  # no check wrote anything
+
+
+def test_importing_the_package_is_light_and_keeps_its_public_names(tmp_path):
+    code = """
+import json, sys, types
+import gradpruner
+light = [m for m in %r if m in sys.modules]
+import gradpruner.apply.merge, gradpruner.evaluate, gradpruner.heal.distill  # same-named subpackages
+from gradpruner import *
+from gradpruner import apply, evaluate, heal, costs
+print(json.dumps({"light": light, "missing": [n for n in gradpruner.__all__ if n not in globals()],
+                  "functions": [callable(f) and not isinstance(f, types.ModuleType)
+                                for f in (apply, evaluate, heal, gradpruner.apply)],
+                  "submodule": costs.__name__}))
+""" % (HEAVY,)
+    done = fresh_python(code, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found == {"light": [], "missing": [], "functions": [True] * 4,
+                     "submodule": "gradpruner.costs"}
+    from gradpruner.search.select import select
+    from gradpruner.train import TrainConfig
+
+    assert gradpruner.select is select and gradpruner.TrainConfig is TrainConfig
+    with pytest.raises(AttributeError):
+        gradpruner.no_such_name
+
+
+def test_criterion_names_without_the_registry_match_it():
+    assert CRITERION_NAMES == tuple(sorted(CRITERIA))
+    assert PROBE_CRITERIA == tuple(sorted(n for n, c in CRITERIA.items() if c.needs_probe))
+
+
+def states_default(default, text: str) -> bool:
+    """Whether `text` says "default" and spells `default` (a number in any notation)."""
+    words = [w.rstrip(".") for w in re.findall(r"[\w./+-]+", text)]
+
+    def same(word: str) -> bool:
+        if word == str(default):
+            return True
+        try:
+            return isinstance(default, (int, float)) and float(word) == default
+        except ValueError:
+            return False
+
+    return "default" in text.lower() and any(same(w) for w in words)
+
+
+def test_every_option_has_help_that_states_its_default(monkeypatch):
+    monkeypatch.setattr(cli, "_flags_only", lambda parser: None)  # run/compare: the defaults shown
+    parser = cli.build_parser()
+    parsers = {"gradpruner": parser, **subcommands(parser)}
+    checked = 0
+    for name, sub in parsers.items():
+        for action in sub._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            option = f"{name} {action.option_strings[0]}"
+            assert action.help and action.help != argparse.SUPPRESS, f"{option} has no help"
+            if action.default not in (None, False, argparse.SUPPRESS):
+                assert states_default(action.default, action.help), (option, action.default, action.help)
+            checked += 1
+    assert checked > 100
+
+
+def test_the_default_check_catches_a_silent_default():
+    assert states_default(1e-4, "learning rate (default 1e-4)")
+    assert states_default("runs/default", "output folder (default runs/default)")
+    assert not states_default(16, "evaluation batch size")
+    assert not states_default(16, "evaluation batch size (default 8)")
