@@ -52,7 +52,8 @@ from gradpruner.costs import flops_ratio  # noqa: E402
 from gradpruner.data import PadCollator, pad_id  # noqa: E402
 from gradpruner.igia import IGIACallback  # noqa: E402
 from gradpruner.models import load_model, resolve_device, resolve_model  # noqa: E402
-from gradpruner.pipeline import finetune_stage, probe_stage, prune_stage, resolve_task  # noqa: E402
+from gradpruner.pipeline import finetune_stage, probe_stage, prune_stage  # noqa: E402
+from gradpruner.tasks import resolve_task  # noqa: E402
 from gradpruner.selection import removal_count  # noqa: E402
 from gradpruner.surgery import cut_layers  # noqa: E402
 from gradpruner.timing import interleaved_medians  # noqa: E402

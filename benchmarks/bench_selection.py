@@ -37,7 +37,7 @@ import gradpruner.search.judge as judge_module
 from gradpruner.apply import apply
 from gradpruner.config import RecipeConfig
 from gradpruner.models import load_model
-from gradpruner.pipeline import resolve_task
+from gradpruner.tasks import resolve_task
 from gradpruner.plan import PrunePlan
 from gradpruner.recipe import ProbeResult, cut, heal, probe, recipe_dtype, split_heldout
 from gradpruner.report import skipped_parts

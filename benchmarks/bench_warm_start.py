@@ -21,7 +21,7 @@ from pathlib import Path
 
 from gradpruner.config import RecipeConfig
 from gradpruner.models import load_model
-from gradpruner.pipeline import resolve_task
+from gradpruner.tasks import resolve_task
 from gradpruner.recipe import cut, evaluate, heal, probe, recipe_dtype, split_heldout
 from gradpruner.train import TrainConfig
 

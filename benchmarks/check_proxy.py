@@ -35,7 +35,7 @@ from gradpruner.criteria import ScoreContext
 from gradpruner.evaluate import choice_logprobs
 from gradpruner.igia import IGIA
 from gradpruner.models import load_model
-from gradpruner.pipeline import resolve_task
+from gradpruner.tasks import resolve_task
 from gradpruner.plan import PrunePlan
 from gradpruner.recipe import split_heldout
 from gradpruner.search.auto import AutoSettings, heldout_scoring

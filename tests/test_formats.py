@@ -10,7 +10,7 @@ from gradpruner.cli import main
 from gradpruner.data import (ChatExample, GenExample, MCExample, generation_prompt, parse_record,
                              training_features, with_chat_template)
 from gradpruner.errors import GradPrunerError
-from gradpruner.pipeline import resolve_task
+from gradpruner.tasks import resolve_task
 from gradpruner.tasks import task_from_data
 from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer

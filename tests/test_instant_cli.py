@@ -69,8 +69,18 @@ def test_help_errors_and_checks_import_no_model_library(tmp_path):
         (["prune", "--model", "m", "--scores", "s", "--remove", "1.5", "--out", "x"], 2, "not a layer"),
         (["compare", "--ratio", "x", "--out", "x"], 2, "--ratio takes comma-separated numbers"),
         *((argv, 2, message) for argv, message in BAD_SETTINGS),
+        (["probe", "--task", "nope", "--out", "x"], 2, "unknown task 'nope'"),
+        (["finetune", "--data", "missing.jsonl", "--out", "x"], 2, "data file not found"),
+        (["eval", "--data", "in/bad.jsonl"], 2, "bad.jsonl:1: no assistant turn"),
+        (["eval", "--data", "in/chat.jsonl", "--chat-template", "off"], 2, "needs the chat template"),
         (["tasks"], 0, ""),
     ]
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    (tmp_path / "in").mkdir()  # the data the cases read
+    (tmp_path / "in" / "bad.jsonl").write_text(json.dumps({"messages": chat["messages"][:1]}) + "\n")
+    (tmp_path / "in" / "chat.jsonl").write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": f"hi {i}"}, chat["messages"][1]]}) + "\n"
+        for i in range(4)))
     done = fresh_python(CHILD, json.dumps([argv for argv, _, _ in cases]), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     *results, probe = json.loads(done.stdout)
@@ -79,7 +89,7 @@ def test_help_errors_and_checks_import_no_model_library(tmp_path):
     for (argv, code, message), (got_code, last_line, heavy) in zip(cases, results):
         assert (got_code, heavy) == (code, []), (argv, last_line)
         assert message in last_line, (argv, last_line)
-    assert not list(tmp_path.iterdir())  # no check wrote anything
+    assert [p.name for p in tmp_path.iterdir()] == ["in"]  # no check wrote anything
 
 
 def test_importing_the_package_is_light_and_keeps_its_public_names(tmp_path):

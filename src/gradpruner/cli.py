@@ -370,6 +370,17 @@ def _check_density(density: float) -> None:
         raise GradPrunerError(f"--density must be in (0, 1], got {density}")
 
 
+def _stage_task(args):
+    """The task of a stage, read and checked before any heavy import: `prune` (and `eval` with
+    --harness) may go without one."""
+    from .tasks import resolve_task
+
+    optional = args.command == "prune" or (args.command == "eval" and args.harness)
+    if optional and not (args.task or args.data):
+        return None
+    return resolve_task(args.task, args.data, getattr(args, "eval_data", None), args.chat_template)
+
+
 def _dispatch(args) -> int:
     """Check the settings that need no model, then import the model libraries and run."""
     if args.command is None:
@@ -388,21 +399,19 @@ def _dispatch(args) -> int:
     elif args.command == "prune":
         sel = _selection(args)
         _check_density(sel["density"])
+    task = _stage_task(args) if args.command in ("probe", "prune", "finetune", "eval") else None
     from transformers.utils import logging as hf_logging
 
     from . import pipeline
 
     hf_logging.disable_progress_bar()  # weight-loading bars; training keeps its own progress bar
     if args.command == "probe":
-        task = pipeline.resolve_task(args.task, args.data, args.eval_data, args.chat_template)
         igia = pipeline.probe_stage(args.model, task, args.out, _train_config(args), args.steps,
                                     args.schedule_steps, args.dtype, args.device, args.overwrite,
                                     args.device_map, args.heldout)
         print(json.dumps({"out": args.out, "layer_scores": igia.layer_scores}))
         return 0
     if args.command == "prune":
-        task = (pipeline.resolve_task(args.task, args.data, None, args.chat_template)
-                if args.task or args.data else None)
         record = pipeline.prune_stage(args.model, args.scores, args.out, overwrite=args.overwrite,
                                       task=task, seed=args.seed, heal_steps=args.heal_steps,
                                       heldout=args.heldout, **sel)
@@ -411,7 +420,6 @@ def _dispatch(args) -> int:
                                                   "params_before", "params_after")}))
         return 0
     if args.command == "finetune":
-        task = pipeline.resolve_task(args.task, args.data, args.eval_data, args.chat_template)
         from .heal import HealConfig
 
         heal = HealConfig(method=args.heal, layers=args.heal_layers, lm_head=args.heal_lm_head,
@@ -423,13 +431,9 @@ def _dispatch(args) -> int:
         print(json.dumps({"out": args.out, "train_loss": record["finetune"]["train_loss"]}))
         return 0
     if args.command == "eval":
-        harness = _harness_spec(args)
-        task = (pipeline.resolve_task(args.task, args.data, args.eval_data,
-                                        args.chat_template)
-                if args.task or args.data or harness is None else None)
         result = pipeline.eval_stage(args.model, task, args.limit, args.out, args.protocol,
                                      args.batch_size, args.dtype, args.device, args.device_map,
-                                     harness)
+                                     _harness_spec(args))
         print(json.dumps(result, indent=2))
         return 0
     if args.command == "compare":

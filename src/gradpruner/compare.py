@@ -22,7 +22,8 @@ from .config import CompareConfig
 from .errors import GradPrunerError
 from .models import load_model
 from .outputs import atomic_output_dir, plain_json, write_json
-from .pipeline import _say, resolve_task, versions
+from .pipeline import _say, versions
+from .tasks import resolve_task
 from .evaluate import evaluate_examples
 from .heal import HealConfig
 from .recipe import (Cut, ProbeResult, cut, evaluate, heal, needs_probe, probe, recipe_dtype,

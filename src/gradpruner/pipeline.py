@@ -41,7 +41,7 @@ from .search.budget import heal_budget
 from .search.select import task_data_need
 from .selection import select_layers
 from .surgery import save_pretrained_atomic
-from .tasks import Task, get_task, list_tasks, task_from_data
+from .tasks import Task, get_task, list_tasks, resolve_task
 from .timing import compare_prefill
 from .train import TrainConfig, finetune
 from .warm_start import ADAPTERS, load_adapters
@@ -54,20 +54,6 @@ def versions() -> dict:
     return {"gradpruner": __version__, "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__,
             "python": platform.python_version()}
-
-
-def resolve_task(task: str | None, data: str | None, eval_data: str | None = None,
-                 chat_template: str = "auto") -> Task:
-    """The built-in task `task`, or a task made of the user's data, with the chat template
-    applied as `chat_template` says (`data.with_chat_template`); the user's data is read and
-    checked now."""
-    if data:
-        resolved = task_from_data(data, eval_data).with_chat_template(chat_template)
-        resolved.train_examples(), resolved.eval_examples()
-        return resolved
-    if not task:
-        raise GradPrunerError("give a built-in task (--task, see `gradpruner tasks`) or --data FILE")
-    return get_task(task).with_chat_template(chat_template)
 
 
 def read_sidecar(model_dir: str) -> dict:

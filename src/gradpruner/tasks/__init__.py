@@ -16,7 +16,7 @@ from ..records import read_source
 from .base import Task, drop_overlap, infer_kind, split_examples
 from .builtin import get_task, list_tasks
 
-__all__ = ["Task", "get_task", "list_tasks", "task_from_data", "split_examples"]
+__all__ = ["Task", "get_task", "list_tasks", "resolve_task", "task_from_data", "split_examples"]
 
 
 def task_from_data(path: str, eval_path: str | None = None, eval_fraction: float = 0.1,
@@ -54,3 +54,17 @@ def task_from_data(path: str, eval_path: str | None = None, eval_fraction: float
         load_train=lambda: kept, load_eval=lambda: evaluation,
         datasets=() if Path(path).exists() else (path,),  # a Hub dataset id
     )
+
+
+def resolve_task(task: str | None, data: str | None, eval_data: str | None = None,
+                 chat_template: str = "auto") -> Task:
+    """The built-in task `task`, or a task made of the user's data, with the chat template
+    applied as `chat_template` says (`data.with_chat_template`); the user's data is read and
+    checked now."""
+    if data:
+        resolved = task_from_data(data, eval_data).with_chat_template(chat_template)
+        resolved.train_examples(), resolved.eval_examples()
+        return resolved
+    if not task:
+        raise GradPrunerError("give a built-in task (--task, see `gradpruner tasks`) or --data FILE")
+    return get_task(task).with_chat_template(chat_template)
