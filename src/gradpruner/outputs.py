@@ -1,7 +1,9 @@
-"""Output folders that appear whole or not at all, and never replace the user's input."""
+"""Output folders that appear whole or not at all, and never replace the user's input; cache
+entries that are written once, also by processes that start together."""
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import os
@@ -9,7 +11,7 @@ import shutil
 import socket
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -70,14 +72,57 @@ def atomic_output_dir(
     check_output_dir(out, overwrite, source)
     out_path = Path(out).resolve()
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out_path)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_temporary_prefix(out_path)}{os.getpid()}-", dir=out_path.parent))
+    tmp = _new_temporary(out_path)
     try:
         yield tmp
         _move_into_place(tmp, out_path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def produce_once(target: Path, produce: Callable[[Path], None]) -> Path:
+    """Return `target`, a cache entry (file or folder) that `produce(path)` writes at `path` once.
+
+    Safe when several processes ask for it at once: they take turns on an exclusive lock on a file
+    beside `target` and check again, under the lock, whether it exists, so one process produces
+    it and the others use its result. `produce` writes into a temporary sibling that is renamed
+    onto `target` once complete, so an entry that exists is complete; a failed `produce` leaves
+    no entry and no temporary (only the lock file), and the temporary siblings of killed processes
+    are removed by the next producer.
+    """
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.with_name(f".{target.name}.lock")
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if not target.exists():
+            _produce_into_place(target, produce)
+        # Every process that holds a lock file once the entry exists removes it: nobody needs
+        # the lock any more, and a late process that recreates it removes it again here.
+        lock.unlink(missing_ok=True)
+    return target
+
+
+def _produce_into_place(target: Path, produce: Callable[[Path], None]) -> None:
+    """Run `produce` on a path in a temporary sibling of `target`, then rename it onto `target`."""
+    tmp = _new_temporary(target)
+    try:
+        produce(tmp / target.name)
+        try:
+            os.replace(tmp / target.name, target)
+        except OSError:
+            if not target.exists():  # a writer that takes no lock finished first: use its entry
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _new_temporary(out: Path) -> Path:
+    """A new temporary sibling folder of `out`, after removing those of killed processes."""
+    _remove_stale_temporaries(out)
+    return Path(tempfile.mkdtemp(prefix=f"{_temporary_prefix(out)}{os.getpid()}-", dir=out.parent))
 
 
 def _temporary_prefix(out: Path) -> str:
