@@ -72,13 +72,13 @@ def test_two_process_finetune_completes_and_loads(workspace):
     assert side["finetune"]["steps"] == 2
 
 
-def test_probe_refuses_fsdp_and_deepspeed_at_start(workspace, monkeypatch, capsys):
+def test_probe_refuses_fsdp1_and_deepspeed_at_start(workspace, monkeypatch, capsys):
     w = workspace
-    for variable, engine in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+    for variable, engine in (("ACCELERATE_USE_FSDP", "FSDP1"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
         monkeypatch.setenv(variable, "true")
         assert main(["probe", "--model", str(w / "model"), "--data", str(w / "data.jsonl"),
                      "--out", str(w / "x"), *TRAIN]) == 2
         err = capsys.readouterr().err.strip()
-        assert engine in err and "DDP" in err and len(err.splitlines()) == 1
+        assert engine in err and "use FSDP2" in err and "DDP" in err and len(err.splitlines()) == 1
         assert not (w / "x").exists()
         monkeypatch.delenv(variable)

@@ -1,8 +1,11 @@
-"""Several processes (torchrun / accelerate launch): who writes, and what the probe refuses.
+"""Several processes (torchrun / accelerate launch): who writes, how the probe reads a full
+gradient, and which engines it refuses.
 
-The probe and the fine-tune run on transformers' Trainer, so DDP needs nothing of ours beyond
-writing outputs once: gradients are read after DDP's all-reduce, identical on every rank. FSDP and
-DeepSpeed ZeRO shard gradients across ranks, so the probe refuses them at start.
+The probe and the fine-tune run on transformers' Trainer. Under DDP gradients are read after the
+all-reduce, identical on every rank. Under FSDP2 (`fully_shard`) a gradient is a DTensor sharded
+across ranks and `full_grad` gathers it, one parameter at a time. FSDP1 keeps gradients in flat
+shards, and DeepSpeed (through accelerate) clips, applies and clears them inside backward, before
+any Trainer callback runs, so the probe refuses both at start.
 """
 
 from __future__ import annotations
@@ -12,10 +15,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from .errors import GradPrunerError
 
-_SHARDED = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
+_ALTERNATIVE = ("use FSDP2 (accelerate's fsdp_version: 2) or DDP (accelerate launch without "
+                "FSDP/DeepSpeed, or torchrun) or one process; `gradpruner finetune` runs under all")
+FSDP1_REFUSAL = ("the probe reads each module's full gradient, which FSDP1 keeps in flat shards "
+                 f"across processes: {_ALTERNATIVE}")
+DEEPSPEED_REFUSAL = ("the probe reads the gradients before the optimizer step, which DeepSpeed "
+                     "under accelerate takes inside backward (the gradients are clipped, applied "
+                     f"and cleared before any Trainer callback): {_ALTERNATIVE}")
 
 
 def rank() -> int:
@@ -29,14 +39,36 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def _flag(variable: str) -> bool:
+    return os.environ.get(variable, "").lower() in ("1", "true", "yes")
+
+
 def refuse_sharded_probe() -> None:
-    """The probe needs each rank's full gradients; FSDP and DeepSpeed ZeRO shard them."""
-    for variable, engine in _SHARDED.items():
-        if os.environ.get(variable, "").lower() in ("1", "true", "yes"):
-            raise GradPrunerError(
-                f"the probe reads full gradients, which {engine} shards across processes: run "
-                "`gradpruner probe` with DDP (accelerate launch without FSDP/DeepSpeed, or "
-                "torchrun) or in one process; `gradpruner finetune` runs under all three")
+    """At start, from what `accelerate launch` sets: FSDP1 and DeepSpeed are refused, FSDP2
+    (`FSDP_VERSION=2`) is probed."""
+    if _flag("ACCELERATE_USE_DEEPSPEED"):
+        raise GradPrunerError(DEEPSPEED_REFUSAL)
+    if _flag("ACCELERATE_USE_FSDP") and os.environ.get("FSDP_VERSION", "1") != "2":
+        raise GradPrunerError(FSDP1_REFUSAL)
+
+
+def refuse_sharded_training(args, model) -> None:
+    """In a running trainer: DeepSpeed (launched, or in the Trainer's `deepspeed` argument) and a
+    model wrapped by FSDP1 are refused."""
+    if _flag("ACCELERATE_USE_DEEPSPEED") or getattr(args, "deepspeed", None):
+        raise GradPrunerError(DEEPSPEED_REFUSAL)
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+        raise GradPrunerError(FSDP1_REFUSAL)
+
+
+def full_grad(param: torch.nn.Parameter) -> torch.Tensor | None:
+    """The whole gradient of `param` on this rank (None when it has none): a plain gradient (one
+    process, DDP) as it is; an FSDP2 DTensor gathered from its shards. The gathering is a
+    collective, so every rank must ask for the same parameters in the same order."""
+    grad = param.grad
+    return grad.full_tensor() if isinstance(grad, DTensor) else grad
 
 
 @contextmanager

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
+from .distributed import full_grad, refuse_sharded_training
 from .errors import GradPrunerError
 from .surgery import base_model, layer_index, layer_prefix
 from .timing import StepTimer
@@ -204,7 +205,9 @@ class IGIACallback(TrainerCallback):
 
     Give it to a `transformers.Trainer` (or anything built on it, such as TRL's `SFTTrainer`)
     that trains a PEFT LoRA model, or the plain model for full fine-tuning. It reads the gradients
-    at `on_pre_optimizer_step` (after clipping; under DDP after the all-reduce) and, unless
+    at `on_pre_optimizer_step` (after clipping; under DDP after the all-reduce; under FSDP2 each
+    module's gradients gathered whole, one module at a time, so every rank holds the same IGIA;
+    FSDP1 and DeepSpeed are refused at `on_train_begin`) and, unless
     `stop_training=False`, stops training once `max_steps` steps were seen. `result()` returns
     the `IGIA` with what the callback saw of the run (`TrainingRun`: the model, the Trainer's
     settings, the step time), which `IGIA.save` records for `gradpruner prune`. Factor storage
@@ -238,6 +241,7 @@ class IGIACallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self._tracked:
             return
+        refuse_sharded_training(args, model)
         horizon = self.max_steps or state.max_steps or args.max_steps
         self._attach(model, horizon if horizon and horizon > 0 else None)
         self._run = training_run(args, state, model, self._info["name_or_path"],
@@ -280,7 +284,7 @@ class IGIACallback(TrainerCallback):
 
     def _accumulate(self, tracked: _Tracked) -> torch.Tensor:
         """Add one step of `tracked` and return its ||S||_F^2 (fp32 scalar)."""
-        grads = [p.grad for p in tracked.grads]
+        grads = [full_grad(p) for p in tracked.grads]
         if any(g is None for g in grads):
             return torch.zeros((), dtype=torch.float32)
         if len(grads) == 1:
