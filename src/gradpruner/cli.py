@@ -399,6 +399,8 @@ def _dispatch(args) -> int:
     elif args.command == "prune":
         sel = _selection(args)
         _check_density(sel["density"])
+    elif args.command == "eval":
+        harness = _harness_spec(args)
     task = _stage_task(args) if args.command in ("probe", "prune", "finetune", "eval") else None
     from transformers.utils import logging as hf_logging
 
@@ -433,7 +435,7 @@ def _dispatch(args) -> int:
     if args.command == "eval":
         result = pipeline.eval_stage(args.model, task, args.limit, args.out, args.protocol,
                                      args.batch_size, args.dtype, args.device, args.device_map,
-                                     _harness_spec(args))
+                                     harness)
         print(json.dumps(result, indent=2))
         return 0
     if args.command == "compare":
