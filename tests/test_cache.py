@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gradpruner.outputs import produce_once
+import processes
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PROCESSES = 3
@@ -86,8 +87,7 @@ def test_three_processes_on_an_empty_cache_write_each_entry_once(tmp_path):
 
 
 def test_a_killed_producers_staging_folder_is_removed_by_the_next_one(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    dead = processes.dead_pid()
     host = socket.gethostname()
     stale = tmp_path / f".entry.tmp-{host}-{dead}-abc"
     live = tmp_path / f".entry.tmp-{host}-{os.getppid()}-def"  # a running process's: kept

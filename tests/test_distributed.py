@@ -2,10 +2,7 @@
 global batch, only rank 0 writes, and a 2-process fine-tune completes and loads."""
 
 import json
-import os
-import socket
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from gradpruner.cli import main
 from gradpruner.igia import IGIA
+import processes
 from tiny_models import save_tiny_model
 
 TRAIN = ["--steps", "3", "--lr", "5e-3", "--seed", "0", "--schedule-steps", "20", "--device", "cpu"]
@@ -29,18 +27,8 @@ def workspace(tmp_path_factory):
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-               "-m", "gradpruner.cli", *map(str, args)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    return processes.torchrun("-m", "gradpruner.cli", *args)
 
 
 def test_two_process_probe_equals_one_process_with_the_same_global_batch(workspace):

@@ -6,6 +6,7 @@ import pytest
 
 from gradpruner.errors import GradPrunerError
 from gradpruner.outputs import atomic_output_dir, check_output_dir
+import processes
 
 
 def _names(folder) -> list[str]:
@@ -75,11 +76,8 @@ def test_refuses_non_empty_folder_and_file(tmp_path):
 def test_a_killed_runs_temporary_folder_is_removed_by_the_next_run(tmp_path):
     import os
     import socket
-    import subprocess
-    import sys
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    dead = processes.dead_pid()
     host = socket.gethostname()
     stale = tmp_path / f".out.tmp-{host}-{dead}-abc"
     live = tmp_path / f".out.tmp-{host}-{os.getppid()}-def"  # a running process's: kept

@@ -2,10 +2,7 @@
 and holds the IGIA of one process with the same global batch; rank 0's output prunes. FSDP1 and
 DeepSpeed are refused with one line that names the alternative."""
 
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,23 +14,13 @@ from gradpruner.cli import main
 from gradpruner.distributed import refuse_sharded_probe
 from gradpruner.errors import GradPrunerError
 from gradpruner.igia import IGIA, IGIACallback
+import processes
 from sharded_probe import STEPS, lora_model, probe
 from tiny_models import save_tiny_model, tiny_model
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun_script(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    script = Path(__file__).with_name("sharded_probe.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script),
-               *map(str, args)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    return processes.torchrun(Path(__file__).with_name("sharded_probe.py"), *args)
 
 
 @pytest.fixture(scope="module")
