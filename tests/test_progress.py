@@ -130,3 +130,13 @@ def test_tasks_lists_every_builtin_task_with_sizes_without_torch(tmp_path):
         expected = [str(n) for n in task.sizes] if task.sizes else ["--data", "--data"]
         assert rows[task.name] == expected
     assert len(rows) == len(list_tasks())
+
+
+def test_a_bad_interval_stops_the_cli_before_any_loading(tmp_path):
+    code = ("import sys\nfrom gradpruner.cli import main\ncode = main(['eval', '--task', 'sst2'])\n"
+            "print(code, [m for m in ('torch', 'transformers') if m in sys.modules])")
+    env = {**os.environ, "PYTHONPATH": str(Path(gradpruner.__file__).parents[1]), INTERVAL_ENV: "soon"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=60)
+    assert done.stdout.strip() == "2 []"
+    assert done.stderr.strip() == f"gradpruner: error: {INTERVAL_ENV} must be a number of seconds, got 'soon'"

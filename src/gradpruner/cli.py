@@ -399,6 +399,9 @@ def _dispatch(args) -> int:
         sel = _selection(args)
         _check_density(sel["density"])
     task = _stage_task(args) if args.command in ("probe", "prune", "finetune", "eval") else None
+    from .progress import interval_seconds
+
+    interval_seconds()  # a bad $GRADPRUNER_PROGRESS_SECONDS stops here, before any loading
     from transformers.utils import logging as hf_logging
 
     from . import pipeline
