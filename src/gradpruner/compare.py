@@ -22,7 +22,8 @@ from .config import CompareConfig
 from .errors import GradPrunerError
 from .models import load_model
 from .outputs import atomic_output_dir, plain_json, write_json
-from .pipeline import _say, versions
+from .pipeline import versions
+from .progress import say, stage
 from .tasks import resolve_task
 from .evaluate import evaluate_examples
 from .heal import HealConfig
@@ -91,8 +92,8 @@ class Comparison:
         path = self.out / "cells" / f"{name}.json"
         if path.is_file():
             return json.loads(path.read_text())
-        _say(f"compare: {name}")
-        result = plain_json(compute())
+        with stage(f"compare: {name}"):
+            result = plain_json(compute())
         write_json(path, result)
         return result
 
@@ -108,9 +109,8 @@ class Comparison:
         return evaluate_examples(model, self.tokenizer, self.heldout, self.task.kind)
 
     def recipe(self, seed: int, heal: str = "lora") -> CompareConfig:
-        """The recipe's settings for a cell of `seed` and healing variant `heal` (no progress
-        bars)."""
-        return replace(self.cfg, train=replace(self.cfg.train, seed=seed, progress=False),
+        """The recipe's settings for a cell of `seed` and healing variant `heal`."""
+        return replace(self.cfg, train=replace(self.cfg.train, seed=seed),
                        heal=replace(self.cfg.heal, **HEALS[heal]))
 
     def zero_shot(self) -> dict:
@@ -129,7 +129,7 @@ class Comparison:
     def probe(self, seed: int) -> ProbeResult:
         folder = self.out / f"probe-s{seed}"
         if not (folder / "scores.json").is_file():
-            _say(f"compare: probe, seed {seed}")
+            say(f"compare: probe, seed {seed}")
             train = self.recipe(seed).train
             probed = probe(copy.deepcopy(self.model), self.tokenizer, self.train_examples, train,
                            self.cfg.probe_steps, train.planned_steps(len(self.train_examples)))

@@ -19,11 +19,11 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-from tqdm.auto import tqdm
 
 from .data import (ChatExample, Example, GenExample, MCExample, PadCollator, generation_prompt,
                    pad_id, reference_text, tokenize_pair)
 from .errors import GradPrunerError
+from .progress import Progress
 
 PROTOCOLS = ("loglik", "generate")
 LETTERS = string.ascii_uppercase
@@ -106,10 +106,10 @@ def choice_logprobs(model, tokenizer, examples: list[MCExample], batch_size: int
     scores = [[0.0] * len(ex.contexts) for ex in examples]
     keyword = _cache_keyword(model)
     groups, single = _shared_contexts(pairs) if keyword else ([], pairs)
-    with _eval_mode(model), torch.inference_mode():
+    with _eval_mode(model), torch.inference_mode(), Progress(len(pairs), "choices scored") as done:
         if groups:
-            _score_shared(model, keyword, groups, pad_id(tokenizer), batch_size, scores)
-        _score_full(model, single, pad_id(tokenizer), batch_size, scores)
+            _score_shared(model, keyword, groups, pad_id(tokenizer), batch_size, scores, done)
+        _score_full(model, single, pad_id(tokenizer), batch_size, scores, done)
     return scores
 
 
@@ -118,21 +118,22 @@ def _choice_logprobs_full(model, tokenizer, examples: list[MCExample], batch_siz
     """`choice_logprobs` with every pair scored as a whole sequence (the reference)."""
     pairs = choice_pairs(tokenizer, examples, max_length)
     scores = [[0.0] * len(ex.contexts) for ex in examples]
-    with _eval_mode(model), torch.inference_mode():
-        _score_full(model, pairs, pad_id(tokenizer), batch_size, scores)
+    with _eval_mode(model), torch.inference_mode(), Progress(len(pairs), "choices scored") as done:
+        _score_full(model, pairs, pad_id(tokenizer), batch_size, scores, done)
     return scores
 
 
 def _score_full(model, pairs: list[tuple[int, int, dict]], pad: int, batch_size: int,
-                scores: list[list[float]]) -> None:
-    """Score each pair as one right-padded sequence, `batch_size` pairs a batch, into `scores`."""
+                scores: list[list[float]], done: Progress) -> None:
+    """Score each pair as one right-padded sequence, `batch_size` pairs a batch, into `scores`,
+    counting the pairs in `done`."""
     collate = PadCollator(pad)
-    starts = range(0, len(pairs), batch_size)
-    for start in tqdm(starts, desc="scoring", unit="batch", disable=None, leave=False):
+    for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         sums = continuation_logprobs(model, collate([pair[2] for pair in chunk]))
         for (i, j, _), value in zip(chunk, sums):
             scores[i][j] = value
+        done.update(len(chunk))
 
 
 # Sequence-length dependent RoPE (the frequencies follow the longest position of the forward
@@ -222,14 +223,15 @@ def _shared_contexts(pairs: list[tuple[int, int, dict]]
 
 
 def _score_shared(model, keyword: str, groups: list, pad: int, batch_size: int,
-                  scores: list[list[float]]) -> None:
+                  scores: list[list[float]], done: Progress) -> None:
     """Score the groups of `_shared_contexts` into `scores`: `batch_size` contexts a pass, their
-    continuations `batch_size` a pass."""
+    continuations `batch_size` a pass; the pairs are counted in `done`."""
     batches = [groups[k:k + batch_size] for k in range(0, len(groups), batch_size)]
-    for batch in tqdm(batches, desc="scoring", unit="batch", disable=None, leave=False):
+    for batch in batches:
         sums = _shared_context_logprobs(model, keyword, batch, pad, batch_size)
         for (i, j, _), value in zip((m for _, members in batch for m in members), sums):
             scores[i][j] = value
+        done.update(len(sums))
 
 
 def _shared_context_logprobs(model, keyword: str, groups: list, pad: int,
@@ -341,14 +343,15 @@ def generate_texts(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens
     texts = [""] * len(prompt_ids)
     device = _device(model)
     starts = range(0, len(order), batch_size)
-    with _eval_mode(model), torch.inference_mode():
-        for start in tqdm(starts, desc="generating", unit="batch", disable=None, leave=False):
+    with _eval_mode(model), torch.inference_mode(), Progress(len(order), "generated") as progress:
+        for start in starts:
             chunk = order[start:start + batch_size]
             ids, mask = _left_pad([prompt_ids[k] for k in chunk], pad)
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  generation_config=config)
             for k, row in zip(chunk, out[:, ids.shape[1]:]):
                 texts[k] = tokenizer.decode(row, skip_special_tokens=True).strip()
+            progress.update(len(chunk))
     return texts
 
 

@@ -10,12 +10,12 @@ logits of the batch in fp32. It is an estimate, not a bound.
 from __future__ import annotations
 
 import os
-import sys
 
 import torch
 
 from .costs import parameter_count
 from .errors import GradPrunerError
+from .progress import say
 
 GIB = 1024 ** 3
 
@@ -61,8 +61,8 @@ def check_fits(config, dtype: torch.dtype, device: torch.device, batch: int, seq
     """Print the estimate; refuse with one clear line when it exceeds the free memory."""
     need = training_bytes(config, dtype, batch, seq_len, full, lora_rank, checkpointing, teacher)
     free = available_bytes(device)
-    print(f"[gradpruner] memory: about {need['total'] / GIB:.1f} GiB needed "
-          f"({free / GIB:.1f} GiB free on {device.type})", file=sys.stderr)
+    say(f"memory: about {need['total'] / GIB:.1f} GiB needed ({free / GIB:.1f} GiB free on "
+        f"{device.type})")
     if free and need["total"] > free:
         raise GradPrunerError(
             f"this run needs about {need['total'] / GIB:.1f} GiB but {free / GIB:.1f} GiB are free "

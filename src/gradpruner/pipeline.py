@@ -34,6 +34,7 @@ from .model_card import CARD_NAME, Measured, model_card
 from .models import load_config, load_model, resolve_device, resolve_dtype, resolve_model
 from .outputs import SIDECAR_NAME, atomic_output_dir, check_output_dir, write_json
 from .plan import PruneRecord
+from .progress import layer_ranges, stage
 from .prune import check_igia_matches, prune_model
 from .recipe import (ProbeResult, cut, evaluate, finetune_dense, heal, probe, recipe_dtype,
                      split_heldout, teacher_model)
@@ -95,8 +96,9 @@ def probe_stage(model: str | None, task: Task, out: str, cfg: TrainConfig, steps
     check_memory(model, cfg, dtype, device, device_map)
     net, tokenizer, source = load_model(model, dtype, device, device_map)
     output = partial(atomic_output_dir, out, overwrite=overwrite, source=source)
-    with main_process_output(output) as tmp:
+    with main_process_output(output) as tmp, stage("probe", f"{steps} steps") as st:
         probed = probe(net, tokenizer, examples, cfg, steps, schedule_steps)
+        st.result = f"{probed.stats['steps']} steps, IGIA of {len(probed.igia.layer_scores)} layers"
         if tmp is not None:
             probed.save(tmp, {"source_model": source, "task": task.name, "heldout": len(held),
                               "versions": versions(), "train_config": asdict(cfg)})
@@ -147,9 +149,12 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
     net, tokenizer, source = load_model(source, "float32", device)
     step = probed.stats.get("step_seconds") if probed else None
     budget = heal_budget(selection_budget, heal_steps, total, removing, step)
-    record = prune_model(net, probed.igia if probed else None, tokenizer, train, heldout=held,
-                         criterion=criterion, ratio=ratio, count=count, remove=remove, merge=merge,
-                         density=density, budget=budget, seed=seed, settings=settings)
+    with stage("pruning", f"criterion {criterion}, merge {merge}") as st:
+        record = prune_model(net, probed.igia if probed else None, tokenizer, train, heldout=held,
+                             criterion=criterion, ratio=ratio, count=count, remove=remove,
+                             merge=merge, density=density, budget=budget, seed=seed,
+                             settings=settings)
+        st.result = cut_summary(record)
     describe(record, config, source, scores, {"task": task.name if task else None, "heldout": len(held),
                                               "datasets": list(task.datasets) if task else []})
     sidecar = record.to_json()
@@ -217,7 +222,9 @@ def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
     if heal.distils:
         teacher = _stage_teacher(net, heal, cfg, sidecar, warm_start)
         distill = Distillation(teacher, heal.distill, heal.temperature)
-    tuned, stats = finetune(net, tokenizer, examples, cfg, warm=warm, distill=distill)
+    with stage("fine-tune", heal.describe()) as st:
+        tuned, stats = finetune(net, tokenizer, examples, cfg, warm=warm, distill=distill)
+        st.result = training_summary(stats)
     stats["heal"] = heal.summary(heal.teacher or sidecar.get("source_model"), cfg)
     record["finetune"] = {**stats, "task": task.name, "heldout": heldout,
                           "datasets": list(task.datasets)}
@@ -253,10 +260,15 @@ def eval_stage(model: str | None, task: Task | None, limit: int | None = None,
     if harness is not None:
         harness.validate()
     net, tokenizer, source = load_model(model, dtype, device, device_map)
-    result = evaluate(net, tokenizer, task, limit, protocol, batch_size) if task else {}
+    result = {}
+    if task:
+        with stage("evaluation", f"{task.name}, {protocol}") as st:
+            result = evaluate(net, tokenizer, task, limit, protocol, batch_size)
+            st.result = metric_summary(result)
     result.update(model=source, task=task.name if task else None, protocol=protocol)
     if harness is not None:
-        result["harness"] = run_harness(net, tokenizer, harness, limit, batch_size)
+        with stage("lm-evaluation-harness", ", ".join(harness.tasks)):
+            result["harness"] = run_harness(net, tokenizer, harness, limit, batch_size)
     if out:
         path = Path(out)
         if path.exists() and path.is_dir():
@@ -290,50 +302,58 @@ def run(cfg: RunConfig) -> dict:
         results: dict = {"task": task.name, "model": source, "versions": versions(),
                          "config": cfg.to_json()}
         dense = working()
-        _say(f"evaluating the dense model zero-shot on {task.name}")
-        results["dense_zero_shot"] = evaluate(dense, tokenizer, task, cfg.eval_limit)
-        _say(f"probing: {cfg.probe_steps} steps of LoRA fine-tuning")
+        results["dense_zero_shot"] = _evaluation("dense zero-shot evaluation", dense, tokenizer,
+                                                 task, cfg.eval_limit)
         # a LoRA probe is the first steps of the dense reference fine-tune: keep its checkpoint
         same_run = cfg.train.steps is not None and cfg.probe_steps < cfg.train.steps
         reuse = str(tmp / "dense.checkpoints") if cfg.dense and same_run and not cfg.train.full else None
-        probed = probe(dense if not cfg.train.full else working(), tokenizer, train, cfg.train,
-                       cfg.probe_steps, cfg.train.planned_steps(len(train)), reuse)
+        with stage("probe", f"{cfg.probe_steps} steps of {'full' if cfg.train.full else 'LoRA'} "
+                            "fine-tuning") as st:
+            probed = probe(dense if not cfg.train.full else working(), tokenizer, train, cfg.train,
+                           cfg.probe_steps, cfg.train.planned_steps(len(train)), reuse)
+            st.result = f"{probed.stats['steps']} steps, IGIA of {len(probed.igia.layer_scores)} layers"
         probed.save(tmp / "probe", {"source_model": source, "task": task.name,
                                     "versions": versions(), "train_config": asdict(cfg.train)})
         results["probe"] = probed.stats
         teacher = (teacher_model(master, probed.adapters, cfg.heal, cfg.train, dtype)
                    if cfg.heal.distils else None)
-        _say("pruning")
-        done = cut(copy.deepcopy(master), tokenizer, train, held, probed, cfg, cfg.criterion,
-                   cfg.merge, cfg.ratio, cfg.train.seed, teacher, dtype)
-        record = describe(done.record, master.config, source, f"{cfg.out}/probe", cfg.to_json())
-        _say(f"removed layers {record.removed_layers}, merged {record.merged or 'none'} "
-             f"({done.select_seconds:.0f} s)")
-        _say(f"healing the pruned model ({cfg.heal.describe()})")
-        pruned, stats = heal(done.model, tokenizer, train, None if record.rounds else probed, cfg,
-                             record.kept_layers, cfg.train.seed, dtype, teacher)
+        with stage("pruning", f"criterion {cfg.criterion}, merge {cfg.merge}") as st:
+            done = cut(copy.deepcopy(master), tokenizer, train, held, probed, cfg, cfg.criterion,
+                       cfg.merge, cfg.ratio, cfg.train.seed, teacher, dtype)
+            record = describe(done.record, master.config, source, f"{cfg.out}/probe", cfg.to_json())
+            st.result = cut_summary(record)
+        with stage("healing", cfg.heal.describe()) as st:
+            pruned, stats = heal(done.model, tokenizer, train, None if record.rounds else probed,
+                                 cfg, record.kept_layers, cfg.train.seed, dtype, teacher)
+            st.result = training_summary(stats)
         stats["round_heal_seconds"] = done.heal_seconds
         del teacher
         record.finetune = {**stats, "task": task.name, "datasets": list(task.datasets)}
         save_pretrained_atomic(pruned, tokenizer, tmp / "model", record.to_json(), source_dir=source)
         results["prune"], results["pruned_finetune"] = record.to_json(), stats
-        results["pruned_finetuned"] = evaluate(pruned, tokenizer, task, cfg.eval_limit)
+        results["pruned_finetuned"] = _evaluation("pruned model evaluation", pruned, tokenizer,
+                                                  task, cfg.eval_limit)
         harness = cfg.harness_spec()
         if harness:
-            _say(f"lm-evaluation-harness on the pruned model: {', '.join(harness.tasks)}")
-            results["harness"] = {"pruned_finetuned": run_harness(pruned, tokenizer, harness,
-                                                                  cfg.eval_limit)}
+            with stage("lm-evaluation-harness on the pruned model", ", ".join(harness.tasks)):
+                results["harness"] = {"pruned_finetuned": run_harness(pruned, tokenizer, harness,
+                                                                      cfg.eval_limit)}
         if cfg.dense:
-            _say("fine-tuning the dense model (the reference; --no-dense skips it)")
-            dense, stats = finetune_dense(dense, tokenizer, train, cfg.train, probed, reuse)
+            with stage("dense fine-tune", "the reference; --no-dense skips it") as st:
+                dense, stats = finetune_dense(dense, tokenizer, train, cfg.train, probed, reuse)
+                st.result = training_summary(stats)
             results["dense_finetune"] = stats
-            results["dense_finetuned"] = evaluate(dense, tokenizer, task, cfg.eval_limit)
+            results["dense_finetuned"] = _evaluation("dense model evaluation", dense, tokenizer,
+                                                     task, cfg.eval_limit)
             if harness:
-                _say("lm-evaluation-harness on the dense model")
-                results["harness"]["dense_finetuned"] = run_harness(dense, tokenizer, harness,
-                                                                    cfg.eval_limit)
-        _say("timing inference: prefill of 8 x 128 tokens, dense and pruned interleaved")
-        results["prefill_seconds"] = compare_prefill({"dense": dense, "pruned": pruned})
+                with stage("lm-evaluation-harness on the dense model"):
+                    results["harness"]["dense_finetuned"] = run_harness(dense, tokenizer, harness,
+                                                                        cfg.eval_limit)
+        with stage("inference timing", "prefill of 8 x 128 tokens, dense and pruned interleaved") as st:
+            results["prefill_seconds"] = compare_prefill({"dense": dense, "pruned": pruned})
+            st.result = ", ".join(f"{name} {seconds * 1000:.0f} ms"
+                                  for name, seconds in results["prefill_seconds"].items()
+                                  if isinstance(seconds, (int, float)))
         # the model card, once the accuracies and the prefill timing are known
         card = model_card(results["prune"], Measured.from_results(results))
         (tmp / "model" / CARD_NAME).write_text(card, encoding="utf-8")
@@ -345,7 +365,26 @@ def run(cfg: RunConfig) -> dict:
     return results
 
 
-def _say(message: str) -> None:
-    import sys
+def _evaluation(label: str, model, tokenizer, task: Task, limit: int | None) -> dict:
+    """`evaluate` as a stage named `label`, ending with the metric, items and seconds."""
+    with stage(label, f"{task.name}, {min(limit or 10**12, len(task.eval_examples()))} items") as st:
+        result = evaluate(model, tokenizer, task, limit)
+        st.result = metric_summary(result)
+    return result
 
-    print(f"[gradpruner] {message}", file=sys.stderr, flush=True)
+
+def metric_summary(result: dict) -> str:
+    """"acc 0.537 on 300 items" (the first metric of an evaluation)."""
+    name = next(k for k in ("acc", "rouge_l", "exact_match") if k in result)
+    return f"{name} {result[name]:.3f} on {result['n']} items"
+
+
+def cut_summary(record: PruneRecord) -> str:
+    """"removed layers 13-15, 17; merged none" (merged: receiver <- donors)."""
+    merged = "; ".join(f"{r} <- {layer_ranges(d)}" for r, d in (record.merged or {}).items())
+    return f"removed layers {layer_ranges(record.removed_layers)}; merged {merged or 'none'}"
+
+
+def training_summary(stats: dict) -> str:
+    """"60 steps, loss 1.23"."""
+    return f"{stats['steps']} steps, loss {stats['train_loss']:.4g}"

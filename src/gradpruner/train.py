@@ -18,11 +18,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from .data import Example, PadCollator, pad_id, training_features
 from .errors import GradPrunerError
 from .igia import IGIA, IGIACallback
+from .progress import Progress
 from .surgery import base_model
 from .timing import StepTimer
 from .train_config import TrainConfig
@@ -45,6 +46,32 @@ def add_lora(model, cfg: TrainConfig):
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
+
+
+class TrainingProgress(TrainerCallback):
+    """The training loop's progress (`progress.Progress`): steps done of the run's steps and
+    the last logged loss, on the main process."""
+
+    def __init__(self):
+        self._progress: Progress | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._progress = Progress(state.max_steps, "steps").__enter__()
+            self._progress.update(state.global_step)  # a resumed run starts part-way
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._progress is not None:
+            self._progress.update(state.global_step - self._progress.count.done)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self._progress is not None and logs and "loss" in logs:
+            self._progress.note(f"loss {logs['loss']:.4g}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)
+            self._progress = None
 
 
 class _ScheduledTrainer(Trainer):
@@ -77,7 +104,8 @@ def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, ou
 
     `max_steps` overrides `cfg.steps`; `schedule_steps` sets the length of the learning-rate
     schedule when it differs from the number of steps run (the probe); `distill` mixes a
-    teacher's distributions into the loss.
+    teacher's distributions into the loss. With `cfg.progress`, `TrainingProgress` shows the
+    steps (a bar on a terminal, periodic lines in a log file) instead of the Trainer's bar.
     """
     cfg.validate()
     features = training_features(tokenizer, examples, cfg.max_length)
@@ -107,7 +135,7 @@ def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, ou
         save_total_limit=2,
         report_to="none",
         remove_unused_columns=False,
-        disable_tqdm=not cfg.progress,
+        disable_tqdm=True,
         use_cpu=on_cpu,
         dataloader_num_workers=0,
     )
@@ -116,8 +144,9 @@ def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, ou
         args=args,
         train_dataset=features,
         data_collator=PadCollator(pad_id(tokenizer), answer_logits=takes_logits_to_keep(model)),
-        callbacks=callbacks or [],
+        callbacks=[*(callbacks or []), *([TrainingProgress()] if cfg.progress else [])],
     )
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
     trainer.schedule_steps, trainer.distillation = schedule_steps, distill
     return trainer
 

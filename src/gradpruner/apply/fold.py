@@ -27,6 +27,7 @@ import torch
 from ..data import PadCollator, pad_id, training_features
 from ..errors import GradPrunerError
 from ..plan import MergeStep
+from ..progress import track
 from ..surgery import decoder_layers, layer_prefix, skipping
 
 DEFAULT_RIDGE = 1e-4
@@ -144,7 +145,7 @@ def fold_blocks(model, steps: tuple[MergeStep, ...], calibration: Calibration,
     batches = calibration.batches()
     changed: dict[str, int] = {}
     folded: list[int] = []
-    for step in steps:
+    for step in track(steps, "blocks folded"):
         gram, cross = block_sums(model, step, batches, folded)
         transform = least_squares_map(gram, cross, ridge)
         proj = down_projection(layers[step.receiver])

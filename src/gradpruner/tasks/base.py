@@ -29,6 +29,7 @@ class Task:
     load_eval: Loader = field(repr=False)
     offline: bool = True  # False when the data must be supplied by the user
     datasets: tuple[str, ...] = ()  # Hugging Face Hub ids of the training data, for model cards
+    sizes: tuple[int, int] | None = None  # (train, eval) items, where fixed by pinned packages
     _cache: dict[str, list[Example]] = field(default_factory=dict, init=False, repr=False,
                                               compare=False)
 
@@ -56,7 +57,7 @@ class Task:
                        load_eval=lambda: convert(self.eval_examples()))
 
     def split_sizes(self) -> dict[str, int]:
-        """Number of examples per split (loads both)."""
+        """Number of examples per split (loads both; `sizes` records them for built-in tasks)."""
         return {"train": len(self.train_examples()), "eval": len(self.eval_examples())}
 
 

