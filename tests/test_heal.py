@@ -231,3 +231,15 @@ def test_the_finetune_stage_heals_partially_with_a_teacher(workspace, tmp_path):
     before, after = load_file(str(pruned / "model.safetensors")), load_file(str(tuned / "model.safetensors"))
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(("model.layers.3.", "model.norm.")) for k in changed)
+
+
+def test_the_healing_line_survives_a_dense_accuracy_of_zero():
+    from gradpruner.report import _healing
+
+    results = {"pruned_finetune": {"heal": {"describe": "lora"}, "train_seconds": 5.0},
+               "dense_finetune": {"train_seconds": 10.0}, "prune": {"rounds": []},
+               "dense_finetuned": {"acc": 0.0}, "pruned_finetuned": {"acc": 0.25}}
+    line = _healing(results)[1]
+    assert "+0.250 (dense scored 0)" in line and "healing took 0.500" in line
+    results["dense_finetuned"]["acc"] = 0.5
+    assert "(50.0% of dense)" in _healing(results)[1]

@@ -185,8 +185,9 @@ def _healing(results: dict) -> list[str]:
     dense, pruned = results.get("dense_finetuned"), results.get("pruned_finetuned")
     if dense and pruned and "acc" in dense:
         healing = pruned_ft.get("train_seconds", 0) + pruned_ft.get("round_heal_seconds", 0)
+        share = f"{pruned['acc'] / dense['acc']:.1%} of dense" if dense["acc"] else "dense scored 0"
         lines.append(f"Pruned minus dense accuracy after fine-tuning: {pruned['acc'] - dense['acc']:+.3f} "
-                     f"({pruned['acc'] / dense['acc']:.1%} of dense); healing took "
+                     f"({share}); healing took "
                      f"{_ratio(healing, dense_ft.get('train_seconds'))} of the dense fine-tune's time.")
     return [*lines, ""]
 
