@@ -69,6 +69,11 @@ def _add_train(p: argparse.ArgumentParser, steps: int | None) -> None:
                    help="seed of training and of the random criterion (default 0)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations to save memory")
+    bits = p.add_mutually_exclusive_group()
+    for n in (4, 8):
+        bits.add_argument(f"--load-in-{n}bit", dest="load_in_bits", action="store_const", const=n,
+                          help=f"QLoRA: LoRA on {n}-bit base weights (bitsandbytes); the adapters "
+                               "are merged into the full-precision weights")
 
 
 def _add_selection(p: argparse.ArgumentParser, ratio: float | None) -> None:
@@ -167,7 +172,7 @@ def _add_recipe(p: argparse.ArgumentParser, out: str | None) -> None:
 
 
 TRAIN_FLAGS = ("steps", "epochs", "batch_size", "grad_accum", "lr", "lora_rank", "lora_alpha",
-               "full", "max_length", "seed", "gradient_checkpointing")
+               "full", "max_length", "seed", "gradient_checkpointing", "load_in_bits")
 HEAL_FLAGS = {"heal": "method", "heal_layers": "layers", "heal_lm_head": "lm_head", "heal_lr": "lr",
               "distill": "distill", "temperature": "temperature", "teacher": "teacher",
               "rounds": "rounds", "round_steps": "round_steps"}
@@ -322,7 +327,7 @@ def _train_config(args):
         batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, full=args.full,
         max_length=args.max_length, seed=args.seed,
-        gradient_checkpointing=args.gradient_checkpointing,
+        gradient_checkpointing=args.gradient_checkpointing, load_in_bits=args.load_in_bits,
         save_every=getattr(args, "save_every", None), resume=getattr(args, "resume", False),
     )
 
@@ -399,6 +404,11 @@ def _dispatch(args) -> int:
     elif args.command == "prune":
         sel = _selection(args)
         _check_density(sel["density"])
+    elif args.command in ("probe", "finetune"):
+        train = _train_config(args)
+        if args.command == "finetune":
+            train.check_heal(args.heal)
+        train.validate()
     task = _stage_task(args) if args.command in ("probe", "prune", "finetune", "eval") else None
     from transformers.utils import logging as hf_logging
 
