@@ -75,8 +75,9 @@ def test_help_errors_and_checks_import_no_model_library(tmp_path):
         (["finetune", "--load-in-4bit", "--full", "--out", "x"], 2, "--load-in-4bit trains LoRA "
                                                                    "adapters on a quantized base: not with --full"),
         (["finetune", "--load-in-8bit", "--heal", "partial", "--out", "x"], 2, "not with --heal partial"),
-        (["run", "--load-in-4bit"], 2, "--load-in-4bit is for the stages"),
-        (["compare", "--load-in-8bit", "--out", "x"], 2, "--load-in-8bit is for the stages"),
+        (["run", "--load-in-4bit", "--heal", "full"], 2, "--load-in-4bit trains LoRA adapters on a "
+                                                          "quantized base: not with --heal full"),
+        (["compare", "--load-in-8bit", "--full", "--out", "x"], 2, "not with --full"),
         (["eval", "--data", "in/bad.jsonl"], 2, "bad.jsonl:1: no assistant turn"),
         (["eval", "--data", "in/chat.jsonl", "--chat-template", "off"], 2, "needs the chat template"),
         (["tasks"], 0, ""),

@@ -183,3 +183,36 @@ def test_load_in_bits_quantizes_the_decoder_linears_only(bnb_workspace, bits):
     assert is_quantized(model)
     assert isinstance(model.model.layers[3].mlp.up_proj, kind)
     assert not isinstance(model.lm_head, kind) and model.lm_head.weight.dtype == torch.float32
+
+
+def test_quantized_run_heals_the_full_precision_cut(bnb_workspace, tmp_path, monkeypatch):
+    import gradpruner.recipe as recipe_module
+    from gradpruner.config import RunConfig
+    from gradpruner.models import is_quantized
+    from gradpruner.pipeline import run
+
+    copies, original = [], recipe_module.quantized_copy
+
+    def quantized_copy(model, bits):
+        copies.append(original(model, bits))
+        return copies[-1]
+
+    monkeypatch.setattr(recipe_module, "quantized_copy", quantized_copy)
+
+    cfg = RunConfig.from_dict(dict(
+        model=str(bnb_workspace / "model"), task=None, data=str(bnb_workspace / "q.jsonl"),
+        criterion="gradpruner", merge=None, ratio=None, count=2, probe_steps=2, heldout=4,
+        eval_limit=4, selection_budget=None, device="cpu", out=str(tmp_path / "run"),
+        train=dict(steps=3, batch_size=2, lr=1e-2, lora_rank=4, seed=0, progress=False,
+                   load_in_bits=4)))
+    results = run(cfg)
+    kept = results["prune"]["kept_layers"]
+    assert len(kept) == 4 and results["dense_finetune"]["probe_steps_reused"] == 2
+    # the probe, the pruned model's and the dense model's fine-tunes each trained a 4-bit copy
+    assert len(copies) == 3 and all(is_quantized(c) for c in copies)
+    assert [c.config.num_hidden_layers for c in copies] == [6, 4, 6]
+    tuned = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    base = load_file(str(bnb_workspace / "model" / "model.safetensors"))
+    for j, i in enumerate(kept):  # kept layer i is layer j of the pruned model, cut without a merge
+        delta = tuned[f"model.layers.{j}.mlp.up_proj.weight"] - base[f"model.layers.{i}.mlp.up_proj.weight"]
+        assert 0 < torch.linalg.matrix_rank(delta) <= 4

@@ -93,11 +93,7 @@ class RecipeConfig:
             from .tasks import get_task
 
             get_task(self.task)  # an unknown task name is the error
-        if self.train.load_in_bits is not None:  # run and compare keep one fp32 master in memory
-            raise GradPrunerError(
-                f"--load-in-{self.train.load_in_bits}bit is for the stages: probe --load-in-"
-                f"{self.train.load_in_bits}bit, prune, finetune --load-in-{self.train.load_in_bits}bit "
-                "(run and compare cut and heal copies of one full-precision model in memory)")
+        self.train.check_heal(self.heal.method)
         self.train.validate()
         self.heal.validate()
         if self.heal.rounds > 1:

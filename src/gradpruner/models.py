@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -96,6 +97,20 @@ def quantization_config(bits: int, dtype: torch.dtype, device: torch.device):
 def is_quantized(model) -> bool:
     """Whether `model`'s base weights were loaded in 4 or 8 bits (bitsandbytes)."""
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def quantized_copy(model, bits: int):
+    """A copy of the in-memory `model` whose decoder-layer weights are `bits`-bit (bitsandbytes),
+    on its device and computing in its dtype: saved to a temporary folder and loaded back, as
+    transformers quantizes while it loads."""
+    from transformers import AutoModelForCausalLM
+
+    param = next(model.parameters())
+    config = quantization_config(bits, param.dtype, param.device)
+    with tempfile.TemporaryDirectory(prefix="gradpruner-quantize-") as tmp:
+        model.save_pretrained(tmp)
+        return AutoModelForCausalLM.from_pretrained(tmp, dtype=param.dtype, quantization_config=config,
+                                                    device_map={"": str(param.device)})
 
 
 def load_model(name: str | None = None, dtype: str = "auto", device: str = "auto",

@@ -300,7 +300,9 @@ def run(cfg: RunConfig) -> dict:
     started = time.perf_counter()
     train, held = split_heldout(task.train_examples(), cfg.heldout)
     refuse_sharded_probe()
-    check_memory(cfg.model, cfg.train, cfg.dtype, cfg.device, None, cfg.heal.distils)
+    # the run keeps its full-precision model beside the quantized copies that QLoRA trains
+    check_memory(cfg.model, replace(cfg.train, load_in_bits=None), cfg.dtype, cfg.device, None,
+                 cfg.heal.distils)
     with atomic_output_dir(cfg.out, overwrite=cfg.overwrite) as tmp:
         master, tokenizer, source = load_model(cfg.model, "float32", cfg.device)
         dtype = recipe_dtype(cfg)
