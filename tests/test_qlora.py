@@ -137,8 +137,11 @@ def bnb_workspace(tmp_path_factory):
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-def test_quantized_probe_scores_every_layer(bnb_workspace, bits):
+def test_quantized_probe_scores_every_layer(bnb_workspace, bits, monkeypatch):
+    import gradpruner.recipe as recipe_module
     from gradpruner.cli import main
+
+    monkeypatch.setattr(recipe_module, "quantized_copy", None)  # loaded quantized: quantized once
 
     out = bnb_workspace / f"probe{bits}"
     code = main(["probe", "--model", str(bnb_workspace / "model"), "--data", str(bnb_workspace / "q.jsonl"),
@@ -208,6 +211,7 @@ def test_quantized_run_heals_the_full_precision_cut(bnb_workspace, tmp_path, mon
     results = run(cfg)
     kept = results["prune"]["kept_layers"]
     assert len(kept) == 4 and results["dense_finetune"]["probe_steps_reused"] == 2
+    assert results["pruned_finetune"]["warm_started_matrices"] == 4 * 7 * 2  # from the 4-bit probe
     # the probe, the pruned model's and the dense model's fine-tunes each trained a 4-bit copy
     assert len(copies) == 3 and all(is_quantized(c) for c in copies)
     assert [c.config.num_hidden_layers for c in copies] == [6, 4, 6]

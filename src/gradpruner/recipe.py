@@ -23,7 +23,7 @@ from .config import RecipeConfig
 from .errors import GradPrunerError
 from .evaluate import evaluate_examples
 from .igia import IGIA
-from .models import quantized_copy, resolve_device, resolve_dtype
+from .models import is_quantized, quantized_copy, resolve_device, resolve_dtype
 from .plan import PrunePlan, PruneRecord
 from .prune import check_igia_matches
 from .search.budget import heal_budget
@@ -77,9 +77,11 @@ def probe(model, tokenizer, examples: list, train: TrainConfig, steps: int,
     """The first `steps` steps of fine-tuning `model` on `examples`, with their IGIA; with LoRA
     the model is left as it was, with full fine-tuning its weights have taken the steps. With
     `checkpoint_dir` the Trainer's checkpoint after the probe is kept there (`finetune_dense`).
-    With `train.load_in_bits` the probe trains on a quantized copy of `model` (QLoRA)."""
+    With `train.load_in_bits` the probe trains on a quantized copy of `model` (QLoRA), unless
+    `model` was loaded quantized."""
     adapters: dict = {}
-    trainee = quantized_copy(model, train.load_in_bits) if train.load_in_bits else model
+    quantize = train.load_in_bits and not is_quantized(model)
+    trainee = quantized_copy(model, train.load_in_bits) if quantize else model
     igia, stats = probe_run(trainee, tokenizer, examples, train, steps, schedule_steps, adapters,
                             checkpoint_dir)
     return ProbeResult(igia, stats, adapters)
