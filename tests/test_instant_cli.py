@@ -71,6 +71,13 @@ def test_help_errors_and_checks_import_no_model_library(tmp_path):
         *((argv, 2, message) for argv, message in BAD_SETTINGS),
         (["probe", "--task", "nope", "--out", "x"], 2, "unknown task 'nope'"),
         (["finetune", "--data", "missing.jsonl", "--out", "x"], 2, "data file not found"),
+        (["probe", "--load-in-4bit", "--load-in-8bit", "--out", "x"], 2, "not allowed with argument"),
+        (["finetune", "--load-in-4bit", "--full", "--out", "x"], 2, "--load-in-4bit trains LoRA "
+                                                                   "adapters on a quantized base: not with --full"),
+        (["finetune", "--load-in-8bit", "--heal", "partial", "--out", "x"], 2, "not with --heal partial"),
+        (["run", "--load-in-4bit", "--heal", "full"], 2, "--load-in-4bit trains LoRA adapters on a "
+                                                          "quantized base: not with --heal full"),
+        (["compare", "--load-in-8bit", "--full", "--out", "x"], 2, "not with --full"),
         (["eval", "--data", "in/bad.jsonl"], 2, "bad.jsonl:1: no assistant turn"),
         (["eval", "--data", "in/chat.jsonl", "--chat-template", "off"], 2, "needs the chat template"),
         (["tasks"], 0, ""),

@@ -85,7 +85,7 @@ def test_a_compare_cell_is_what_run_gives(workspace, tmp_path, monkeypatch):
     from gradpruner.compare import compare
 
     dense = {}
-    original_dense, original_finetune = pipeline_module.finetune_dense, compare_module.finetune
+    original_dense, original_finetune = pipeline_module.finetune_dense, compare_module.qlora_finetune
 
     def keep_dense(name, function):
         def wrapped(*args, **kwargs):
@@ -95,7 +95,7 @@ def test_a_compare_cell_is_what_run_gives(workspace, tmp_path, monkeypatch):
         return wrapped
 
     monkeypatch.setattr(pipeline_module, "finetune_dense", keep_dense("run", original_dense))
-    monkeypatch.setattr(compare_module, "finetune", keep_dense("compare", original_finetune))
+    monkeypatch.setattr(compare_module, "qlora_finetune", keep_dense("compare", original_finetune))
     results = pipeline_module.run(RunConfig.from_dict(recipe(workspace, tmp_path / "run")))
     healed = []
     original_heal = compare_module.heal

@@ -69,6 +69,11 @@ def _add_train(p: argparse.ArgumentParser, steps: int | None) -> None:
                    help="seed of training and of the random criterion (default 0)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations to save memory")
+    bits = p.add_mutually_exclusive_group()
+    for n in (4, 8):
+        bits.add_argument(f"--load-in-{n}bit", dest="load_in_bits", action="store_const", const=n,
+                          help=f"QLoRA: LoRA on {n}-bit base weights (bitsandbytes); the adapters "
+                               "are merged into the full-precision weights")
 
 
 def _add_selection(p: argparse.ArgumentParser, ratio: float | None) -> None:
@@ -167,7 +172,7 @@ def _add_recipe(p: argparse.ArgumentParser, out: str | None) -> None:
 
 
 TRAIN_FLAGS = ("steps", "epochs", "batch_size", "grad_accum", "lr", "lora_rank", "lora_alpha",
-               "full", "max_length", "seed", "gradient_checkpointing")
+               "full", "max_length", "seed", "gradient_checkpointing", "load_in_bits")
 HEAL_FLAGS = {"heal": "method", "heal_layers": "layers", "heal_lm_head": "lm_head", "heal_lr": "lr",
               "distill": "distill", "temperature": "temperature", "teacher": "teacher",
               "rounds": "rounds", "round_steps": "round_steps"}
@@ -322,7 +327,7 @@ def _train_config(args):
         batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, full=args.full,
         max_length=args.max_length, seed=args.seed,
-        gradient_checkpointing=args.gradient_checkpointing,
+        gradient_checkpointing=args.gradient_checkpointing, load_in_bits=args.load_in_bits,
         save_every=getattr(args, "save_every", None), resume=getattr(args, "resume", False),
     )
 
@@ -400,6 +405,11 @@ def _dispatch(args) -> int:
         _check_density(sel["density"])
     elif args.command == "eval":
         harness = _harness_spec(args)
+    elif args.command in ("probe", "finetune"):
+        train = _train_config(args)
+        if args.command == "finetune":
+            train.check_heal(args.heal)
+        train.validate()
     task = _stage_task(args) if args.command in ("probe", "prune", "finetune", "eval") else None
     from .progress import interval_seconds
 
@@ -410,7 +420,7 @@ def _dispatch(args) -> int:
 
     hf_logging.disable_progress_bar()  # weight-loading bars; training keeps its own progress bar
     if args.command == "probe":
-        igia = pipeline.probe_stage(args.model, task, args.out, _train_config(args), args.steps,
+        igia = pipeline.probe_stage(args.model, task, args.out, train, args.steps,
                                     args.schedule_steps, args.dtype, args.device, args.overwrite,
                                     args.device_map, args.heldout)
         print(json.dumps({"out": args.out, "layer_scores": igia.layer_scores}))
@@ -429,7 +439,7 @@ def _dispatch(args) -> int:
         heal = HealConfig(method=args.heal, layers=args.heal_layers, lm_head=args.heal_lm_head,
                           lr=args.heal_lr, distill=args.distill, temperature=args.temperature,
                           teacher=args.teacher)
-        record = pipeline.finetune_stage(args.model, task, args.out, _train_config(args),
+        record = pipeline.finetune_stage(args.model, task, args.out, train,
                                          args.dtype, args.device, args.overwrite, args.device_map,
                                          args.warm_start, args.heldout, heal)
         print(json.dumps({"out": args.out, "train_loss": record["finetune"]["train_loss"]}))

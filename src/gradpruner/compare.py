@@ -27,11 +27,10 @@ from .progress import say, stage
 from .tasks import resolve_task
 from .evaluate import evaluate_examples
 from .heal import HealConfig
-from .recipe import (Cut, ProbeResult, cut, evaluate, heal, needs_probe, probe, recipe_dtype,
-                     split_heldout, teacher_model)
+from .recipe import (Cut, ProbeResult, cut, evaluate, heal, needs_probe, probe, qlora_finetune,
+                     recipe_dtype, split_heldout, teacher_model)
 from .search.judge import task_batches, task_loss
 from .timing import compare_prefill
-from .train import finetune
 
 CONTROL_KEYS = ("progress", "save_every", "checkpoint_dir", "resume")  # do not change results
 RESULT_KEYS = ("model", "task", "data", "eval_data", "density", "selection_budget", "settings",
@@ -120,7 +119,8 @@ class Comparison:
     def dense(self, seed: int) -> dict:
         def compute():
             train = self.recipe(seed).train
-            tuned, stats = finetune(copy.deepcopy(self.model), self.tokenizer, self.train_examples, train)
+            tuned, stats = qlora_finetune(copy.deepcopy(self.model), self.tokenizer, self.train_examples,
+                                          train)
             return {"method": "dense", "seed": seed, "finetune": stats, "after": self.evaluate(tuned),
                     "heldout_after": self.heldout_metrics(tuned)}
 

@@ -93,6 +93,7 @@ class RecipeConfig:
             from .tasks import get_task
 
             get_task(self.task)  # an unknown task name is the error
+        self.train.check_heal(self.heal.method)
         self.train.validate()
         self.heal.validate()
         if self.heal.rounds > 1:

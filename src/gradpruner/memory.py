@@ -4,7 +4,9 @@ The estimate counts the weights, what training adds (LoRA: adapters with their g
 two Adam moments; full: fp32 gradients and two Adam moments for every weight), and the
 activations kept for the backward pass (Korthikanti et al. 2022: about 34*s*b*h + 5*a*s^2*b bytes
 per layer in 16-bit, scaled to the dtype; with checkpointing only the layer inputs), plus the
-logits of the batch in fp32. It is an estimate, not a bound.
+logits of the batch in fp32. With a quantized base (QLoRA, `load_in_bits`) the decoder layers'
+weights take `QUANT_BYTES` each and the other weights (embeddings, LM head) fp32, as PEFT's k-bit
+preparation casts them. It is an estimate, not a bound.
 """
 
 from __future__ import annotations
@@ -13,19 +15,28 @@ import os
 
 import torch
 
-from .costs import parameter_count
+from .costs import layer_parameter_counts, parameter_count
 from .errors import GradPrunerError
 from .progress import say
 
 GIB = 1024 ** 3
+# bytes per quantized weight: NF4 with its double-quantized scales (one 8-bit scale per 64
+# weights, one fp32 per 256 scales); int8 with one scale per row (negligible)
+QUANT_BYTES = {4: 0.5 + 1 / 64 + 4 / (64 * 256), 8: 1.0}
 
 
 def training_bytes(config, dtype: torch.dtype, batch: int, seq_len: int, full: bool = False,
-                   lora_rank: int = 8, checkpointing: bool = False, teacher: bool = False) -> dict[str, int]:
+                   lora_rank: int = 8, checkpointing: bool = False, teacher: bool = False,
+                   load_in_bits: int | None = None) -> dict[str, int]:
     """Estimated bytes by part (`weights`, `training_state`, `activations`, `logits`, and with a
-    distillation `teacher` the teacher's weights and logits) and `total`."""
+    distillation `teacher` the teacher's weights and logits) and `total`; `load_in_bits` (4 or
+    8): the decoder layers' weights quantized."""
     width = torch.empty((), dtype=dtype).element_size()
     params = parameter_count(config)
+    weights = params * width
+    if load_in_bits:
+        layer_params = sum(layer_parameter_counts(config))
+        weights = int(layer_params * QUANT_BYTES[load_in_bits]) + (params - layer_params) * 4
     hidden, layers = config.hidden_size, config.num_hidden_layers
     heads = config.num_attention_heads
     if full:
@@ -41,7 +52,7 @@ def training_bytes(config, dtype: torch.dtype, batch: int, seq_len: int, full: b
     else:
         activations = layers * (34 * tokens * hidden + 5 * heads * seq_len * tokens) * width // 2
     logits = tokens * config.vocab_size * 4
-    parts = {"weights": params * width, "training_state": state, "activations": activations,
+    parts = {"weights": weights, "training_state": state, "activations": activations,
              "logits": logits}
     if teacher:  # the dense teacher beside the student, its logits kept for the KL term
         parts["teacher"] = params * width + logits
@@ -57,9 +68,11 @@ def available_bytes(device: torch.device) -> int:
 
 
 def check_fits(config, dtype: torch.dtype, device: torch.device, batch: int, seq_len: int,
-               full: bool, lora_rank: int, checkpointing: bool, teacher: bool = False) -> dict[str, int]:
+               full: bool, lora_rank: int, checkpointing: bool, teacher: bool = False,
+               load_in_bits: int | None = None) -> dict[str, int]:
     """Print the estimate; refuse with one clear line when it exceeds the free memory."""
-    need = training_bytes(config, dtype, batch, seq_len, full, lora_rank, checkpointing, teacher)
+    need = training_bytes(config, dtype, batch, seq_len, full, lora_rank, checkpointing, teacher,
+                          load_in_bits)
     free = available_bytes(device)
     say(f"memory: about {need['total'] / GIB:.1f} GiB needed ({free / GIB:.1f} GiB free on "
         f"{device.type})")
@@ -67,5 +80,5 @@ def check_fits(config, dtype: torch.dtype, device: torch.device, batch: int, seq
         raise GradPrunerError(
             f"this run needs about {need['total'] / GIB:.1f} GiB but {free / GIB:.1f} GiB are free "
             f"on {device.type}: use --gradient-checkpointing, a smaller --batch-size or "
-            "--max-length, --dtype bfloat16, LoRA instead of --full, or --device-map auto")
+            "--max-length, --dtype bfloat16, LoRA instead of --full, --load-in-4bit, or --device-map auto")
     return need

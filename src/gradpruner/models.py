@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -73,12 +74,53 @@ def load_config(source: str):
     return config
 
 
+def quantization_config(bits: int, dtype: torch.dtype, device: torch.device):
+    """transformers' `BitsAndBytesConfig` for `bits`-bit base weights (4: NF4 with double
+    quantization, computing in `dtype`; 8: LLM.int8), refused where bitsandbytes is missing or
+    does not support `device`."""
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise GradPrunerError(f"--load-in-{bits}bit needs bitsandbytes: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    supported = sorted(getattr(bitsandbytes, "supported_torch_devices", ("cuda",)))
+    if device.type not in supported:
+        raise GradPrunerError(f"--load-in-{bits}bit: bitsandbytes {bitsandbytes.__version__} does not "
+                              f"support {device.type} (it supports {', '.join(supported)})")
+    if bits == 4:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def is_quantized(model) -> bool:
+    """Whether `model`'s base weights were loaded in 4 or 8 bits (bitsandbytes)."""
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def quantized_copy(model, bits: int):
+    """A copy of the in-memory `model` whose decoder-layer weights are `bits`-bit (bitsandbytes),
+    on its device and computing in its dtype: saved to a temporary folder and loaded back, as
+    transformers quantizes while it loads."""
+    from transformers import AutoModelForCausalLM
+
+    param = next(model.parameters())
+    config = quantization_config(bits, param.dtype, param.device)
+    with tempfile.TemporaryDirectory(prefix="gradpruner-quantize-") as tmp:
+        model.save_pretrained(tmp)
+        return AutoModelForCausalLM.from_pretrained(tmp, dtype=param.dtype, quantization_config=config,
+                                                    device_map={"": str(param.device)})
+
+
 def load_model(name: str | None = None, dtype: str = "auto", device: str = "auto",
-               device_map: str | None = None):
+               device_map: str | None = None, load_in_bits: int | None = None):
     """Load a causal LM and its tokenizer; returns (model, tokenizer, source path or id).
 
     `device_map="auto"` lets accelerate spread the layers over every GPU (and the CPU) for a
-    model that does not fit on one device; `device` is then ignored.
+    model that does not fit on one device; `device` is then ignored. `load_in_bits` (4 or 8)
+    quantizes the linear weights of the decoder layers with bitsandbytes (`dtype` is then the
+    dtype of the other weights and of the computation).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -87,6 +129,9 @@ def load_model(name: str | None = None, dtype: str = "auto", device: str = "auto
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
     placement = {"device_map": device_map} if device_map else {}
+    if load_in_bits:  # a quantized model cannot be moved after loading: placed as it loads
+        placement = {"device_map": device_map or {"": str(target)},
+                     "quantization_config": quantization_config(load_in_bits, torch_dtype, target)}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **placement)
@@ -94,6 +139,6 @@ def load_model(name: str | None = None, dtype: str = "auto", device: str = "auto
         raise GradPrunerError(f"cannot load model {source}: {_first_line(err)}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if not device_map:
+    if not device_map and not load_in_bits:
         model = model.to(target)
     return model.eval(), tokenizer, source

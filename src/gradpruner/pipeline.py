@@ -72,7 +72,7 @@ def check_memory(model: str | None, cfg: TrainConfig, dtype: str, device: str,
     target = resolve_device(device)
     check_fits(load_config(resolve_model(model)), resolve_dtype(dtype, target), target,
                cfg.batch_size, cfg.max_length, cfg.full, cfg.lora_rank, cfg.gradient_checkpointing,
-               teacher)
+               teacher, cfg.load_in_bits)
 
 
 def stage_split(examples: list, heldout: int) -> tuple[list, list]:
@@ -87,14 +87,17 @@ def probe_stage(model: str | None, task: Task, out: str, cfg: TrainConfig, steps
 
     The last `heldout` training examples are left out (they judge the cuts of `prune`, as in
     `run`), and the probe folder records how many. Under several processes (DDP) every rank
-    probes; only the main one writes `out`.
+    probes; only the main one writes `out`. With `cfg.load_in_bits` the probe trains LoRA on a
+    4 or 8-bit base (QLoRA); the IGIA is read from the adapters' gradients and applies to the
+    full-precision model's layers, which `prune` cuts.
     """
+    cfg.validate()
     refuse_sharded_probe()
     if is_main_process():
         check_output_dir(out, overwrite, resolve_model(model))
     examples, held = stage_split(task.train_examples(), heldout)
     check_memory(model, cfg, dtype, device, device_map)
-    net, tokenizer, source = load_model(model, dtype, device, device_map)
+    net, tokenizer, source = load_model(model, dtype, device, device_map, cfg.load_in_bits)
     output = partial(atomic_output_dir, out, overwrite=overwrite, source=source)
     with main_process_output(output) as tmp, stage("probe", f"{steps} steps") as st:
         probed = probe(net, tokenizer, examples, cfg, steps, schedule_steps)
@@ -195,10 +198,15 @@ def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
     `cfg.resume` continues from and a finished run removes. `warm_start` is a probe folder
     whose adapters the pruned model's adapters start from. `heal` chooses LoRA, full or
     partial-layer fine-tuning and distillation; the default teacher is the model the sidecar
-    says was pruned, with the adapters of the probe (`warm_start`, else the sidecar's).
+    says was pruned, with the adapters of the probe (`warm_start`, else the sidecar's). With
+    `cfg.load_in_bits` LoRA trains on a 4 or 8-bit base (QLoRA) and the adapters are merged into
+    the model loaded again in full precision (`dtype`) on the CPU, so the saved model's weights
+    are the full-precision ones plus the adapters.
     """
     heal = heal or HealConfig()
     heal.validate()
+    cfg.validate()
+    cfg.check_heal(heal.method)
     source = resolve_model(model)
     if is_main_process():
         check_output_dir(out, overwrite, source)
@@ -212,7 +220,8 @@ def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
         raise GradPrunerError("--distill on a model without a gradpruner.json naming its dense "
                               "source: give --teacher DIR")
     check_memory(model, cfg, dtype, device, device_map, heal.distils)
-    net, tokenizer, source = load_model(model, dtype, device, device_map)
+    net, tokenizer, source = load_model(model, dtype, device, device_map, cfg.load_in_bits)
+    full_precision = partial(_full_precision, source, dtype, device) if cfg.load_in_bits else None
     checkpoints = Path(out).with_name(Path(out).name + ".checkpoints")
     healer = get_healer(heal.method)
     net, cfg = healer.prepare(net, replace(cfg, checkpoint_dir=str(checkpoints)), heal)
@@ -223,7 +232,8 @@ def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
         teacher = _stage_teacher(net, heal, cfg, sidecar, warm_start)
         distill = Distillation(teacher, heal.distill, heal.temperature)
     with stage("fine-tune", heal.describe()) as st:
-        tuned, stats = finetune(net, tokenizer, examples, cfg, warm=warm, distill=distill)
+        tuned, stats = finetune(net, tokenizer, examples, cfg, warm=warm, distill=distill,
+                                full_precision=full_precision)
         st.result = training_summary(stats)
     stats["heal"] = heal.summary(heal.teacher or sidecar.get("source_model"), cfg)
     record["finetune"] = {**stats, "task": task.name, "heldout": heldout,
@@ -232,6 +242,14 @@ def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
         save_pretrained_atomic(tuned, tokenizer, out, record, overwrite, source, model_card(record))
         shutil.rmtree(checkpoints, ignore_errors=True)
     return record
+
+
+def _full_precision(source: str, dtype: str, device: str):
+    """The model at `source` in full precision (`dtype` as the training device resolves it) on
+    the CPU, where a QLoRA fine-tune's adapters are merged (beside the quantized model, which
+    may fill the GPU)."""
+    resolved = resolve_dtype(dtype, resolve_device(device))
+    return load_model(source, str(resolved).removeprefix("torch."), "cpu")[0]
 
 
 def _stage_teacher(student, heal: HealConfig, train: TrainConfig, sidecar: dict,
@@ -294,7 +312,9 @@ def run(cfg: RunConfig) -> dict:
     started = time.perf_counter()
     train, held = split_heldout(task.train_examples(), cfg.heldout)
     refuse_sharded_probe()
-    check_memory(cfg.model, cfg.train, cfg.dtype, cfg.device, None, cfg.heal.distils)
+    # the run keeps its full-precision model beside the quantized copies that QLoRA trains
+    check_memory(cfg.model, replace(cfg.train, load_in_bits=None), cfg.dtype, cfg.device, None,
+                 cfg.heal.distils)
     with atomic_output_dir(cfg.out, overwrite=cfg.overwrite) as tmp:
         master, tokenizer, source = load_model(cfg.model, "float32", cfg.device)
         dtype = recipe_dtype(cfg)

@@ -23,7 +23,7 @@ from .config import RecipeConfig
 from .errors import GradPrunerError
 from .evaluate import evaluate_examples
 from .igia import IGIA
-from .models import resolve_device, resolve_dtype
+from .models import is_quantized, quantized_copy, resolve_device, resolve_dtype
 from .plan import PrunePlan, PruneRecord
 from .prune import check_igia_matches
 from .search.budget import heal_budget
@@ -76,9 +76,13 @@ def probe(model, tokenizer, examples: list, train: TrainConfig, steps: int,
           schedule_steps: int | None = None, checkpoint_dir: str | None = None) -> ProbeResult:
     """The first `steps` steps of fine-tuning `model` on `examples`, with their IGIA; with LoRA
     the model is left as it was, with full fine-tuning its weights have taken the steps. With
-    `checkpoint_dir` the Trainer's checkpoint after the probe is kept there (`finetune_dense`)."""
+    `checkpoint_dir` the Trainer's checkpoint after the probe is kept there (`finetune_dense`).
+    With `train.load_in_bits` the probe trains on a quantized copy of `model` (QLoRA), unless
+    `model` was loaded quantized."""
     adapters: dict = {}
-    igia, stats = probe_run(model, tokenizer, examples, train, steps, schedule_steps, adapters,
+    quantize = train.load_in_bits and not is_quantized(model)
+    trainee = quantized_copy(model, train.load_in_bits) if quantize else model
+    igia, stats = probe_run(trainee, tokenizer, examples, train, steps, schedule_steps, adapters,
                             checkpoint_dir)
     return ProbeResult(igia, stats, adapters)
 
@@ -91,14 +95,23 @@ def finetune_dense(model, tokenizer, train_examples: list, cfg: TrainConfig,
     first resumed step, which loads the checkpoint) times all its steps; `resumed_seconds` are the
     seconds it ran. Returns (model, stats)."""
     if checkpoint_dir is None:
-        return finetune(model, tokenizer, train_examples, cfg)
-    tuned, stats = finetune(model, tokenizer, train_examples,
-                            replace(cfg, checkpoint_dir=checkpoint_dir, resume=True))
+        return qlora_finetune(model, tokenizer, train_examples, cfg)
+    tuned, stats = qlora_finetune(model, tokenizer, train_examples,
+                                  replace(cfg, checkpoint_dir=checkpoint_dir, resume=True))
     reused = probed.stats["steps"]
     per_step = stats["step_seconds"] or stats["train_seconds"] / max(stats["steps"] - reused, 1)
     stats.update(resumed_seconds=stats["train_seconds"], train_seconds=per_step * stats["steps"],
                  seconds_per_step=per_step, probe_steps_reused=reused)
     return tuned, stats
+
+
+def qlora_finetune(model, tokenizer, train_examples: list, cfg: TrainConfig, **kwargs):
+    """`finetune`, on a quantized copy of `model` with `cfg.load_in_bits` (QLoRA), the adapters
+    then merged into `model`'s own full-precision weights; returns (model, stats)."""
+    if not cfg.load_in_bits:
+        return finetune(model, tokenizer, train_examples, cfg, **kwargs)
+    return finetune(quantized_copy(model, cfg.load_in_bits), tokenizer, train_examples, cfg,
+                    full_precision=lambda: model, **kwargs)
 
 
 def needs_probe(criterion: str, merge) -> bool:
@@ -218,7 +231,7 @@ def heal(model, tokenizer, train_examples: list, probed: ProbeResult | None, cfg
         if teacher is None:
             raise GradPrunerError("distillation needs a teacher model")
         distill = Distillation(teacher, cfg.heal.distill, cfg.heal.temperature)
-    tuned, stats = finetune(model, tokenizer, train_examples, train, warm=warm, distill=distill)
+    tuned, stats = qlora_finetune(model, tokenizer, train_examples, train, warm=warm, distill=distill)
     stats["heal"] = cfg.heal.summary(cfg.heal.teacher or "dense+probe adapters", train)
     return tuned, stats
 

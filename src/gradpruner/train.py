@@ -12,7 +12,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -23,6 +23,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from .data import Example, PadCollator, pad_id, training_features
 from .errors import GradPrunerError
 from .igia import IGIA, IGIACallback
+from .models import is_quantized
 from .progress import Progress
 from .surgery import base_model
 from .timing import StepTimer
@@ -34,9 +35,13 @@ if TYPE_CHECKING:
 
 
 def add_lora(model, cfg: TrainConfig):
-    """Wrap `model` with LoRA adapters on every linear module (PEFT's "all-linear")."""
-    from peft import LoraConfig, get_peft_model
+    """Wrap `model` with LoRA adapters on every linear module (PEFT's "all-linear"); a model
+    with quantized base weights is first prepared for it (PEFT's `prepare_model_for_kbit_training`:
+    the base frozen, its unquantized weights in fp32)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    if is_quantized(model):
+        model = prepare_model_for_kbit_training(model, cfg.gradient_checkpointing)
     set_seed(cfg.seed)
     lora = LoraConfig(
         r=cfg.lora_rank,
@@ -168,7 +173,7 @@ def _checkpointing(enabled: bool) -> dict:
 
 def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
              callbacks: list | None = None, warm: tuple[dict, list[int]] | None = None,
-             distill: Distillation | None = None):
+             distill: Distillation | None = None, full_precision: Callable[[], object] | None = None):
     """Fine-tune `model` on `examples`; returns (the plain HF model, stats).
 
     With LoRA the adapters are merged into the weights, so the result saves as an ordinary model.
@@ -177,8 +182,14 @@ def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
     included), ending with the model an uninterrupted run would give. `warm` = (the probe's
     adapters, kept layers) starts the adapters from the probe's (`warm_start`). With `cfg.full`
     only the parameters that require gradients train (partial-layer healing freezes the rest);
-    `distill` mixes a teacher's token distributions into the loss.
+    `distill` mixes a teacher's token distributions into the loss. A `model` with quantized base
+    weights (QLoRA) needs `full_precision`, which loads the same model in full precision: the
+    trained adapters are merged into those weights, not into the quantized ones (which would
+    round the whole model to the quantization grid).
     """
+    if is_quantized(model) and full_precision is None:
+        raise GradPrunerError("a quantized model's adapters are merged into its full-precision "
+                              "weights: give full_precision")
     set_seed(cfg.seed)
     trainable = model if cfg.full else add_lora(model, cfg)
     warmed = warm_start(trainable, *warm) if warm and not cfg.full else 0
@@ -193,7 +204,12 @@ def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
         start = time.perf_counter()
         output = trainer.train(resume_from_checkpoint=checkpoint)
         seconds = time.perf_counter() - start
-    result = trainable if cfg.full else trainable.merge_and_unload()
+    if cfg.full:
+        result = trainable
+    elif full_precision is not None:
+        result = merge_adapters_into(full_precision(), trainable, cfg)
+    else:
+        result = trainable.merge_and_unload()
     result.eval()
     stats = {
         "steps": trainer.state.global_step,
@@ -207,6 +223,20 @@ def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
         "config": asdict(cfg),
     }
     return result, stats
+
+
+def merge_adapters_into(model, trained, cfg: TrainConfig):
+    """`model` with the LoRA adapters of `trained` merged into its weights: `trained` is a PEFT
+    model of the same architecture made by `add_lora` with `cfg` (the QLoRA fine-tune of a
+    quantized copy of `model`)."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    state = get_peft_model_state_dict(trained)
+    target = add_lora(model, cfg)
+    if set(state) != set(get_peft_model_state_dict(target)):
+        raise GradPrunerError("the trained adapters do not fit the full-precision model's modules")
+    set_peft_model_state_dict(target, state)
+    return target.merge_and_unload()
 
 
 def last_complete_checkpoint(folder: str) -> str | None:

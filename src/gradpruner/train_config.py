@@ -3,6 +3,7 @@ the CLI checks them before any model library is loaded."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ class TrainConfig:
     save_every: int | None = None
     checkpoint_dir: str | None = None
     resume: bool = False
+    load_in_bits: int | None = None  # QLoRA: 4 or 8-bit base weights (bitsandbytes)
 
     def planned_steps(self, examples: int) -> int:
         """Optimizer steps of the run: `steps`, or `epochs` (default one) over `examples`."""
@@ -54,3 +56,22 @@ class TrainConfig:
             raise GradPrunerError(f"--lora-rank must be at least 1, got {self.lora_rank}")
         if self.save_every is not None and self.save_every < 1:
             raise GradPrunerError(f"--save-every must be at least 1, got {self.save_every}")
+        self._validate_quantization()
+
+    def check_heal(self, method: str) -> None:
+        """A quantized base heals by LoRA only (`heal.HealConfig.method`)."""
+        if self.load_in_bits is not None and method != "lora":
+            raise GradPrunerError(f"--load-in-{self.load_in_bits}bit trains LoRA adapters on a "
+                                  f"quantized base: not with --heal {method}")
+
+    def _validate_quantization(self) -> None:
+        """A quantized base (`load_in_bits`) trains LoRA adapters only and needs bitsandbytes."""
+        if self.load_in_bits is None:
+            return
+        if self.load_in_bits not in (4, 8):
+            raise GradPrunerError(f"load_in_bits must be 4 or 8, got {self.load_in_bits!r}")
+        flag = f"--load-in-{self.load_in_bits}bit"
+        if self.full:
+            raise GradPrunerError(f"{flag} trains LoRA adapters on a quantized base: not with --full")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise GradPrunerError(f"{flag} needs bitsandbytes: pip install bitsandbytes")
