@@ -243,3 +243,34 @@ def test_the_healing_line_survives_a_dense_accuracy_of_zero():
     assert "+0.250 (dense scored 0)" in line and "healing took 0.500" in line
     results["dense_finetuned"]["acc"] = 0.5
     assert "(50.0% of dense)" in _healing(results)[1]
+
+
+def test_the_finetune_teacher_merges_the_probe_adapters_at_the_probes_rank(workspace, tmp_path, capsys):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from gradpruner.cli import main
+    from gradpruner.pipeline import _stage_teacher, read_sidecar
+    from gradpruner.train_config import TrainConfig
+
+    data, model = str(workspace / "data.jsonl"), str(workspace / "model")
+    probe_dir, pruned = tmp_path / "probe", tmp_path / "pruned"
+    assert main(["probe", "--model", model, "--data", data, "--steps", "2", "--batch-size", "4",
+                 "--lr", "1e-2", "--lora-rank", "4", "--lora-alpha", "8", "--out", str(probe_dir)]) == 0
+    assert main(["prune", "--model", model, "--scores", str(probe_dir), "--criterion", "tail",
+                 "--layers", "2", "--merge", "none", "--out", str(pruned)]) == 0
+    student = AutoModelForCausalLM.from_pretrained(pruned)
+    teacher = _stage_teacher(student, HealConfig(distill=0.5), TrainConfig(lora_rank=8, lora_alpha=32),
+                             read_sidecar(str(pruned)), None)
+    dense = AutoModelForCausalLM.from_pretrained(model)
+    adapters = load_file(str(probe_dir / "adapters.safetensors"))
+    name = "model.layers.0.self_attn.q_proj"
+    expected = dense.get_submodule(name).weight + 8 / 4 * (
+        adapters[f"{name}.lora_B"] @ adapters[f"{name}.lora_A"])
+    assert torch.allclose(teacher.get_submodule(name).weight, expected, atol=1e-6)
+    assert not torch.allclose(expected, dense.get_submodule(name).weight)
+    # a warm start needs the probe's rank, and says so
+    capsys.readouterr()
+    assert main(["finetune", "--model", str(pruned), "--data", data, "--steps", "1",
+                 "--warm-start", str(probe_dir), "--out", str(tmp_path / "tuned")]) == 2
+    assert "(their LoRA rank 4, this model's 8): give the probe's --lora-rank" in capsys.readouterr().err

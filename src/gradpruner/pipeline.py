@@ -261,7 +261,13 @@ def _stage_teacher(student, heal: HealConfig, train: TrainConfig, sidecar: dict,
     if heal.teacher:  # loaded from its folder, its vocabulary checked against the student's
         return teacher_model(student, {}, heal, train, param.dtype)
     probe_dir = warm_start or sidecar.get("scores_dir")
-    adapters = load_adapters(probe_dir) if probe_dir and (Path(probe_dir) / ADAPTERS).is_file() else {}
+    kept = probe_dir and (Path(probe_dir) / ADAPTERS).is_file()
+    probed = ProbeResult.load(probe_dir) if kept else None
+    adapters = probed.adapters if probed else {}
+    if adapters:  # merged at the probe's scaling, which may differ from this fine-tune's
+        settings = probed.info.get("train_config") or {}
+        train = replace(train, lora_rank=settings.get("lora_rank", train.lora_rank),
+                        lora_alpha=settings.get("lora_alpha", train.lora_alpha))
     dense, _, _ = load_model(sidecar["source_model"], "float32", str(param.device))
     return teacher_model(dense, adapters, heal, train, param.dtype)
 

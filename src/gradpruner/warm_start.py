@@ -61,5 +61,12 @@ def warm_start(peft_model, saved: dict[str, torch.Tensor], kept: list[int]) -> i
                 weight.copy_(saved[source].to(weight.dtype))
                 copied += 1
     if not copied:
-        raise GradPrunerError("the probe's adapters fit no module of this model: warm start impossible")
+        raise GradPrunerError(f"the probe's adapters fit no module of this model (their LoRA rank "
+                              f"{_rank(saved)}, this model's {_rank(_lora_weights(peft_model))}): "
+                              "give the probe's --lora-rank, or no --warm-start")
     return copied
+
+
+def _rank(weights: dict[str, torch.Tensor]) -> int | None:
+    """The LoRA rank of a set of adapter weights (rows of an A matrix)."""
+    return next((w.shape[0] for name, w in weights.items() if name.endswith("lora_A")), None)
