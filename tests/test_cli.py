@@ -98,6 +98,8 @@ def test_run_writes_report_and_plot(workspace):
     assert (w / "run" / "layer_scores.png").stat().st_size > 1000
     text = (w / "run" / "report.md").read_text()
     assert "pruned, fine-tuned" in text and f"| {chosen} (chosen) |" in text
+    plotted = chosen if chosen != "greedy" else "block_influence"  # greedy: the scores guiding it
+    assert f"The plot shows the layer scores of `{plotted}` (" in text
     selection, tune = auto["seconds"], report["pruned_finetune"]
     assert (f"Selection and merge search: {selection:.0f} s, as long as "
             f"{selection / tune['seconds_per_step']:.0f} of the pruned model's fine-tuning steps "

@@ -23,6 +23,7 @@ class GradPrunerScore(Criterion):
 
     name = "gradpruner"
     paper = "GradPruner, ICLR 2026, arXiv 2601.19503"
+    score = "IGIA: sum of squared LoRA-gradient products"
     needs_probe = True
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
@@ -34,6 +35,7 @@ class GradPrunerUnsquared(GradPrunerScore):
     """Sum over probe steps and modules of ||S_i||_F (the authors' released script)."""
 
     name = "gradpruner_unsquared"
+    score = "IGIA, unsquared norms"
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
         return _igia(ctx).scores("unsquared")
@@ -45,6 +47,7 @@ class GradPrunerRelative(GradPrunerScore):
     module's weight, so that a depth-dependent gradient scale does not decide alone."""
 
     name = "gradpruner_relative"
+    score = "IGIA relative to the weights' norms"
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
         igia = _igia(ctx)
