@@ -61,5 +61,6 @@ def warm_start(peft_model, saved: dict[str, torch.Tensor], kept: list[int]) -> i
                 weight.copy_(saved[source].to(weight.dtype))
                 copied += 1
     if not copied:
-        raise GradPrunerError("the probe's adapters fit no module of this model: warm start impossible")
+        raise GradPrunerError("the probe's adapters fit no module of this model: give the probe of "
+                              "the model it was pruned from, or leave --warm-start out")
     return copied

@@ -13,7 +13,8 @@ from . import Criterion, ScoreContext, register
 
 def _igia(ctx: ScoreContext):
     if ctx.igia is None:
-        raise GradPrunerError("the gradpruner criterion needs the probe's output (--scores DIR)")
+        raise GradPrunerError("the gradpruner criterion needs the probe's output: run `gradpruner "
+                              "probe` and pass --scores PROBE_DIR, or use --criterion auto")
     return ctx.igia
 
 
