@@ -40,7 +40,9 @@ def w(tmp_path_factory):
 
 
 ROWS = [
-    (["eval", "--model", "{w}/missing", "--data", "{w}/data.jsonl"], "model not found"),
+    (["eval", "--model", "{w}/missing", "--data", "{w}/data.jsonl"],
+     "model not found: {w}/missing (give a model folder or a Hub id, or leave --model out for the "
+     "default model)"),
     (["eval", "--model", "{w}/unreadable", "--data", "{w}/data.jsonl"], "cannot load model"),
     (["probe", "--model", "{w}/bert", "--data", "{w}/data.jsonl", "--out", "{w}/x"], "bert"),
     (["prune", "--model", "{w}/model", "--scores", "{w}/probe", "--ratio", "0", "--out", "{w}/x"], "ratio"),
@@ -65,7 +67,7 @@ ROWS = [
 
 @pytest.mark.parametrize("args,message", ROWS)
 def test_bad_input_row(w, capsys, args, message):
-    args = [a.format(w=w) for a in args]
+    args, message = [a.format(w=w) for a in args], message.format(w=w)
     before = sorted(p.name for p in w.iterdir())
     capsys.readouterr()
     assert main(args) != 0

@@ -98,6 +98,8 @@ def test_run_writes_report_and_plot(workspace):
     assert (w / "run" / "layer_scores.png").stat().st_size > 1000
     text = (w / "run" / "report.md").read_text()
     assert "pruned, fine-tuned" in text and f"| {chosen} (chosen) |" in text
+    plotted = chosen if chosen != "greedy" else "block_influence"  # greedy: the scores guiding it
+    assert f"The plot shows the layer scores of `{plotted}` (" in text
     selection, tune = auto["seconds"], report["pruned_finetune"]
     assert (f"Selection and merge search: {selection:.0f} s, as long as "
             f"{selection / tune['seconds_per_step']:.0f} of the pruned model's fine-tuning steps "
@@ -120,12 +122,15 @@ def test_run_writes_report_and_plot(workspace):
     (["prune", "--scores", "{w}/probe", "--remove", "9", "--out", "{w}/x"], "out of range"),
     (["prune", "--scores", "{w}/probe", "--remove", "a", "--out", "{w}/x"], "not a layer"),
     (["prune", "--scores", "{w}", "--layers", "1", "--out", "{w}/x"], "not a probe output"),
-    (["prune", "--scores", "{w}/probe", "--layers", "1", "--out", "{w}/x"], "auto needs task data"),
+    (["prune", "--scores", "{w}/probe", "--layers", "1", "--out", "{w}/x"],
+     "was made on your data (data), which is not saved with it: pass --data FILE (your training "
+     "data) or --task NAME so that auto can judge cuts, or --criterion gradpruner --merge none"),
     (["prune", "--scores", "{w}/probe", "--layers", "1", "--selection-budget", "-1", "--out", "{w}/x"],
      "--selection-budget"),
     (["prune", "--scores", "{w}/probe", "--layers", "1", "--heal-steps", "0", "--data", "{w}/data.jsonl",
       "--out", "{w}/x"], "--heal-steps"),
-    (["eval", "--model", "{w}/nope", "--data", "{w}/data.jsonl"], "model not found"),
+    (["eval", "--model", "{w}/nope", "--data", "{w}/data.jsonl"],
+     "model not found: {w}/nope (give a model folder or a Hub id, or leave --model out"),
     (["eval", "--task", "no_such_task"], "unknown task"),
     (["probe", "--model", "{w}/model", "--data", "{w}/empty.jsonl", "--out", "{w}/x"], "empty"),
     (["probe", "--model", "{w}/model", "--data", "{w}/bad.jsonl", "--out", "{w}/x"], "outside"),
@@ -137,7 +142,7 @@ def test_bad_input_gives_one_line_and_nonzero_exit(workspace, capsys, args, mess
     w = workspace
     if not (w / "probe").exists():
         cli("probe", "--model", w / "model", "--data", w / "data.jsonl", "--out", w / "probe", *TRAIN)
-    args = [a.format(w=w) for a in args]
+    args, message = [a.format(w=w) for a in args], message.format(w=w)
     if args[0] == "prune":
         args += ["--model", str(w / "model")]
     before = sorted(p.name for p in w.iterdir())

@@ -176,7 +176,7 @@ def test_harness_metrics_and_table():
 
 def test_spec_validate_without_a_model(workspace):
     HarnessSpec(("tiny_colors",), str(workspace / "tasks")).validate()
-    with pytest.raises(GradPrunerError, match="names no lm-eval task"):
+    with pytest.raises(GradPrunerError, match="names no lm-eval task: give names such as --harness arc_easy,hellaswag"):
         HarnessSpec(()).validate()
 
 

@@ -161,7 +161,7 @@ def test_full_fine_tuning_run_is_recorded(tmp_path):
 
 
 def test_load_rejects_a_folder_that_is_not_a_probe(tmp_path):
-    with pytest.raises(GradPrunerError, match="not a probe output"):
+    with pytest.raises(GradPrunerError, match="not a probe output .*: give the folder `gradpruner probe --out` wrote"):
         IGIA.load(tmp_path)
 
 

@@ -14,8 +14,11 @@ import pytest
 
 import gradpruner
 from gradpruner import cli
-from gradpruner.config import CRITERION_NAMES, PROBE_CRITERIA
+from gradpruner.compare_methods import HEALS, METHODS
+from gradpruner.config import (CRITERION_NAMES, DATA_FREE_CRITERIA, MERGE_WORDS, PROBE_CRITERIA,
+                               prune_inputs_error)
 from gradpruner.criteria import CRITERIA
+from gradpruner.heal import HEALERS
 from test_recipe import BAD_SETTINGS
 
 HEAVY = ("torch", "transformers", "peft")
@@ -61,7 +64,27 @@ def test_help_errors_and_checks_import_no_model_library(tmp_path):
         (["--help"], 0, ""),
         (["--version"], 0, ""),
         *(([name, "--help"], 0, "") for name in commands),
-        ([], 2, "no command given"),
+        ([], 2, "no command given: `gradpruner run` runs the whole job on the default model and task"),
+        # prune with neither a probe nor task data: what to pass, before any model loads
+        (["prune", "--ratio", "0.25", "--out", "x"], 2,
+         "--criterion auto judges cuts on task data: pass --scores PROBE_DIR (a `gradpruner probe` "
+         "output; its task is used), --task NAME (see `gradpruner tasks`) or --data FILE, or cut "
+         "without either by --criterion tail (or random) --merge none"),
+        (["prune", "--criterion", "block_influence", "--remove", "1", "--out", "x"], 2,
+         "--criterion block_influence scores layers on task data: pass --scores PROBE_DIR"),
+        (["prune", "--criterion", "gradpruner_relative", "--merge", "none", "--ratio", "0.25", "--out", "x"],
+         2, "--criterion gradpruner_relative reads the probe's IGIA: pass --scores PROBE_DIR (the output "
+            "of `gradpruner probe`), or use --criterion tail or random, which need nothing"),
+        (["prune", "--criterion", "tail", "--merge", "3", "--ratio", "0.25", "--out", "x"], 2,
+         "--merge 3 merges by the probe's IGIA: pass --scores PROBE_DIR (the output of `gradpruner "
+         "probe`), or --merge none"),
+        (["prune", "--criterion", "tail", "--merge", "fold", "--ratio", "0.25", "--out", "x"], 2,
+         "--merge fold fits the fold on task data: pass --task NAME or --data FILE (or --scores "
+         "PROBE_DIR of a built-in task), or use --merge none"),
+        (["prune", "--out", "x"], 2, "give the size of the cut: --ratio F (e.g. 0.25), --layers N or "
+                                     "--remove LIST (e.g. 20-27)"),
+        (["compare", "--ratio", ",", "--out", "x"], 2,
+         "--ratio is empty: give comma-separated numbers, e.g. --ratio 0.25,0.4"),
         (["run", "--bogus"], 2, "unrecognized arguments: --bogus"),
         (["run", "--criterion", "nope"], 2, "invalid choice: 'nope'"),
         (["prune", "--model", "m", "--scores", "s", "--ratio", "1.5", "--out", "x"], 2, "ratio must be"),
@@ -128,6 +151,16 @@ print(json.dumps({"light": light, "missing": [n for n in gradpruner.__all__ if n
 def test_criterion_names_without_the_registry_match_it():
     assert CRITERION_NAMES == tuple(sorted(CRITERIA))
     assert PROBE_CRITERIA == tuple(sorted(n for n, c in CRITERIA.items() if c.needs_probe))
+    assert DATA_FREE_CRITERIA == tuple(sorted(n for n, c in CRITERIA.items()
+                                              if not c.needs_probe and not c.needs_data))
+
+
+@pytest.mark.parametrize("criterion,merge,remove", [
+    ("tail", "auto", None), ("random", None, None), ("tail", None, None),
+    ("auto", None, [1, 2]), ("gradpruner", None, [3]),  # an explicit cut reads no scores
+])
+def test_prune_without_probe_or_task_data_runs_what_needs_neither(criterion, merge, remove):
+    assert prune_inputs_error(criterion, merge, remove) is None
 
 
 def states_default(default, text: str) -> bool:
@@ -167,3 +200,28 @@ def test_the_default_check_catches_a_silent_default():
     assert states_default("runs/default", "output folder (default runs/default)")
     assert not states_default(16, "evaluation batch size")
     assert not states_default(16, "evaluation batch size (default 8)")
+
+
+def readme_choices() -> dict[str, set[str]]:
+    """The README's section on every choice: for each list's opening words, the names its items
+    describe (the backticked names before an item's first colon)."""
+    text = (Path(gradpruner.__file__).parents[2] / "README.md").read_text()
+    start = text.index("### Every choice:")
+    lists: dict[str, set[str]] = {}
+    for line in text[start:text.index("\n### ", start + 1)].splitlines()[1:]:
+        if line.startswith("- "):
+            lists[intro] |= set(re.findall(r"`([^`]+)`", line.split(": ")[0]))
+        elif line:
+            intro = line.split(" (")[0]
+            lists[intro] = set()
+    return lists
+
+
+def test_every_criterion_merge_healing_method_and_variant_is_described_in_the_readme():
+    lists = readme_choices()
+    assert lists["Criteria"] == set(CRITERIA)
+    assert lists["Merges"] == {*MERGE_WORDS, "N"}
+    assert {f"--heal {name}" for name in HEALERS} <= lists["Healing"]
+    assert {"--distill W", "--rounds N"} <= lists["Healing"]
+    assert lists["`compare --methods`"] == set(METHODS)
+    assert lists["`compare --heals`"] == set(HEALS)

@@ -55,7 +55,7 @@ def test_error_inside_leaves_previous_folder_and_no_temp(tmp_path):
     [
         ("model", "model", "input model's folder"),
         ("model/pruned", "model", "input model's folder"),
-        (".", "model", "contains the input model"),
+        (".", "model", "contains the input model .*; choose another output folder"),
     ],
 )
 def test_never_writes_over_the_input_model(tmp_path, out, source, message):
@@ -67,9 +67,9 @@ def test_never_writes_over_the_input_model(tmp_path, out, source, message):
 def test_refuses_non_empty_folder_and_file(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "f.txt").write_text("x")
-    with pytest.raises(GradPrunerError, match="not empty"):
+    with pytest.raises(GradPrunerError, match="not empty: pass --overwrite .* to replace it, or choose another output folder"):
         check_output_dir(tmp_path / "out")
-    with pytest.raises(GradPrunerError, match="not a folder"):
+    with pytest.raises(GradPrunerError, match="not a folder: choose another output folder"):
         check_output_dir(tmp_path / "out" / "f.txt", overwrite=True)
 
 

@@ -57,7 +57,8 @@ def test_plans_check_themselves():
         PruneRecord.from_json({"schema_version": 0})
     laco = PrunePlan(6, (2, 3, 4), (MergeStep(3, (4,)), MergeStep(1, (2, 3))), "laco")
     assert laco.merged == {1: [2, 3, 4]}  # a donor that had received passes its donors on
-    with pytest.raises(GradPrunerError, match="plan is for a model with 8"):
+    with pytest.raises(GradPrunerError, match="plan is for a model with 8 layers, this one has 6: apply it to the "
+                       "model it was made for"):
         apply(tiny_model("llama"), PrunePlan(8, (1,)))
 
 

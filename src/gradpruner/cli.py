@@ -339,7 +339,8 @@ def _selection(args) -> dict:
 
     remove = parse_layer_list(args.remove) if args.remove else None
     if args.ratio is None and args.layers is None and remove is None:
-        raise GradPrunerError("give one of --ratio, --layers or --remove")
+        raise GradPrunerError("give the size of the cut: --ratio F (e.g. 0.25), --layers N or "
+                              "--remove LIST (e.g. 20-27)")
     if args.ratio is not None:
         check_ratio(args.ratio)
     check_fraction(args.selection_budget)
@@ -366,7 +367,7 @@ def _floats(text: str, option: str) -> list[float]:
     except ValueError:
         raise GradPrunerError(f"{option} takes comma-separated numbers, got {text!r}") from None
     if not values:
-        raise GradPrunerError(f"{option} is empty")
+        raise GradPrunerError(f"{option} is empty: give comma-separated numbers, e.g. {option} 0.25,0.4")
     return values
 
 
@@ -389,7 +390,8 @@ def _stage_task(args):
 def _dispatch(args) -> int:
     """Check the settings that need no model, then import the model libraries and run."""
     if args.command is None:
-        raise GradPrunerError("no command given (see --help)")
+        raise GradPrunerError("no command given: `gradpruner run` runs the whole job on the default "
+                              "model and task (see --help for every command)")
     if args.command == "tasks":
         from .tasks import list_tasks
 
@@ -411,6 +413,12 @@ def _dispatch(args) -> int:
             train.check_heal(args.heal)
         train.validate()
     task = _stage_task(args) if args.command in ("probe", "prune", "finetune", "eval") else None
+    if args.command == "prune" and args.scores is None and task is None:
+        from .config import prune_inputs_error
+
+        missing = prune_inputs_error(sel["criterion"], sel["merge"], sel["remove"])
+        if missing:
+            raise GradPrunerError(missing)
     from .progress import interval_seconds
 
     interval_seconds()  # a bad $GRADPRUNER_PROGRESS_SECONDS stops here, before any loading

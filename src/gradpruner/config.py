@@ -28,6 +28,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 CRITERION_NAMES = ("angular", "auto", "block_influence", "gradpruner", "gradpruner_relative",
                    "gradpruner_unsquared", "laco", "ppl", "random", "tail", "taylor")
 PROBE_CRITERIA = ("gradpruner", "gradpruner_relative", "gradpruner_unsquared")  # read the probe's IGIA
+DATA_FREE_CRITERIA = ("random", "tail")  # need neither the probe nor task data
+MERGE_WORDS = ("auto", "none", "all", "fold")  # --merge's words; or a number of donors
 
 
 @dataclass
@@ -223,7 +225,7 @@ def parse_merge_count(value: str | int | None) -> int | str | None:
     ("none")."""
     if value is None or value == "none":
         return None
-    if value in ("all", "auto", "fold"):
+    if value in MERGE_WORDS:
         return value
     try:
         count = int(value)
@@ -232,6 +234,38 @@ def parse_merge_count(value: str | int | None) -> int | str | None:
     if count < 0:
         raise GradPrunerError(f"--merge must not be negative, got {count}")
     return count or None
+
+
+def task_data_need(criterion: str, merge: int | str | None, remove: list[int] | None) -> str | None:
+    """Why a cut with these settings and a probe's IGIA needs task data (the end of "so that
+    ..."), or None when the IGIA is enough."""
+    scored = remove is None or merge  # the criterion's scores are read
+    if scored and criterion not in PROBE_CRITERIA + DATA_FREE_CRITERIA:
+        return "auto can judge cuts" if criterion == "auto" else f"{criterion} can score layers"
+    if merge in ("auto", "fold"):
+        return f"--merge {merge} can " + ("judge merges" if merge == "auto" else "fit the fold")
+    return None
+
+
+def prune_inputs_error(criterion: str, merge: int | str | None, remove: list[int] | None) -> str | None:
+    """What `prune` with neither a probe (--scores) nor task data (--task, --data) lacks for
+    these settings, as the one-line error that says what to pass; None when it needs neither."""
+    if isinstance(merge, int) or merge == "all":
+        return (f"--merge {merge} merges by the probe's IGIA: pass --scores PROBE_DIR (the output "
+                "of `gradpruner probe`), or --merge none")
+    scored = remove is None or merge
+    if scored and criterion in PROBE_CRITERIA:
+        return (f"--criterion {criterion} reads the probe's IGIA: pass --scores PROBE_DIR (the "
+                "output of `gradpruner probe`), or use --criterion tail or random, which need nothing")
+    if scored and criterion not in DATA_FREE_CRITERIA:
+        does = "judges cuts" if criterion == "auto" else "scores layers"
+        return (f"--criterion {criterion} {does} on task data: pass --scores PROBE_DIR (a `gradpruner "
+                "probe` output; its task is used), --task NAME (see `gradpruner tasks`) or --data "
+                "FILE, or cut without either by --criterion tail (or random) --merge none")
+    if merge == "fold":
+        return ("--merge fold fits the fold on task data: pass --task NAME or --data FILE (or "
+                "--scores PROBE_DIR of a built-in task), or use --merge none")
+    return None
 
 
 def check_merge(merge: object) -> None:

@@ -31,7 +31,8 @@ class HarnessSpec:
         """Every check that needs no model: lm-eval installed, the folder there, names known."""
         require_lm_eval()
         if not self.tasks:
-            raise GradPrunerError("--harness names no lm-eval task")
+            raise GradPrunerError("--harness names no lm-eval task: give names such as "
+                                  "--harness arc_easy,hellaswag")
         if self.include and not Path(self.include).is_dir():
             raise GradPrunerError(f"--harness-include folder not found: {self.include}")
         task_manager(self)

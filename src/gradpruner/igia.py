@@ -154,7 +154,8 @@ class IGIA:
         """Read an IGIA written by `save`."""
         directory = Path(directory)
         if not (directory / _SCORES).is_file() or not (directory / _TENSORS).is_file():
-            raise GradPrunerError(f"{directory}: not a probe output (no {_SCORES} / {_TENSORS})")
+            raise GradPrunerError(f"{directory}: not a probe output (no {_SCORES} / {_TENSORS}): give "
+                                  "the folder `gradpruner probe --out` wrote")
         try:
             meta = json.loads((directory / _SCORES).read_text())
             tensors = load_file(str(directory / _TENSORS))

@@ -23,10 +23,12 @@ def resolve_model(name: str | None) -> str:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise GradPrunerError(f"{name}: not a Hugging Face model folder (no config.json)")
+            raise GradPrunerError(f"{name}: not a Hugging Face model folder (no config.json): give the "
+                                  "folder save_pretrained wrote")
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise GradPrunerError(f"model not found: {name}")
+        raise GradPrunerError(f"model not found: {name} (give a model folder or a Hub id, or leave "
+                              "--model out for the default model)")
     return name
 
 
@@ -37,9 +39,10 @@ def resolve_device(device: str | None) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise GradPrunerError(f"unknown device {device!r}") from None
+        raise GradPrunerError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise GradPrunerError("--device cuda was asked for, but no CUDA device is available")
+        raise GradPrunerError("--device cuda was asked for, but no CUDA device is available: use "
+                              "--device cpu (or auto)")
     return resolved
 
 

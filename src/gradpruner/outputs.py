@@ -32,7 +32,7 @@ def check_output_dir(
     """Raise GradPrunerError unless `out` may be (re)written; call it early, before long work."""
     out_path = Path(out).resolve()
     if out_path.exists() and not out_path.is_dir():
-        raise GradPrunerError(f"output path {out} exists and is not a folder")
+        raise GradPrunerError(f"output path {out} exists and is not a folder: choose another output folder")
     if source is not None:
         source_path = Path(source).resolve()
         if _is_within(out_path, source_path):
@@ -40,9 +40,11 @@ def check_output_dir(
                 f"refusing to write {out} into the input model's folder {source}; choose another output folder"
             )
         if _is_within(source_path, out_path):
-            raise GradPrunerError(f"refusing to write {out}: it contains the input model {source}")
+            raise GradPrunerError(f"refusing to write {out}: it contains the input model {source}; choose "
+                                  "another output folder")
     if out_path.is_dir() and any(out_path.iterdir()) and not overwrite:
-        raise GradPrunerError(f"output folder {out} exists and is not empty (pass overwrite to replace it)")
+        raise GradPrunerError(f"output folder {out} exists and is not empty: pass --overwrite "
+                              "(overwrite=True) to replace it, or choose another output folder")
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

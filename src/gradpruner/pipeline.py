@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .config import RunConfig
+from .config import RunConfig, prune_inputs_error, task_data_need
 from .costs import cut_costs
 from .distributed import is_main_process, main_process_output, refuse_sharded_probe
 from .errors import GradPrunerError
@@ -39,7 +39,6 @@ from .prune import check_igia_matches, prune_model
 from .recipe import (ProbeResult, cut, evaluate, finetune_dense, heal, probe, recipe_dtype,
                      split_heldout, teacher_model)
 from .search.budget import heal_budget
-from .search.select import task_data_need
 from .selection import select_layers
 from .surgery import save_pretrained_atomic
 from .tasks import Task, get_task, list_tasks, resolve_task
@@ -124,8 +123,9 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
     `selection_budget` of the time of the `heal_steps`-step fine-tune planned after (no limit
     when either is None), timed by the probe. The model is pruned in fp32 on `device`.
     Without `model`, the model the probe records (`source_model`) is pruned when it names one.
-    A probe saved from the user's own trainer names no task: a cut that needs task data then
-    stops here, saying what to pass.
+    A cut that needs task data (or the probe) it is not given stops before the model loads,
+    saying what to pass: a probe saved from the user's own trainer names no task, and one made on
+    the user's data does not hold that data.
     """
     probed = ProbeResult.load(scores) if scores else None
     meta = probed.info if probed else {}
@@ -134,18 +134,22 @@ def prune_stage(model: str | None, scores: str | None, out: str, *, criterion: s
     check_output_dir(out, overwrite, source)
     if task is None and meta.get("task") in {t.name for t in list_tasks()}:
         task = get_task(meta["task"])
-    taskless = probed is not None and task is None and not meta.get("task")
-    reason = task_data_need(criterion, merge, remove) if taskless else None
-    if reason:
-        raise GradPrunerError(
-            f"the probe in {scores} was saved from your own trainer and names no task: pass "
-            f"--data FILE (your training data) or --task NAME so that {reason}, or --criterion "
-            "gradpruner --merge none (or --merge 3, the paper's merge) to cut by the IGIA alone")
     config = load_config(source)
     if probed is not None:
         check_igia_matches(probed.igia, config)
     total = config.num_hidden_layers
     removing = len(select_layers([0.0] * total, ratio=ratio, count=count, remove=remove))
+    missing = prune_inputs_error(criterion, merge, remove) if probed is None and task is None else None
+    if missing:
+        raise GradPrunerError(missing)
+    reason = task_data_need(criterion, merge, remove) if probed is not None and task is None else None
+    if reason:
+        made = (f"was made on your data ({meta['task']}), which is not saved with it" if meta.get("task")
+                else "was saved from your own trainer and names no task")
+        raise GradPrunerError(
+            f"the probe in {scores} {made}: pass --data FILE (your training data) or --task NAME "
+            f"so that {reason}, or --criterion gradpruner --merge none (or --merge 3, the paper's "
+            "merge) to cut by the IGIA alone")
     examples = task.train_examples() if task is not None else []
     heldout = meta.get("heldout", 32) if heldout is None else heldout
     train, held = stage_split(examples, heldout)

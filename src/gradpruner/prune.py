@@ -25,7 +25,8 @@ def check_igia_matches(igia, model_or_config) -> None:
     for key, value in expected.items():
         if key in info and info[key] != value:
             raise GradPrunerError(
-                f"the scores come from another model ({key} {info[key]!r}, this model {value!r})"
+                f"the scores come from another model ({key} {info[key]!r}, this model {value!r}): "
+                "pass the probed model with --model, or probe this model first"
             )
 
 

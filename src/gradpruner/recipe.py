@@ -68,7 +68,8 @@ def split_heldout(examples: list, heldout: int) -> tuple[list, list]:
     if heldout == 0:
         return list(examples), []
     if len(examples) <= heldout:
-        raise GradPrunerError(f"{len(examples)} training examples: too few to hold out {heldout}")
+        raise GradPrunerError(f"{len(examples)} training examples: too few to hold out {heldout}; "
+                              "give more data or a smaller --heldout")
     return examples[:-heldout], examples[-heldout:]
 
 
@@ -229,7 +230,7 @@ def heal(model, tokenizer, train_examples: list, probed: ProbeResult | None, cfg
     distill = None
     if cfg.heal.distils:
         if teacher is None:
-            raise GradPrunerError("distillation needs a teacher model")
+            raise GradPrunerError("distillation needs a teacher model: give --teacher DIR")
         distill = Distillation(teacher, cfg.heal.distill, cfg.heal.temperature)
     tuned, stats = qlora_finetune(model, tokenizer, train_examples, train, warm=warm, distill=distill)
     stats["heal"] = cfg.heal.summary(cfg.heal.teacher or "dense+probe adapters", train)
@@ -248,7 +249,8 @@ def teacher_model(master, adapters: dict, heal_cfg: HealConfig, train: TrainConf
                                    str(next(master.parameters()).device))
         if teacher.config.vocab_size != master.config.vocab_size:
             raise GradPrunerError(f"the teacher's vocabulary ({teacher.config.vocab_size}) is not "
-                                  f"the model's ({master.config.vocab_size})")
+                                  f"the model's ({master.config.vocab_size}): give a --teacher with the "
+                                  "same tokenizer")
         return teacher.eval()
     teacher = copy.deepcopy(master).to(dtype)
     if adapters:

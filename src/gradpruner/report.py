@@ -3,36 +3,143 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from .search.budget import SkippedPart
 
 
-def plot_layer_scores(scores: list[float], removed: list[int], merged: dict, path: Path,
-                      title: str = "") -> None:
-    """Bar chart of the layer scores (log scale), removed layers in red, donors hatched."""
+@dataclass(frozen=True)
+class ScorePlot:
+    """What the layer-score plot shows: the scores of the criterion that chose the cut, what they
+    measure and how the cut follows from them, why these layers went, and, for `auto`, the
+    candidate cuts it weighed, the one it chose and the held-out measure that judged them."""
+
+    criterion: str
+    scores: list[float]
+    score: str
+    rule: str
+    why: str
+    candidates: list[dict]
+    chosen: str | None
+    measure: str | None
+
+    @classmethod
+    def of(cls, prune: dict) -> "ScorePlot | None":
+        """The plot of a `PruneRecord`'s JSON; None when it holds no layer scores."""
+        from .criteria import get_criterion
+
+        auto = prune["selection"].get("auto") or {}
+        given = (prune.get("config") or {}).get("remove")
+        if prune["criterion"] == "auto" and auto.get("candidates") and not given:
+            picked = next(c for c in auto["candidates"] if c["name"] == auto["chosen"])
+            name = picked["name"] if picked["scores"] else "block_influence"  # greedy's guide
+            scores = picked["scores"] or next(c["scores"] for c in auto["candidates"]
+                                              if c["name"] == name)
+            judge = auto.get("judge")
+            why = (f"auto chose {picked['name']}'s cut: lowest held-out loss" if judge else
+                   f"auto kept {picked['name']}'s cut unjudged (budget)")
+            if picked["name"] == "greedy":
+                why += "; greedy removed layers one at a time among the lowest of these"
+            return cls(name, scores, get_criterion(name).score, get_criterion(name).rule,
+                       why + _rounds(prune), auto["candidates"], picked["name"],
+                       judge["measure"] if judge else None)
+        if not prune.get("layer_scores"):
+            return None
+        criterion = get_criterion(prune["criterion"])
+        why = "layers given by --remove" if given else f"{criterion.name} chose the cut"
+        return cls(criterion.name, prune["layer_scores"], criterion.score, criterion.rule,
+                   why + _rounds(prune), [], None, None)
+
+    def sentence(self) -> str:
+        """The report's line saying whose scores the plot shows."""
+        text = (f"The plot shows the layer scores of `{self.criterion}` ({self.score}; "
+                f"{self.rule}): {self.why}.")
+        if self.candidates:
+            text += (" Below them, every candidate cut `auto` weighed, with its held-out loss "
+                     "(the chosen one in red).")
+        return text
+
+
+def _rounds(prune: dict) -> str:
+    """With iterative pruning: that the scores are the first round's."""
+    rounds = prune.get("rounds") or []
+    return f"; the scores of round 1 of {len(rounds)}" if rounds else ""
+
+
+def plot_layer_scores(plot: ScorePlot, removed: list[int], merged: dict, path: Path) -> None:
+    """Bar chart of the chosen criterion's layer scores, removed layers in red, donors hatched
+    (log scale when every score is positive); under it, for `auto`, one row per candidate cut
+    with its layers marked and its held-out loss, the chosen one in red."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    total = len(plot.scores)
+    rows = len(plot.candidates)
+    fig, axes = plt.subplots(2 if rows else 1, 1, sharex=True, squeeze=False,
+                             figsize=(max(7, total * 0.3), 3.4 + (0.32 * rows + 0.8 if rows else 0)),
+                             gridspec_kw={"height_ratios": [3.2, 0.32 * rows + 0.6] if rows else [1]})
+    _score_bars(axes[0][0], plot, removed, merged)
+    if rows:
+        _candidate_rows(axes[1][0], plot)
+    bottom = axes[-1][0]
+    bottom.set_xlabel("decoder layer (original index; removed in red)")
+    bottom.set_xticks(range(total))
+    bottom.tick_params(axis="x", labelsize=7)
+    for i, label in enumerate(bottom.get_xticklabels()):
+        if i in removed:
+            label.set_color("tab:red")
+            label.set_fontweight("bold")
+    bottom.set_xlim(-0.6, total - 0.4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _score_bars(ax, plot: ScorePlot, removed: list[int], merged: dict) -> None:
+    """The layer scores: removed layers red on a light red band (seen even at a score of 0),
+    merge donors hatched."""
     donors = {d for ds in merged.values() for d in ds}
-    colors = ["tab:red" if i in removed else "tab:blue" for i in range(len(scores))]
-    fig, ax = plt.subplots(figsize=(max(6, len(scores) * 0.28), 3.2))
-    bars = ax.bar(range(len(scores)), [max(s, 1e-30) for s in scores], color=colors)
+    for i in removed:
+        ax.axvspan(i - 0.5, i + 0.5, color="tab:red", alpha=0.12, linewidth=0)
+    colors = ["tab:red" if i in removed else "tab:blue" for i in range(len(plot.scores))]
+    positive = all(s > 0 for s in plot.scores)
+    bars = ax.bar(range(len(plot.scores)), plot.scores, color=colors)
     for i, bar in enumerate(bars):
         if i in donors:
             bar.set_hatch("//")
             bar.set_edgecolor("black")
-    ax.set_yscale("log")
-    ax.set_xlabel("decoder layer (original index)")
-    ax.set_ylabel("importance score")
-    ax.set_title(title or "layer scores: red = removed, hatched = merged into a kept layer")
-    ax.set_xticks(range(len(scores)))
-    ax.tick_params(axis="x", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    if positive:
+        ax.set_yscale("log")
+    ax.set_ylabel(f"{plot.criterion} score" + (" (log)" if positive else ""))
+    ax.set_title(f"{plot.score}; {plot.rule}\n{plot.why}; red = removed"
+                 + (", hatched = merged" if donors else ""), fontsize=9)
+
+
+def _candidate_rows(ax, plot: ScorePlot) -> None:
+    """One row per candidate cut of `auto`, best held-out loss on top, the chosen one in red."""
+    ordered = sorted(plot.candidates, key=lambda c: (c["loss"] is None, c["loss"] or 0.0))
+    labels = []
+    for row, c in enumerate(ordered):
+        picked = c["name"] == plot.chosen
+        ax.scatter(c["removed"], [row] * len(c["removed"]), marker="s", s=36,
+                   color="tab:red" if picked else "tab:gray")
+        loss = "not judged" if c["loss"] is None else f"{c['loss']:.3f}"
+        labels.append(f"{c['name']}: {loss}" + (" (chosen)" if picked else ""))
+    ax.set_yticks(range(len(ordered)), labels, fontsize=7)
+    for label, c in zip(ax.get_yticklabels(), ordered):
+        if c["name"] == plot.chosen:
+            label.set_color("tab:red")
+            label.set_fontweight("bold")
+    ax.set_ylim(len(ordered) - 0.5, -0.5)
+    ax.grid(axis="x", alpha=0.3)
+    measure = (f"held-out {plot.measure}: lower is better" if plot.measure
+               else "none judged: the selection budget left no time")
+    ax.set_ylabel("candidate cut:\nheld-out loss", fontsize=8)
+    ax.set_title(f"auto's candidate cuts (squares: the layers each removes)\n{measure}",
+                 fontsize=9)
 
 
 def primary_metric(metrics: dict | None) -> float | None:
@@ -241,20 +348,25 @@ def run_markdown(results: dict) -> str:
         f"Evaluation items: {results['dense_zero_shot'].get('n')}; "
         f"total wall time {results.get('total_seconds', 0) / 60:.1f} min.",
         "",
-        "![layer scores](layer_scores.png)",
-        "",
+        *_plot_lines(prune),
     ]
     return "\n".join(lines)
+
+
+def _plot_lines(prune: dict) -> list[str]:
+    """The sentence saying whose layer scores the plot shows, and the plot."""
+    plot = ScorePlot.of(prune)
+    if plot is None:
+        return []
+    return [plot.sentence(), "", "![layer scores](layer_scores.png)", ""]
 
 
 def write_report(results: dict, directory: Path) -> None:
     """`report.json`, `report.md` and `layer_scores.png` in `directory`; prints the Markdown."""
     prune = results["prune"]
-    if prune.get("layer_scores"):
-        title = ("the probe's layer scores; red = removed by auto's chosen cut, hatched = merged"
-                 if prune["criterion"] == "auto" else "")
-        plot_layer_scores(prune["layer_scores"], prune["removed_layers"], prune["merged"],
-                          directory / "layer_scores.png", title)
+    plot = ScorePlot.of(prune)
+    if plot is not None:
+        plot_layer_scores(plot, prune["removed_layers"], prune["merged"], directory / "layer_scores.png")
     (directory / "report.json").write_text(json.dumps(results, indent=2, default=str))
     text = run_markdown(results)
     (directory / "report.md").write_text(text)

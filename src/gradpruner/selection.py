@@ -43,7 +43,7 @@ def validate_removal(remove: Sequence[object], num_layers: int) -> list[int]:
     from .surgery import kept_indices  # surgery imports torch; parsing a list here does not
 
     if not remove:
-        raise GradPrunerError("the removal list is empty")
+        raise GradPrunerError("the removal list is empty: give layer indices, e.g. --remove 3,4 or 20-27")
     kept = kept_indices(list(remove), num_layers)
     return sorted(set(range(num_layers)) - set(kept))
 

@@ -115,7 +115,7 @@ def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, ou
     cfg.validate()
     features = training_features(tokenizer, examples, cfg.max_length)
     if not features:
-        raise GradPrunerError("no training examples")
+        raise GradPrunerError("no training examples: give more data (or a smaller --heldout)")
     steps = max_steps if max_steps is not None else cfg.steps
     # train where the model is (`--device cpu` on a GPU machine included); a model spread by
     # device_map stays where accelerate put it

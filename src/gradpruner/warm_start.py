@@ -63,7 +63,8 @@ def warm_start(peft_model, saved: dict[str, torch.Tensor], kept: list[int]) -> i
     if not copied:
         raise GradPrunerError(f"the probe's adapters fit no module of this model (their LoRA rank "
                               f"{_rank(saved)}, this model's {_rank(_lora_weights(peft_model))}): "
-                              "give the probe's --lora-rank, or no --warm-start")
+                              "give the probe of the model it was pruned from and its --lora-rank, "
+                              "or leave --warm-start out")
     return copied
 
 

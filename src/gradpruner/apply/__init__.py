@@ -19,7 +19,7 @@ def apply(model, plan: PrunePlan, igia=None, calibration: Calibration | None = N
     on the first `plan.calibration` examples of `calibration`)."""
     if num_layers(model) != plan.num_layers:
         raise GradPrunerError(f"the plan is for a model with {plan.num_layers} layers, this one has "
-                              f"{num_layers(model)}")
+                              f"{num_layers(model)}: apply it to the model it was made for")
     entries: dict[str, int] = {}
     if plan.merge_rule == "gradpruner":
         if igia is None:

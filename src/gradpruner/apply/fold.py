@@ -84,10 +84,12 @@ def down_projection(layer) -> torch.nn.Linear:
     """The MLP's output projection of a decoder layer, whose output joins the residual stream."""
     if getattr(layer, "post_feedforward_layernorm", None) is not None:
         raise GradPrunerError("--merge fold: this architecture normalises the MLP output before "
-                              "the residual sum, so a linear map cannot be folded into a weight")
+                              "the residual sum, so a linear map cannot be folded into a weight; "
+                              "use --merge none or a number of donors")
     proj = getattr(getattr(layer, "mlp", None), "down_proj", None)
     if not isinstance(proj, torch.nn.Linear):
-        raise GradPrunerError("--merge fold needs layers with mlp.down_proj (Llama-style MLPs)")
+        raise GradPrunerError("--merge fold needs layers with mlp.down_proj (Llama-style MLPs); use "
+                              "--merge none or a number of donors")
     return proj
 
 

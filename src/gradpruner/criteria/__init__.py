@@ -44,10 +44,13 @@ class Selection:
 
 
 class Criterion:
-    """Base class: `name`, the paper it comes from, `layer_scores(ctx)`, and `select(ctx, count)`."""
+    """Base class: `name`, the paper it comes from, what its layer score measures (`score`) and
+    how the cut follows from it (`rule`, for plots), `layer_scores(ctx)`, and `select(ctx, count)`."""
 
     name: str = ""
     paper: str = ""
+    score: str = "importance score"
+    rule: str = "lower = removed first"
     needs_probe: bool = False
     needs_data: bool = False  # scores layers or judges cuts on task examples
 

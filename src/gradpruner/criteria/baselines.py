@@ -35,6 +35,7 @@ class Tail(Criterion):
     """The final layer is kept; before it, the later a layer the lower its score."""
 
     name = "tail"
+    score = "reverse position (the last layer kept)"
     paper = "Lu et al. 2024, Reassessing Layer Pruning in LLMs (reverse-order baseline)"
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
@@ -47,6 +48,7 @@ class Random(Criterion):
     """A seeded random permutation of the layers."""
 
     name = "random"
+    score = "seeded random rank"
     paper = "random baseline (seeded)"
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
@@ -104,6 +106,7 @@ class BlockInfluence(FromStatistics):
     """1 - mean cosine(input, output) of each layer over the non-padding tokens of task data."""
 
     name = "block_influence"
+    score = "block influence: 1 - cos(input, output)"
     paper = "Men et al. 2024, ShortGPT: Layers in LLMs are More Redundant Than You Expect"
 
     def scores_from(self, stats: LayerStatistics) -> list[float]:
@@ -115,6 +118,7 @@ class LossIncrease(OnTaskData):
     """Task loss with the layer skipped minus the loss of the whole model (forward passes only)."""
 
     name = "ppl"
+    score = "task-loss increase with the layer skipped"
     paper = "Kim et al. 2024, Shortened LLaMA (PPL criterion); Song et al. 2024, SLEB"
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
@@ -133,6 +137,7 @@ class Taylor(FromStatistics):
     """Sum of |weight * gradient| over each layer's parameters, gradients of the task loss."""
 
     name = "taylor"
+    score = "Taylor: sum of |weight x gradient|"
     paper = "Kim et al. 2024, Shortened LLaMA (Taylor+ criterion)"
     gradients = True
 
@@ -149,6 +154,8 @@ class Angular(FromStatistics):
     """
 
     name = "angular"
+    score = "angular distance of the layer's input and output"
+    rule = "the contiguous block whose input and output are closest is removed"
     paper = "Gromov et al. 2024, The Unreasonable Ineffectiveness of the Deeper Layers"
 
     def scores_from(self, stats: LayerStatistics) -> list[float]:

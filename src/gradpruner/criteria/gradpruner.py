@@ -13,7 +13,8 @@ from . import Criterion, ScoreContext, register
 
 def _igia(ctx: ScoreContext):
     if ctx.igia is None:
-        raise GradPrunerError("the gradpruner criterion needs the probe's output (--scores DIR)")
+        raise GradPrunerError("the gradpruner criterion needs the probe's output: run `gradpruner "
+                              "probe` and pass --scores PROBE_DIR, or use --criterion auto")
     return ctx.igia
 
 
@@ -23,6 +24,7 @@ class GradPrunerScore(Criterion):
 
     name = "gradpruner"
     paper = "GradPruner, ICLR 2026, arXiv 2601.19503"
+    score = "IGIA: sum of squared LoRA-gradient products"
     needs_probe = True
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
@@ -34,6 +36,7 @@ class GradPrunerUnsquared(GradPrunerScore):
     """Sum over probe steps and modules of ||S_i||_F (the authors' released script)."""
 
     name = "gradpruner_unsquared"
+    score = "IGIA, unsquared norms"
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
         return _igia(ctx).scores("unsquared")
@@ -45,6 +48,7 @@ class GradPrunerRelative(GradPrunerScore):
     module's weight, so that a depth-dependent gradient scale does not decide alone."""
 
     name = "gradpruner_relative"
+    score = "IGIA relative to the weights' norms"
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:
         igia = _igia(ctx)

@@ -45,6 +45,8 @@ class LaCo(OnTaskData):
 
     name = "laco"
     paper = "Yang et al. 2024, LaCo: Large Language Model Pruning via Layer Collapse"
+    score = "none (LaCo ranks no single layers)"
+    rule = "layers collapsed into the one below while the outputs stay similar"
     settings_class = LaCoSettings
 
     def layer_scores(self, ctx: ScoreContext) -> list[float]:

@@ -10,7 +10,8 @@ copy of the model): by the choice loss where the task is multiple choice (it pre
 accuracy after healing better than the answer loss: `benchmarks/check_proxy.py`), else by the
 answer loss. The search runs what its `SearchPlan` affords (`budget.plan_search`); when nothing
 can be judged, block influence's cut (the best single criterion of the comparison on average)
-is kept unjudged.
+is kept unjudged. The report records every candidate: its layers, its held-out loss (None when
+not judged) and the layer scores that proposed it (None for the greedy search).
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ class Auto(Criterion):
     settings_class = AutoSettings
     needs_data = True
     paper = "this project: candidates of the other criteria judged by held-out loss"
+    score = "the probe's IGIA (block influence without a probe)"
 
     def __init__(self, settings: AutoSettings | None = None):
         self.settings = settings or AutoSettings()
@@ -169,17 +171,19 @@ class Auto(Criterion):
         judge, found, report = None, [], {"judge": None}
         if plan.judged:
             judge = Judge(ctx.model, scoring)
-            found = [{"name": n, "removed": r, "loss": judge.loss(r) if n in plan.judged else None}
-                     for n, r in sets.items()]
+            found = [{"name": n, "removed": r, "loss": judge.loss(r) if n in plan.judged else None,
+                      "scores": scores[n]} for n, r in sets.items()]
             if plan.greedy:
                 guide_judge = Judge(ctx.model, guide)
                 sets["greedy"] = greedy_removal(guide_judge, count, scores["block_influence"],
                                                 s.greedy_width)
-                found.append({"name": "greedy", "removed": sets["greedy"], "loss": judge.loss(sets["greedy"])})
+                found.append({"name": "greedy", "removed": sets["greedy"], "loss": judge.loss(sets["greedy"]),
+                              "scores": None})
                 report["greedy_judge"] = guide_judge.cost()
             report["judge"] = judge.cost()
         else:  # no held-out judging fits: block influence, the best single criterion on average
-            found = [{"name": name, "removed": removed, "loss": None} for name, removed in sets.items()]
+            found = [{"name": name, "removed": removed, "loss": None, "scores": scores[name]}
+                     for name, removed in sets.items()]
         best = min((c for c in found if c["loss"] is not None), key=lambda c: c["loss"], default=found[0])
         layer_scores = scores.get("gradpruner") or scores["block_influence"]
         report.update(chosen=best["name"], candidates=found, criteria_seconds=round(criteria_seconds, 2),

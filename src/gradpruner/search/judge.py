@@ -33,7 +33,8 @@ def task_batches(tokenizer, examples: list, batch_size: int, name: str) -> list[
     """Padded batches of the examples' gold answers (labels on the answers only), longest first
     so that a batch holds similar lengths; `name` is who needs them, for the error without data."""
     if not examples or tokenizer is None:
-        raise GradPrunerError(f"{name} needs task data (--task or --data)")
+        raise GradPrunerError(f"{name} needs task data: pass --task NAME (see `gradpruner tasks`) or "
+                              "--data FILE (library: the training examples)")
     feats = training_features(tokenizer, examples)
     feats.sort(key=lambda f: len(f["input_ids"]), reverse=True)
     collate = PadCollator(pad_id(tokenizer))

@@ -75,7 +75,8 @@ def select(model, tokenizer=None, examples: list | None = None, *, heldout: list
         plan = PrunePlan(total, tuple(removed), fold_steps(removed, total), "fold",
                          ridge=folding.ridge, calibration=min(folding.examples, len(ctx.examples)))
         if not ctx.examples:
-            raise GradPrunerError("--merge fold needs task data to fit the fold (--task or --data)")
+            raise GradPrunerError("--merge fold needs task data to fit the fold: pass --task NAME or "
+                                  "--data FILE, or use --merge none")
     elif merge == "auto":
         auto_settings = settings.get("auto") or AutoSettings()
         if igia is None and not (auto_settings.merge_fold and ctx.examples and fold_steps(removed, total)):
@@ -92,16 +93,6 @@ def select(model, tokenizer=None, examples: list | None = None, *, heldout: list
     report = SelectionReport(criterion, selection.scores, selection.report, merge_report,
                              time.perf_counter() - start)
     return plan, report
-
-
-def task_data_need(criterion: str, merge: int | str | None, remove: list[int] | None) -> str | None:
-    """Why `select` with these settings and a probe's IGIA needs task data (the end of "so
-    that ..."), or None when the IGIA is enough."""
-    if get_criterion(criterion).needs_data and (remove is None or merge):
-        return "auto can judge cuts" if criterion == "auto" else f"{criterion} can score layers"
-    if merge in ("auto", "fold"):
-        return f"--merge {merge} can " + ("judge merges" if merge == "auto" else "fit the fold")
-    return None
 
 
 def _merge_search(ctx: ScoreContext, selection: Selection, chosen, budget: SelectionBudget,

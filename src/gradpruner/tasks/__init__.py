@@ -45,7 +45,8 @@ def task_from_data(path: str, eval_path: str | None = None, eval_fraction: float
         note = f"eval: a {eval_fraction:g} split of the data, shuffled with random.Random({seed})."
     kept = drop_overlap(train, evaluation)
     if not kept:
-        raise GradPrunerError(f"{path}: every training example also occurs in the eval set")
+        raise GradPrunerError(f"{path}: every training example also occurs in the eval set; give "
+                              "--eval-data with other examples")
     if len(kept) < len(train):
         note += f" {len(train) - len(kept)} training items identical to an eval item are dropped."
     return Task(

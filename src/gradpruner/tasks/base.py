@@ -83,7 +83,8 @@ def split_examples(examples: list[Example], eval_fraction: float, seed: int
         raise GradPrunerError(f"eval fraction must be between 0 and 1, got {eval_fraction}")
     if len(examples) < 2:
         raise GradPrunerError(
-            f"need at least 2 examples to split off an eval set, got {len(examples)}"
+            f"need at least 2 examples to split off an eval set, got {len(examples)}: give "
+            "more data or --eval-data FILE"
         )
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
