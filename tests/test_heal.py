@@ -273,4 +273,5 @@ def test_the_finetune_teacher_merges_the_probe_adapters_at_the_probes_rank(works
     capsys.readouterr()
     assert main(["finetune", "--model", str(pruned), "--data", data, "--steps", "1",
                  "--warm-start", str(probe_dir), "--out", str(tmp_path / "tuned")]) == 2
-    assert "(their LoRA rank 4, this model's 8): give the probe of the model it was pruned from and its --lora-rank" in capsys.readouterr().err
+    assert ("(their LoRA rank 4, this model's 8): give the probe of the model it was pruned from "
+            "and its --lora-rank") in capsys.readouterr().err
