@@ -8,7 +8,6 @@ the Trainer, `accelerate launch` / `torchrun` work unchanged.
 from __future__ import annotations
 
 import inspect
-import json
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 from .data import Example, PadCollator, pad_id, training_features
 from .errors import GradPrunerError
 from .igia import IGIA, IGIACallback
+from .outputs import last_complete_checkpoint
 from .surgery import base_model
 from .timing import StepTimer
 from .train_config import TrainConfig
@@ -178,19 +178,6 @@ def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
         "config": asdict(cfg),
     }
     return result, stats
-
-
-def last_complete_checkpoint(folder: str) -> str | None:
-    """The newest `checkpoint-N` in `folder` whose trainer state was written whole (the Trainer
-    writes it last), so a run killed while saving resumes from the checkpoint before."""
-    found = []
-    for path in Path(folder).glob("checkpoint-*"):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-            found.append((int(path.name.rsplit("-", 1)[1]), str(path)))
-        except (OSError, ValueError):
-            continue
-    return max(found)[1] if found else None
 
 
 @contextmanager
