@@ -72,7 +72,7 @@ def test_the_line_names_what_was_kept(monkeypatch, capsys, tmp_path):
     assert main(["run", "--out", "r", "--steps", "9"]) == 143
     assert capsys.readouterr().err == (
         "gradpruner: stopped by SIGTERM; kept in r.partial: finished stages zero_shot, probe, cut; "
-        "checkpoint r.partial/pruned.checkpoints/checkpoint-4; resume with: gradpruner run "
+        "the pruned fine-tune's checkpoint r.partial/pruned.checkpoints/checkpoint-4; resume with: gradpruner run "
         "--out r --steps 9 --resume\n")
 
 

@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 import gradpruner
+import gradpruner.pipeline as pipeline
+from gradpruner.errors import GradPrunerError
 from gradpruner.cli import build_parser, main, recipe_config
 from tiny_models import save_tiny_model
 
@@ -93,12 +95,14 @@ def test_sigterm_keeps_the_work_says_how_to_resume_and_resume_finishes(workspace
     with open(log, "w") as stderr:
         run = start_run(w, out, stderr)
         wait_for(w / "stopped.partial" / "dense.checkpoints" / "checkpoint-10", run)
+        sent = time.time()
         run.send_signal(signal.SIGTERM)
         assert run.wait(timeout=60) == 143
+        assert time.time() - sent < 20  # within seconds, its clean-up and the interpreter's exit included
     last = log.read_text().strip().splitlines()[-1]
     partial = w / "stopped.partial"
     assert last.startswith(f"gradpruner: stopped by SIGTERM; kept in {partial}: finished stages "
-                           "zero_shot, probe, cut, pruned_finetune, pruned_eval; checkpoint "
+                           "zero_shot, probe, cut, pruned_finetune, pruned_eval; the dense fine-tune's checkpoint "
                            f"{partial}/dense.checkpoints/checkpoint-"), last
     assert last.endswith(f"resume with: gradpruner {' '.join(run_args(w, out))} --resume"), last
     leftovers = [p for p in w.rglob("*") if ".tmp" in p.name or p.name.startswith("tmp")]
@@ -110,7 +114,8 @@ def test_sigterm_keeps_the_work_says_how_to_resume_and_resume_finishes(workspace
     assert int(report["dense_finetune"]["resumed_from"].rsplit("-", 1)[1]) >= 5
 
 
-def test_a_run_over_an_interrupted_one_needs_resume_or_overwrite(workspace, tmp_path, capsys):
+def test_a_run_over_an_interrupted_one_needs_resume_or_overwrite(workspace, tmp_path, capsys,
+                                                                monkeypatch):
     out = tmp_path / "run"
     partial = tmp_path / "run.partial"
     partial.mkdir()
@@ -123,3 +128,12 @@ def test_a_run_over_an_interrupted_one_needs_resume_or_overwrite(workspace, tmp_
     assert "holds an interrupted run with other settings (probe_steps): resume it with its own" \
         in capsys.readouterr().err
     assert (partial / "journal.json").is_file()  # refused: nothing changed
+
+    def unloadable(*args, **kwargs):
+        raise GradPrunerError("cannot load model: broken")
+
+    monkeypatch.setattr(pipeline, "load_model", unloadable)  # fails before any stage finished
+    assert main(run_args(workspace, tmp_path / "fresh", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "no interrupted run in" in err and "error: cannot load model: broken" in err
+    assert not (tmp_path / "fresh.partial").exists()  # nothing worth resuming is kept

@@ -473,8 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gradpruner: error: {err.strerror or err}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (`interrupt.Terminated`)
-        from .interrupt import exit_code, interrupted_message
+        from .interrupt import close_progress_bars, exit_code, interrupted_message
 
+        close_progress_bars()
         print(interrupted_message(args.command, _output(args), argv, interrupt), file=sys.stderr)
         return exit_code(interrupt)
 

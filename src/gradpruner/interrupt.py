@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shlex
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,14 @@ def sigterm_raises() -> Iterator[None]:
 def exit_code(interrupt: KeyboardInterrupt) -> int:
     """128 + the signal's number, as a shell reports a process the signal stopped."""
     return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+
+
+def close_progress_bars() -> None:
+    """Close the progress bars (tqdm's) that the interrupted stage left open, so that the line
+    printed after them starts a line of its own and stays the last one."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 def interrupted_message(command: str | None, out: str | None, argv: list[str],
@@ -79,5 +88,6 @@ def _run_kept(out: str) -> str | None:
     kept = [f"finished stages {', '.join(journal.stages)}" if journal.stages else "no finished stage"]
     for folder in sorted(journal.folder.glob("*.checkpoints")):
         checkpoint = last_complete_checkpoint(str(folder))
-        kept += [f"checkpoint {checkpoint}"] if checkpoint else []
+        fine_tune = folder.name.removesuffix(".checkpoints")
+        kept += [f"the {fine_tune} fine-tune's checkpoint {checkpoint}"] if checkpoint else []
     return f"kept in {work_folder(out)}: {'; '.join(kept)}"
