@@ -87,6 +87,7 @@ def test_a_killed_run_resumes_to_the_same_result(workspace):
     report = json.loads((out / "report.json").read_text())
     # checkpoint-10 may have been half-written when the run was killed: the one before serves
     assert int(report["pruned_finetune"]["resumed_from"].rsplit("-", 1)[1]) >= 5
+    assert "resumed_seconds" in report["pruned_finetune"]  # its seconds count all 40 steps
 
 
 def test_sigterm_keeps_the_work_says_how_to_resume_and_resume_finishes(workspace, tmp_path):

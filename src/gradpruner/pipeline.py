@@ -309,10 +309,10 @@ def _run_stages(state: _RunState) -> dict:
     results["probe"] = state.stage("probe", _probe, f"probing: {cfg.probe_steps} steps of LoRA fine-tuning")
     state.probed = ProbeResult.load(folder / "probe")
     state.stage("cut", _cut, "pruning")
-    results["pruned_finetune"] = state.stage("pruned_finetune", _heal_pruned,
-                                             f"healing the pruned model ({cfg.heal.describe()})")
+    healed = state.stage("pruned_finetune", _heal_pruned,
+                         f"healing the pruned model ({cfg.heal.describe()})")
     state.teacher = None
-    results["prune"] = read_sidecar(str(folder / "model"))
+    results["prune"], results["pruned_finetune"] = read_sidecar(str(folder / "model")), healed
     results.update(state.stage("pruned_eval", _evaluate_pruned, "evaluating the pruned model"))
     if cfg.dense:
         dense = state.stage("dense", _dense, "fine-tuning the dense model (the reference; "
@@ -440,6 +440,7 @@ def _heal_pruned(state: _RunState) -> dict:
     pruned, stats = heal(state.saved("cut"), state.tokenizer, state.train,
                          None if record.rounds else state.probed, recipe, record.kept_layers,
                          cfg.train.seed, recipe_dtype(cfg), state.distillation_teacher())
+    stats = _count_resumed(stats)
     stats["round_heal_seconds"] = done["heal_seconds"]
     record.finetune = {**stats, "task": state.task.name, "datasets": list(state.task.datasets)}
     save_pretrained_atomic(pruned, state.tokenizer, state.folder / "model", record.to_json(),
@@ -447,6 +448,17 @@ def _heal_pruned(state: _RunState) -> dict:
     for name in ("pruned.checkpoints", "cut"):
         shutil.rmtree(state.folder / name)
     state.pruned = pruned
+    return stats
+
+
+def _count_resumed(stats: dict) -> dict:
+    """`stats` of a fine-tune; resumed from a checkpoint, it ran only its last steps in this
+    session: its `train_seconds` become its steady step time times all its steps
+    (`resumed_seconds`: the seconds it ran), as `finetune_dense` counts them."""
+    if stats.get("resumed_from") and "resumed_seconds" not in stats:
+        per_step = stats["step_seconds"] or stats["seconds_per_step"]
+        stats.update(resumed_seconds=stats["train_seconds"], train_seconds=per_step * stats["steps"],
+                     seconds_per_step=per_step)
     return stats
 
 
@@ -470,7 +482,7 @@ def _dense(state: _RunState) -> dict:
     dense, stats = finetune_dense(state.working(), state.tokenizer, state.train,
                                   state.training("dense"), state.probed,
                                   str(reuse) if _reuses_probe(cfg) else None)
-    result = {"dense_finetune": stats,
+    result = {"dense_finetune": _count_resumed(stats),
               "dense_finetuned": evaluate(dense, state.tokenizer, state.task, cfg.eval_limit)}
     harness = cfg.harness_spec()
     if harness:
