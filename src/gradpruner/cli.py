@@ -301,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: five times in each fine-tune)")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in OUT.partial from its last finished stage "
-                        "and checkpoint (default: refuse to start over it)")
+                        "and checkpoint (default off: a run over an interrupted one is refused, "
+                        "unless --overwrite)")
     _add_harness(p, "the dense and the pruned fine-tuned models, in the report")
     _flags_only(p)
 
