@@ -172,12 +172,13 @@ def _add_recipe(p: argparse.ArgumentParser, out: str | None) -> None:
 
 
 TRAIN_FLAGS = ("steps", "epochs", "batch_size", "grad_accum", "lr", "lora_rank", "lora_alpha",
-               "full", "max_length", "seed", "gradient_checkpointing", "load_in_bits")
+               "full", "max_length", "seed", "gradient_checkpointing", "load_in_bits",
+               "save_every")
 HEAL_FLAGS = {"heal": "method", "heal_layers": "layers", "heal_lm_head": "lm_head", "heal_lr": "lr",
               "distill": "distill", "temperature": "temperature", "teacher": "teacher",
               "rounds": "rounds", "round_steps": "round_steps"}
 RECIPE_FLAGS = ("model", "dtype", "device", "task", "data", "eval_data", "chat_template", "criterion", "density",
-                "selection_budget", "probe_steps", "heldout", "out", "overwrite", "seeds",
+                "selection_budget", "probe_steps", "heldout", "out", "overwrite", "resume", "seeds",
                 "harness_include")
 
 
@@ -301,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe(p, "runs/default")
     _add_selection(p, ratio=0.2)
     p.add_argument("--no-dense", action="store_true", help="skip the dense reference fine-tune")
+    p.add_argument("--save-every", type=int, default=None, metavar="N",
+                   help="checkpoint the fine-tunes every N steps into OUT.partial, for --resume "
+                        "(default: five times in each fine-tune)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in OUT.partial from its last finished stage "
+                        "and checkpoint (default off: a run over an interrupted one is refused, "
+                        "unless --overwrite)")
     _add_harness(p, "the dense and the pruned fine-tuned models, in the report")
     _flags_only(p)
 
@@ -469,14 +477,18 @@ def _dispatch(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     if args.version:
         from . import __version__
 
         print(__version__)
         return 0
+    from .interrupt import sigterm_raises
+
     try:
-        return _dispatch(args)
+        with sigterm_raises():
+            return _dispatch(args)
     except GradPrunerError as err:
         print(f"gradpruner: error: {err}", file=sys.stderr)
         return 2
@@ -484,9 +496,22 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {err.filename}" if getattr(err, "filename", None) else ""
         print(f"gradpruner: error: {err.strerror or err}{where}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("gradpruner: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (`interrupt.Terminated`)
+        from .interrupt import close_progress_bars, exit_code, interrupted_message
+
+        close_progress_bars()
+        print(interrupted_message(args.command, _output(args), argv, interrupt), file=sys.stderr)
+        return exit_code(interrupt)
+
+
+def _output(args) -> str | None:
+    """The output folder of the command `args` (of `run` and `compare`: from their config)."""
+    if args.command in ("run", "compare"):
+        try:
+            return recipe_config(args).out
+        except GradPrunerError:
+            return None
+    return getattr(args, "out", None)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from .compare_methods import HEALS, METHODS
-from .config import CompareConfig
+from .config import CONTROL_KEYS, CompareConfig, changed_settings
 from .errors import GradPrunerError
 from .models import load_model
 from .outputs import atomic_output_dir, plain_json, write_json
@@ -32,7 +32,6 @@ from .recipe import (Cut, ProbeResult, cut, evaluate, heal, needs_probe, probe, 
 from .search.judge import task_batches, task_loss
 from .timing import compare_prefill
 
-CONTROL_KEYS = ("progress", "save_every", "checkpoint_dir", "resume")  # do not change results
 RESULT_KEYS = ("model", "task", "data", "eval_data", "density", "selection_budget", "settings",
                "probe_steps", "heldout", "eval_limit", "dtype", "warm_start")
 
@@ -77,7 +76,7 @@ class Comparison:
         if path.is_file():
             previous = json.loads(path.read_text())
             if previous != current:
-                changed = sorted(k for k in current if previous.get(k) != current[k])
+                changed = changed_settings(previous, current)
                 raise GradPrunerError(f"{self.out} holds a comparison with other settings "
                                       f"({', '.join(changed)}); use another --out")
         elif self.out.exists() and any(self.out.iterdir()):

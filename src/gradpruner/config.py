@@ -30,6 +30,7 @@ CRITERION_NAMES = ("angular", "auto", "block_influence", "gradpruner", "gradprun
 PROBE_CRITERIA = ("gradpruner", "gradpruner_relative", "gradpruner_unsquared")  # read the probe's IGIA
 DATA_FREE_CRITERIA = ("random", "tail")  # need neither the probe nor task data
 MERGE_WORDS = ("auto", "none", "all", "fold")  # --merge's words; or a number of donors
+CONTROL_KEYS = ("progress", "save_every", "checkpoint_dir", "resume")  # training settings that change no result
 
 
 @dataclass
@@ -164,6 +165,7 @@ class RunConfig(RecipeConfig):
     out: str = "runs/default"
     dense: bool = True
     overwrite: bool = False
+    resume: bool = False  # continue the interrupted run in OUT.partial (`journal.py`)
     harness: list[str] | None = None  # lm-eval tasks the report adds (`harness.py`)
     harness_include: str | None = None
 
@@ -181,6 +183,13 @@ class RunConfig(RecipeConfig):
         names = parse_task_names(self.harness if isinstance(self.harness, str)
                                  else ",".join(map(str, self.harness)))
         return HarnessSpec(names, self.harness_include, self.chat_template == "on")
+
+    def fingerprint(self) -> dict:
+        """The settings a resumed run must share with the interrupted one: all but where it
+        writes, whether it resumes, and the training settings that change no result."""
+        values = {k: v for k, v in self.to_json().items() if k not in ("out", "overwrite", "resume")}
+        values["train"] = {k: v for k, v in values["train"].items() if k not in CONTROL_KEYS}
+        return values
 
 
 @dataclass
@@ -273,6 +282,11 @@ def check_merge(merge: object) -> None:
         return
     if isinstance(merge, bool) or not isinstance(merge, int) or merge < 1:
         raise GradPrunerError(f"--merge takes a number of donor layers, 'all', 'fold', 'auto' or 'none', got {merge!r}")
+
+
+def changed_settings(previous: dict, current: dict) -> list[str]:
+    """The top-level settings whose values differ between two fingerprints (plain JSON)."""
+    return sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
 
 
 def _at_least(low: int, **values: object) -> None:

@@ -47,7 +47,7 @@ def check_output_dir(
                               "(overwrite=True) to replace it, or choose another output folder")
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
+def move_into_place(tmp: Path, out: Path) -> None:
     """Rename `tmp` to `out`, replacing an existing `out` only once `tmp` is complete."""
     if not out.exists():
         tmp.rename(out)
@@ -77,7 +77,7 @@ def atomic_output_dir(
     tmp = _new_temporary(out_path)
     try:
         yield tmp
-        _move_into_place(tmp, out_path)
+        move_into_place(tmp, out_path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -163,3 +163,16 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def last_complete_checkpoint(folder: str) -> str | None:
+    """The newest `checkpoint-N` in `folder` whose trainer state was written whole (the Trainer
+    writes it last), so a run killed while saving resumes from the checkpoint before."""
+    found = []
+    for path in Path(folder).glob("checkpoint-*"):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            found.append((int(path.name.rsplit("-", 1)[1]), str(path)))
+        except (OSError, ValueError):
+            continue
+    return max(found)[1] if found else None

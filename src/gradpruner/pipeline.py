@@ -14,9 +14,11 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,12 +31,14 @@ from .harness import HarnessSpec, run_harness
 from .heal import HealConfig, get_healer
 from .heal.distill import Distillation
 from .igia import IGIA
+from .journal import Journal, open_journal
 from .memory import check_fits
 from .model_card import CARD_NAME, Measured, model_card
 from .models import load_config, load_model, resolve_device, resolve_dtype, resolve_model
-from .outputs import SIDECAR_NAME, atomic_output_dir, check_output_dir, write_json
+from .outputs import (SIDECAR_NAME, atomic_output_dir, check_output_dir, last_complete_checkpoint,
+                      write_json)
 from .plan import PruneRecord
-from .progress import layer_ranges, stage
+from .progress import layer_ranges, say, stage
 from .prune import check_igia_matches, prune_model
 from .recipe import (ProbeResult, cut, evaluate, finetune_dense, heal, probe, recipe_dtype,
                      split_heldout, teacher_model)
@@ -311,87 +315,251 @@ def run(cfg: RunConfig) -> dict:
     report. The model is loaded once, in fp32 (the cut is selected and applied in fp32; training
     and evaluation run on copies in the recipe's dtype).
 
-    Everything goes to a temporary sibling of `cfg.out`, renamed into place at the end, so an
-    interrupted run leaves no half-written folder.
+    The run works in `OUT.partial` (`journal.py`), recording each stage as it finishes, and
+    becomes `cfg.out` once complete. With `cfg.resume`, a killed run continues from its last
+    finished stage, and a fine-tune from its last checkpoint, to the result an uninterrupted run
+    with the same settings gives. A run stopped before its first stage finished leaves nothing.
     """
-    from .report import write_report
-
     cfg.validate()
     check_output_dir(cfg.out, cfg.overwrite)
     task = resolve_task(cfg.task, cfg.data, cfg.eval_data, cfg.chat_template)
-    started = time.perf_counter()
     train, held = split_heldout(task.train_examples(), cfg.heldout)
     refuse_sharded_probe()
     # the run keeps its full-precision model beside the quantized copies that QLoRA trains
     check_memory(cfg.model, replace(cfg.train, load_in_bits=None), cfg.dtype, cfg.device, None,
                  cfg.heal.distils)
-    with atomic_output_dir(cfg.out, overwrite=cfg.overwrite) as tmp:
-        master, tokenizer, source = load_model(cfg.model, "float32", cfg.device)
-        dtype = recipe_dtype(cfg)
-        working = lambda: copy.deepcopy(master).to(dtype)  # noqa: E731
-        results: dict = {"task": task.name, "model": source, "versions": versions(),
-                         "config": cfg.to_json()}
-        dense = working()
-        results["dense_zero_shot"] = _evaluation("dense zero-shot evaluation", dense, tokenizer,
-                                                 task, cfg.eval_limit)
-        # a LoRA probe is the first steps of the dense reference fine-tune: keep its checkpoint
-        same_run = cfg.train.steps is not None and cfg.probe_steps < cfg.train.steps
-        reuse = str(tmp / "dense.checkpoints") if cfg.dense and same_run and not cfg.train.full else None
-        with stage("probe", f"{cfg.probe_steps} steps of {'full' if cfg.train.full else 'LoRA'} "
-                            "fine-tuning") as st:
-            probed = probe(dense if not cfg.train.full else working(), tokenizer, train, cfg.train,
-                           cfg.probe_steps, cfg.train.planned_steps(len(train)), reuse)
-            st.result = f"{probed.stats['steps']} steps, IGIA of {len(probed.igia.layer_scores)} layers"
-        probed.save(tmp / "probe", {"source_model": source, "task": task.name,
-                                    "versions": versions(), "train_config": asdict(cfg.train)})
-        results["probe"] = probed.stats
-        teacher = (teacher_model(master, probed.adapters, cfg.heal, cfg.train, dtype)
-                   if cfg.heal.distils else None)
-        with stage("pruning", f"criterion {cfg.criterion}, merge {cfg.merge}") as st:
-            done = cut(copy.deepcopy(master), tokenizer, train, held, probed, cfg, cfg.criterion,
-                       cfg.merge, cfg.ratio, cfg.train.seed, teacher, dtype)
-            record = describe(done.record, master.config, source, f"{cfg.out}/probe", cfg.to_json())
-            st.result = cut_summary(record)
-        with stage("healing", cfg.heal.describe()) as st:
-            pruned, stats = heal(done.model, tokenizer, train, None if record.rounds else probed,
-                                 cfg, record.kept_layers, cfg.train.seed, dtype, teacher)
-            st.result = training_summary(stats)
-        stats["round_heal_seconds"] = done.heal_seconds
-        del teacher
-        record.finetune = {**stats, "task": task.name, "datasets": list(task.datasets)}
-        save_pretrained_atomic(pruned, tokenizer, tmp / "model", record.to_json(), source_dir=source)
-        results["prune"], results["pruned_finetune"] = record.to_json(), stats
-        results["pruned_finetuned"] = _evaluation("pruned model evaluation", pruned, tokenizer,
-                                                  task, cfg.eval_limit)
-        harness = cfg.harness_spec()
-        if harness:
-            with stage("lm-evaluation-harness on the pruned model", ", ".join(harness.tasks)):
-                results["harness"] = {"pruned_finetuned": run_harness(pruned, tokenizer, harness,
-                                                                      cfg.eval_limit)}
-        if cfg.dense:
-            with stage("dense fine-tune", "the reference; --no-dense skips it") as st:
-                dense, stats = finetune_dense(dense, tokenizer, train, cfg.train, probed, reuse)
-                st.result = training_summary(stats)
-            results["dense_finetune"] = stats
-            results["dense_finetuned"] = _evaluation("dense model evaluation", dense, tokenizer,
-                                                     task, cfg.eval_limit)
-            if harness:
-                with stage("lm-evaluation-harness on the dense model"):
-                    results["harness"]["dense_finetuned"] = run_harness(dense, tokenizer, harness,
-                                                                        cfg.eval_limit)
-        with stage("inference timing", "prefill of 8 x 128 tokens, dense and pruned interleaved") as st:
-            results["prefill_seconds"] = compare_prefill({"dense": dense, "pruned": pruned})
-            st.result = ", ".join(f"{name} {seconds * 1000:.0f} ms"
-                                  for name, seconds in results["prefill_seconds"].items()
-                                  if isinstance(seconds, (int, float)))
-        # the model card, once the accuracies and the prefill timing are known
-        card = model_card(results["prune"], Measured.from_results(results))
-        (tmp / "model" / CARD_NAME).write_text(card, encoding="utf-8")
-        del dense, pruned
-        if reuse:
-            shutil.rmtree(reuse, ignore_errors=True)
-        results["total_seconds"] = time.perf_counter() - started
-        write_report(results, tmp)
+    journal = open_journal(cfg.out, cfg.fingerprint(), cfg.resume, cfg.overwrite)
+    if journal.stages:
+        say(f"resuming the run in {journal.folder}: finished {', '.join(journal.stages)}")
+    state = _RunState(cfg, task, train, held, journal, time.perf_counter() - journal.seconds)
+    try:
+        return _run_stages(state)
+    except BaseException:
+        if not journal.stages:  # nothing worth resuming
+            shutil.rmtree(journal.folder, ignore_errors=True)
+        raise
+
+
+def _run_stages(state: _RunState) -> dict:
+    """The stages of `run` in order, each skipped when the journal has it; returns the results."""
+    cfg, task, folder = state.cfg, state.task, state.folder
+    state.master, state.tokenizer, state.source = load_model(cfg.model, "float32", cfg.device)
+    results: dict = {"task": task.name, "model": state.source, "versions": versions(),
+                     "config": cfg.to_json()}
+    results["dense_zero_shot"] = state.stage("zero_shot", _zero_shot)
+    results["probe"] = state.stage("probe", _probe)
+    state.probed = ProbeResult.load(folder / "probe")
+    state.stage("cut", _cut)
+    healed = state.stage("pruned_finetune", _heal_pruned)
+    state.teacher = None
+    results["prune"], results["pruned_finetune"] = read_sidecar(str(folder / "model")), healed
+    results.update(state.stage("pruned_eval", _evaluate_pruned))
+    if cfg.dense:
+        dense = state.stage("dense", _dense)
+        harness = {**results.get("harness", {}), **dense.pop("harness", {})}
+        results.update(dense, **({"harness": harness} if harness else {}))
+    return _finish(state, results)
+
+
+@dataclass
+class _RunState:
+    """A `run` in progress: its settings, data and journal (`started`: when the run began, by
+    `time.perf_counter`, its earlier sessions included), the fp32 dense model, and the probe
+    and models its stages share."""
+
+    cfg: RunConfig
+    task: Task
+    train: list
+    held: list
+    journal: Journal
+    started: float
+    master: Any = None
+    tokenizer: Any = None
+    source: str = ""
+    probed: ProbeResult | None = None
+    teacher: Any = None
+    pruned: Any = None
+    dense: Any = None
+
+    @property
+    def folder(self) -> Path:
+        return self.journal.folder
+
+    def stage(self, name: str, compute: Callable[["_RunState"], dict]) -> dict:
+        """The result of stage `name`: the journal's when a resumed run finished it, else
+        `compute(self)`'s (which shows its progress), recorded in the journal."""
+        if self.journal.done(name):
+            return copy.deepcopy(self.journal.stages[name])
+        result = compute(self)
+        return copy.deepcopy(self.journal.finish(name, result, time.perf_counter() - self.started))
+
+    def working(self):
+        """A copy of the dense model in the recipe's dtype."""
+        return copy.deepcopy(self.master).to(recipe_dtype(self.cfg))
+
+    def saved(self, name: str):
+        """A model the run saved in its work folder, loaded in the recipe's dtype."""
+        dtype = str(recipe_dtype(self.cfg)).removeprefix("torch.")
+        model, _, _ = load_model(str(self.folder / name), dtype, self.cfg.device)
+        return model
+
+    def pruned_model(self):
+        """The fine-tuned pruned model: this session's, else the one saved in the work folder."""
+        if self.pruned is None:
+            self.pruned = self.saved("model")
+        return self.pruned
+
+    def distillation_teacher(self):
+        """The teacher of `--distill` (made once), else None."""
+        if self.cfg.heal.distils and self.teacher is None:
+            self.teacher = teacher_model(self.master, self.probed.adapters, self.cfg.heal,
+                                         self.cfg.train, recipe_dtype(self.cfg))
+        return self.teacher
+
+    def training(self, name: str) -> TrainConfig:
+        """The training settings of fine-tune `name`: checkpoints (every `--save-every` steps,
+        by default five times in the fine-tune) in `name.checkpoints` of the work folder,
+        resumed from the last complete one there."""
+        folder = self.folder / f"{name}.checkpoints"
+        every = self.cfg.train.save_every or max(1, self.cfg.train.planned_steps(len(self.train)) // 5)
+        return replace(self.cfg.train, save_every=every, checkpoint_dir=str(folder),
+                       resume=last_complete_checkpoint(str(folder)) is not None)
+
+
+def _zero_shot(state: _RunState) -> dict:
+    return _evaluation("dense zero-shot evaluation", state.working(), state.tokenizer, state.task,
+                       state.cfg.eval_limit)
+
+
+def _reuses_probe(cfg: RunConfig) -> bool:
+    """Whether the dense reference continues from the probe's checkpoint: a LoRA probe is the
+    first steps of the dense fine-tune."""
+    return (cfg.dense and cfg.train.steps is not None and cfg.probe_steps < cfg.train.steps
+            and not cfg.train.full)
+
+
+def _probe(state: _RunState) -> dict:
+    """Probe a copy of the dense model into `probe/` (its checkpoint into `dense.checkpoints/`
+    when the dense reference continues from it); returns the probe's statistics."""
+    cfg, reuse = state.cfg, state.folder / "dense.checkpoints"
+    shutil.rmtree(reuse, ignore_errors=True)  # of a probe that was killed
+    kind = "full" if cfg.train.full else "LoRA"
+    with stage("probe", f"{cfg.probe_steps} steps of {kind} fine-tuning") as st:
+        probed = probe(state.working(), state.tokenizer, state.train, cfg.train, cfg.probe_steps,
+                       cfg.train.planned_steps(len(state.train)),
+                       str(reuse) if _reuses_probe(cfg) else None)
+        st.result = f"{probed.stats['steps']} steps, IGIA of {len(probed.igia.layer_scores)} layers"
+    with atomic_output_dir(state.folder / "probe", overwrite=True) as tmp:
+        probed.save(tmp, {"source_model": state.source, "task": state.task.name,
+                          "versions": versions(), "train_config": asdict(cfg.train)})
+    return probed.stats
+
+
+def _cut(state: _RunState) -> dict:
+    """Select and apply the cut; the cut model (in the recipe's dtype) goes to `cut/` until it
+    is healed. Returns its record and seconds."""
+    cfg = state.cfg
+    shutil.rmtree(state.folder / "pruned.checkpoints", ignore_errors=True)
+    with stage("pruning", f"criterion {cfg.criterion}, merge {cfg.merge}") as st:
+        done = cut(copy.deepcopy(state.master), state.tokenizer, state.train, state.held,
+                   state.probed, cfg, cfg.criterion, cfg.merge, cfg.ratio, cfg.train.seed,
+                   state.distillation_teacher(), recipe_dtype(cfg))
+        record = describe(done.record, state.master.config, state.source, f"{cfg.out}/probe",
+                          cfg.to_json())
+        st.result = cut_summary(record)
+    save_pretrained_atomic(done.model.to(recipe_dtype(cfg)), state.tokenizer, state.folder / "cut",
+                           record.to_json(), overwrite=True)
+    return {"record": record.to_json(), "select_seconds": done.select_seconds,
+            "heal_seconds": done.heal_seconds}
+
+
+def _heal_pruned(state: _RunState) -> dict:
+    """Heal the cut model (from its last checkpoint when one was kept) and save it to `model/`
+    with its sidecar; returns the fine-tune's statistics."""
+    cfg, done = state.cfg, state.journal.stages["cut"]
+    record = PruneRecord.from_json(done["record"])
+    recipe = replace(cfg, train=state.training("pruned"))
+    with stage("healing", cfg.heal.describe()) as st:
+        pruned, stats = heal(state.saved("cut"), state.tokenizer, state.train,
+                             None if record.rounds else state.probed, recipe, record.kept_layers,
+                             cfg.train.seed, recipe_dtype(cfg), state.distillation_teacher())
+        st.result = training_summary(stats)
+    stats = _count_resumed(stats)
+    stats["round_heal_seconds"] = done["heal_seconds"]
+    record.finetune = {**stats, "task": state.task.name, "datasets": list(state.task.datasets)}
+    save_pretrained_atomic(pruned, state.tokenizer, state.folder / "model", record.to_json(),
+                           overwrite=True, source_dir=state.source)
+    for name in ("pruned.checkpoints", "cut"):
+        shutil.rmtree(state.folder / name)
+    state.pruned = pruned
+    return stats
+
+
+def _count_resumed(stats: dict) -> dict:
+    """`stats` of a fine-tune; resumed from a checkpoint, it ran only its last steps in this
+    session: its `train_seconds` become its steady step time times all its steps
+    (`resumed_seconds`: the seconds it ran), as `finetune_dense` counts them."""
+    if stats.get("resumed_from") and "resumed_seconds" not in stats:
+        per_step = stats["step_seconds"] or stats["seconds_per_step"]
+        stats.update(resumed_seconds=stats["train_seconds"], train_seconds=per_step * stats["steps"],
+                     seconds_per_step=per_step)
+    return stats
+
+
+def _evaluate_pruned(state: _RunState) -> dict:
+    """The fine-tuned pruned model's metrics (and lm-eval's, with `--harness`)."""
+    cfg, model = state.cfg, state.pruned_model()
+    result = {"pruned_finetuned": _evaluation("pruned model evaluation", model, state.tokenizer,
+                                              state.task, cfg.eval_limit)}
+    harness = cfg.harness_spec()
+    if harness:
+        with stage("lm-evaluation-harness on the pruned model", ", ".join(harness.tasks)):
+            result["harness"] = {"pruned_finetuned": run_harness(model, state.tokenizer, harness,
+                                                                 cfg.eval_limit)}
+    return result
+
+
+def _dense(state: _RunState) -> dict:
+    """The dense reference, fine-tuned (continuing from the probe's checkpoint when it is the
+    first steps of the same run) and evaluated; its checkpoints are kept until it is evaluated,
+    so that a resumed run redoes at most the steps after the last one."""
+    cfg, reuse = state.cfg, state.folder / "dense.checkpoints"
+    with stage("dense fine-tune", "the reference; --no-dense skips it") as st:
+        dense, stats = finetune_dense(state.working(), state.tokenizer, state.train,
+                                      state.training("dense"), state.probed,
+                                      str(reuse) if _reuses_probe(cfg) else None)
+        st.result = training_summary(stats)
+    result = {"dense_finetune": _count_resumed(stats),
+              "dense_finetuned": _evaluation("dense model evaluation", dense, state.tokenizer,
+                                             state.task, cfg.eval_limit)}
+    harness = cfg.harness_spec()
+    if harness:
+        with stage("lm-evaluation-harness on the dense model", ", ".join(harness.tasks)):
+            result["harness"] = {"dense_finetuned": run_harness(dense, state.tokenizer, harness,
+                                                                cfg.eval_limit)}
+    shutil.rmtree(reuse, ignore_errors=True)
+    state.dense = dense
+    return result
+
+
+def _finish(state: _RunState, results: dict) -> dict:
+    """Time inference, write the model card and the report, and make the work folder `OUT`."""
+    from .report import write_report
+
+    # the prefill's time depends on the models' shapes, not their weights: a resumed run whose
+    # dense fine-tune finished before times the dense model as loaded
+    dense = state.dense if state.dense is not None else state.working()
+    with stage("inference timing", "prefill of 8 x 128 tokens, dense and pruned interleaved") as st:
+        results["prefill_seconds"] = compare_prefill({"dense": dense, "pruned": state.pruned_model()})
+        st.result = ", ".join(f"{name} {seconds * 1000:.0f} ms"
+                              for name, seconds in results["prefill_seconds"].items()
+                              if isinstance(seconds, (int, float)))
+    # the model card, once the accuracies and the prefill timing are known
+    card = model_card(results["prune"], Measured.from_results(results))
+    (state.folder / "model" / CARD_NAME).write_text(card, encoding="utf-8")
+    results["total_seconds"] = time.perf_counter() - state.started
+    write_report(results, state.folder)
+    state.journal.promote(state.cfg.out)
     return results
 
 

@@ -8,7 +8,6 @@ the Trainer, `accelerate launch` / `torchrun` work unchanged.
 from __future__ import annotations
 
 import inspect
-import json
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from .errors import GradPrunerError
 from .igia import IGIA, IGIACallback
 from .models import is_quantized
 from .progress import Progress
+from .outputs import last_complete_checkpoint
 from .surgery import base_model
 from .timing import StepTimer
 from .train_config import TrainConfig
@@ -237,19 +237,6 @@ def merge_adapters_into(model, trained, cfg: TrainConfig):
         raise GradPrunerError("the trained adapters do not fit the full-precision model's modules")
     set_peft_model_state_dict(target, state)
     return target.merge_and_unload()
-
-
-def last_complete_checkpoint(folder: str) -> str | None:
-    """The newest `checkpoint-N` in `folder` whose trainer state was written whole (the Trainer
-    writes it last), so a run killed while saving resumes from the checkpoint before."""
-    found = []
-    for path in Path(folder).glob("checkpoint-*"):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-            found.append((int(path.name.rsplit("-", 1)[1]), str(path)))
-        except (OSError, ValueError):
-            continue
-    return max(found)[1] if found else None
 
 
 @contextmanager
