@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from .errors import GradPrunerError
@@ -430,6 +431,9 @@ def _dispatch(args) -> int:
     from .progress import interval_seconds
 
     interval_seconds()  # a bad $GRADPRUNER_PROGRESS_SECONDS stops here, before any loading
+    # bitsandbytes, which PEFT imports when it is installed, warns at every start on CPUs with
+    # AVX512-BF16 that it keeps its own 4-bit kernel when a Hub kernel cannot be had
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
     from . import pipeline
