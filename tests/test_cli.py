@@ -9,7 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from gradpruner.cli import main
-from tiny_models import tiny_model, write_color_questions
+from tiny_models import save_tiny_model, tiny_model, write_color_questions
 from tiny_tokenizer import tiny_tokenizer
 
 TRAIN = ["--steps", "4", "--batch-size", "4", "--lr", "5e-3", "--seed", "0"]
@@ -18,9 +18,7 @@ TRAIN = ["--steps", "4", "--batch-size", "4", "--lr", "5e-3", "--seed", "0"]
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    model = tiny_model("llama")
-    model.save_pretrained(root / "model")
-    tiny_tokenizer().save_pretrained(root / "model")
+    save_tiny_model(root / "model")
     write_color_questions(root / "data.jsonl", 40)
     (root / "empty.jsonl").write_text("")
     (root / "bad.jsonl").write_text('{"prompt": "p", "choices": ["a", "b"], "answer": 5}\n')

@@ -16,8 +16,7 @@ from gradpruner.cli import main
 from gradpruner.errors import GradPrunerError
 from gradpruner.progress import INTERVAL_ENV, Progress, interval_seconds, layer_ranges, stage, track
 from gradpruner.tasks import list_tasks
-from tiny_models import tiny_model, write_color_questions
-from tiny_tokenizer import tiny_tokenizer
+from tiny_models import save_tiny_model, write_color_questions
 
 COUNT_LINE = re.compile(r"^\[gradpruner\] (?P<stage>[^:]+): (?P<done>\d+)/(?P<total>\d+) (?P<unit>[a-z ]+),"
                         r".* (so far), .*(left|not known yet)")
@@ -80,9 +79,7 @@ def test_layer_ranges():
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("progress")
-    model = tiny_model("llama")
-    model.save_pretrained(root / "model")
-    tiny_tokenizer().save_pretrained(root / "model")
+    save_tiny_model(root / "model")
     write_color_questions(root / "data.jsonl", 40)
     return root
 

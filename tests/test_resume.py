@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from gradpruner.cli import main
-from tiny_models import save_tiny_model
+from tiny_models import save_tiny_model, write_color_questions
 
 STEPS = ["--steps", "60", "--batch-size", "2", "--lr", "5e-3", "--seed", "0", "--save-every", "5",
          "--device", "cpu"]  # the killed run is pinned to the CPU too
@@ -23,10 +23,7 @@ STEPS = ["--steps", "60", "--batch-size", "2", "--lr", "5e-3", "--seed", "0", "-
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     save_tiny_model(root / "model", "llama")
-    with open(root / "data.jsonl", "w") as f:
-        for i in range(64):
-            f.write(json.dumps({"prompt": f"Question: color {i}? Answer:",
-                                "choices": ["blue", "green", "red"], "answer": i % 3}) + "\n")
+    write_color_questions(root / "data.jsonl", 64, choices=3)
     return root
 
 

@@ -18,7 +18,7 @@ import gradpruner
 import gradpruner.pipeline as pipeline
 from gradpruner.errors import GradPrunerError
 from gradpruner.cli import build_parser, main, recipe_config
-from tiny_models import save_tiny_model
+from tiny_models import save_tiny_model, write_color_questions
 
 SETTINGS = ["--probe-steps", "2", "--layers", "2", "--heldout", "8", "--limit", "8",
             "--selection-budget", "none", "--steps", "40", "--batch-size", "2", "--lr", "5e-3",
@@ -29,10 +29,7 @@ SETTINGS = ["--probe-steps", "2", "--layers", "2", "--heldout", "8", "--limit", 
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("run-resume")
     save_tiny_model(root / "model", "llama")
-    with open(root / "data.jsonl", "w") as f:
-        for i in range(64):
-            f.write(json.dumps({"prompt": f"Question: color {i}? Answer:",
-                                "choices": ["blue", "green", "red"], "answer": i % 3}) + "\n")
+    write_color_questions(root / "data.jsonl", 64, choices=3)
     assert main(run_args(root, root / "whole")) == 0  # the uninterrupted run
     return root
 

@@ -61,12 +61,12 @@ def save_tiny_model(folder, arch: str = "llama") -> None:
     tiny_tokenizer().save_pretrained(folder)
 
 
-def write_color_questions(path, count: int) -> None:
-    """A JSONL task of `count` four-choice questions ("Question: color i?", gold i % 4)."""
+def write_color_questions(path, count: int, choices: int = 4) -> None:
+    """A JSONL task of `count` questions ("Question: color i?") of `choices` colours, gold i % choices."""
     import json
 
-    colors = ["blue", "green", "red", "black"]
+    colors = ["blue", "green", "red", "black"][:choices]
     with open(path, "w") as f:
         for i in range(count):
             f.write(json.dumps({"prompt": f"Question: color {i}? Answer:", "choices": colors,
-                                "answer": i % 4}) + "\n")
+                                "answer": i % choices}) + "\n")
