@@ -87,8 +87,8 @@ def weights(folder) -> dict:
 
 def test_two_process_run_equals_one_process_with_the_same_global_batch(workspace):
     # the same examples in each global batch; the sums differ in rounding only, which training
-    # amplifies (measured on this model at lr 5e-3: within 1e-4 after 6 steps, 1.5e-3 after 9, 4.5e-2
-    # after 20), so the fine-tunes here are short
+    # amplifies (measured on this model at lr 5e-3: within 1e-4 after 6 steps, 1.5e-3 after 9,
+    # 4.5e-2 after 20), so the fine-tunes here are short
     w = workspace
     common = ["run", "--model", w / "model", "--data", w / "data.jsonl", *RUN]
     assert main([str(a) for a in common] + ["--out", str(w / "run1"), "--batch-size", "4"]) == 0
@@ -111,7 +111,8 @@ def test_two_process_run_equals_one_process_with_the_same_global_batch(workspace
         assert two[key]["acc"] == one[key]["acc"], key
     files = lambda folder: sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))  # noqa: E731
     assert files(w / "run2") == files(w / "run1")
-    assert sorted(p.name for p in w.iterdir() if p.name.startswith((".run", "run"))) == ["run1", "run2"]
+    runs = sorted(p.name for p in w.iterdir() if p.name.startswith((".run", "run")))
+    assert runs == ["run1", "run2"]  # no partial or temporary folder left
     AutoModelForCausalLM.from_pretrained(w / "run2" / "model")
 
 
@@ -163,7 +164,8 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_weights(workspace
 
     done = torchrun(*common, "--out", w / "killed", "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
-    whole, resumed = (json.loads((w / name / "report.json").read_text()) for name in ("long", "killed"))
+    whole, resumed = (json.loads((w / name / "report.json").read_text())
+                      for name in ("long", "killed"))
     assert resumed["prune"]["plan"] == whole["prune"]["plan"]
     assert int(resumed["pruned_finetune"]["resumed_from"].rsplit("-", 1)[1]) >= 5
     for key in ("pruned_finetuned", "dense_finetuned"):
