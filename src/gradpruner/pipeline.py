@@ -25,7 +25,8 @@ import torch
 from . import __version__
 from .config import RunConfig, prune_inputs_error, task_data_need
 from .costs import cut_costs
-from .distributed import is_main_process, main_process_output, refuse_sharded_probe
+from .distributed import (is_main_process, join_processes, main_process_output, on_main,
+                          refuse_sharded_probe, refuse_sharded_run, several_processes, world_size)
 from .errors import GradPrunerError
 from .harness import HarnessSpec, run_harness
 from .heal import HealConfig, get_healer
@@ -319,25 +320,41 @@ def run(cfg: RunConfig) -> dict:
     becomes `cfg.out` once complete. With `cfg.resume`, a killed run continues from its last
     finished stage, and a fine-tune from its last checkpoint, to the result an uninterrupted run
     with the same settings gives. A run stopped before its first stage finished leaves nothing.
+
+    Under several processes (DDP: torchrun, accelerate launch) the probe and the fine-tunes train
+    in every process (the batch size is per process); the evaluations, the cut, the timing and
+    every file are rank 0's while the others wait, and then load what it saved.
     """
     cfg.validate()
     check_output_dir(cfg.out, cfg.overwrite)
     task = resolve_task(cfg.task, cfg.data, cfg.eval_data, cfg.chat_template)
     train, held = split_heldout(task.train_examples(), cfg.heldout)
-    refuse_sharded_probe()
+    refuse_sharded_run()
     # the run keeps its full-precision model beside the quantized copies that QLoRA trains
     check_memory(cfg.model, replace(cfg.train, load_in_bits=None), cfg.dtype, cfg.device, None,
                  cfg.heal.distils)
-    journal = open_journal(cfg.out, cfg.fingerprint(), cfg.resume, cfg.overwrite)
-    if journal.stages:
-        say(f"resuming the run in {journal.folder}: finished {', '.join(journal.stages)}")
+    join_processes(resolve_device(cfg.device))
+    journal = on_main(partial(_open_journal, cfg))
     state = _RunState(cfg, task, train, held, journal, time.perf_counter() - journal.seconds)
     try:
         return _run_stages(state)
     except BaseException:
-        if not journal.stages:  # nothing worth resuming
+        if is_main_process() and not journal.stages:  # nothing worth resuming
             shutil.rmtree(journal.folder, ignore_errors=True)
         raise
+
+
+def _open_journal(cfg: RunConfig) -> Journal:
+    """The run's journal (`open_journal`), saying which stages a resumed run finished. Its
+    settings count the processes of a run under several (the global batch is the per-process
+    batch times them), so that it resumes under as many."""
+    settings = cfg.fingerprint()
+    if several_processes():
+        settings["processes"] = world_size()
+    journal = open_journal(cfg.out, settings, cfg.resume, cfg.overwrite)
+    if journal.stages:
+        say(f"resuming the run in {journal.folder}: finished {', '.join(journal.stages)}")
+    return journal
 
 
 def _run_stages(state: _RunState) -> dict:
@@ -347,18 +364,18 @@ def _run_stages(state: _RunState) -> dict:
     results: dict = {"task": task.name, "model": state.source, "versions": versions(),
                      "config": cfg.to_json()}
     results["dense_zero_shot"] = state.stage("zero_shot", _zero_shot)
-    results["probe"] = state.stage("probe", _probe)
+    results["probe"] = state.stage("probe", _probe, everywhere=True)
     state.probed = ProbeResult.load(folder / "probe")
     state.stage("cut", _cut)
-    healed = state.stage("pruned_finetune", _heal_pruned)
+    healed = state.stage("pruned_finetune", _heal_pruned, everywhere=True)
     state.teacher = None
     results["prune"], results["pruned_finetune"] = read_sidecar(str(folder / "model")), healed
     results.update(state.stage("pruned_eval", _evaluate_pruned))
     if cfg.dense:
-        dense = state.stage("dense", _dense)
+        dense = state.stage("dense", _dense, everywhere=True)
         harness = {**results.get("harness", {}), **dense.pop("harness", {})}
         results.update(dense, **({"harness": harness} if harness else {}))
-    return _finish(state, results)
+    return on_main(partial(_finish, state, results))
 
 
 @dataclass
@@ -385,13 +402,19 @@ class _RunState:
     def folder(self) -> Path:
         return self.journal.folder
 
-    def stage(self, name: str, compute: Callable[["_RunState"], dict]) -> dict:
+    def stage(self, name: str, compute: Callable[["_RunState"], dict],
+              everywhere: bool = False) -> dict:
         """The result of stage `name`: the journal's when a resumed run finished it, else
-        `compute(self)`'s (which shows its progress), recorded in the journal."""
+        `compute(self)`'s (which shows its progress), recorded in the journal. `compute` runs on
+        rank 0 only unless it trains (`everywhere`); every process gets rank 0's result and
+        keeps it in its copy of the journal, which only rank 0 saves."""
         if self.journal.done(name):
             return copy.deepcopy(self.journal.stages[name])
-        result = compute(self)
-        return copy.deepcopy(self.journal.finish(name, result, time.perf_counter() - self.started))
+        result = compute(self) if everywhere else on_main(partial(compute, self))
+        seconds = time.perf_counter() - self.started
+        recorded = on_main(partial(self.journal.finish, name, result, seconds))
+        self.journal.stages[name] = recorded
+        return copy.deepcopy(recorded)
 
     def working(self):
         """A copy of the dense model in the recipe's dtype."""
@@ -442,17 +465,22 @@ def _probe(state: _RunState) -> dict:
     """Probe a copy of the dense model into `probe/` (its checkpoint into `dense.checkpoints/`
     when the dense reference continues from it); returns the probe's statistics."""
     cfg, reuse = state.cfg, state.folder / "dense.checkpoints"
-    shutil.rmtree(reuse, ignore_errors=True)  # of a probe that was killed
+    on_main(partial(shutil.rmtree, reuse, ignore_errors=True))  # of a probe that was killed
     kind = "full" if cfg.train.full else "LoRA"
     with stage("probe", f"{cfg.probe_steps} steps of {kind} fine-tuning") as st:
         probed = probe(state.working(), state.tokenizer, state.train, cfg.train, cfg.probe_steps,
                        cfg.train.planned_steps(len(state.train)),
                        str(reuse) if _reuses_probe(cfg) else None)
         st.result = f"{probed.stats['steps']} steps, IGIA of {len(probed.igia.layer_scores)} layers"
+    on_main(partial(_save_probe, state, probed))
+    return probed.stats
+
+
+def _save_probe(state: _RunState, probed: ProbeResult) -> None:
+    """Save the probe's IGIA and adapters to `probe/`, which every process then loads."""
     with atomic_output_dir(state.folder / "probe", overwrite=True) as tmp:
         probed.save(tmp, {"source_model": state.source, "task": state.task.name,
-                          "versions": versions(), "train_config": asdict(cfg.train)})
-    return probed.stats
+                          "versions": versions(), "train_config": asdict(state.cfg.train)})
 
 
 def _cut(state: _RunState) -> dict:
@@ -487,12 +515,17 @@ def _heal_pruned(state: _RunState) -> dict:
     stats = _count_resumed(stats)
     stats["round_heal_seconds"] = done["heal_seconds"]
     record.finetune = {**stats, "task": state.task.name, "datasets": list(state.task.datasets)}
+    on_main(partial(_save_pruned, state, pruned, record))
+    state.pruned = pruned
+    return stats
+
+
+def _save_pruned(state: _RunState, pruned, record: PruneRecord) -> None:
+    """Save the healed model to `model/`; remove its checkpoints and the cut model."""
     save_pretrained_atomic(pruned, state.tokenizer, state.folder / "model", record.to_json(),
                            overwrite=True, source_dir=state.source)
     for name in ("pruned.checkpoints", "cut"):
         shutil.rmtree(state.folder / name)
-    state.pruned = pruned
-    return stats
 
 
 def _count_resumed(stats: dict) -> dict:
@@ -521,14 +554,22 @@ def _evaluate_pruned(state: _RunState) -> dict:
 
 def _dense(state: _RunState) -> dict:
     """The dense reference, fine-tuned (continuing from the probe's checkpoint when it is the
-    first steps of the same run) and evaluated; its checkpoints are kept until it is evaluated,
-    so that a resumed run redoes at most the steps after the last one."""
+    first steps of the same run) and evaluated on rank 0; its checkpoints are kept until it is
+    evaluated, so that a resumed run redoes at most the steps after the last one."""
     cfg, reuse = state.cfg, state.folder / "dense.checkpoints"
     with stage("dense fine-tune", "the reference; --no-dense skips it") as st:
         dense, stats = finetune_dense(state.working(), state.tokenizer, state.train,
                                       state.training("dense"), state.probed,
                                       str(reuse) if _reuses_probe(cfg) else None)
         st.result = training_summary(stats)
+    state.dense = dense
+    return on_main(partial(_evaluate_dense, state, dense, stats))
+
+
+def _evaluate_dense(state: _RunState, dense, stats: dict) -> dict:
+    """The dense reference's statistics and metrics (and lm-eval's, with `--harness`); its
+    checkpoints removed."""
+    cfg, reuse = state.cfg, state.folder / "dense.checkpoints"
     result = {"dense_finetune": _count_resumed(stats),
               "dense_finetuned": _evaluation("dense model evaluation", dense, state.tokenizer,
                                              state.task, cfg.eval_limit)}
@@ -538,7 +579,6 @@ def _dense(state: _RunState) -> dict:
             result["harness"] = {"dense_finetuned": run_harness(dense, state.tokenizer, harness,
                                                                 cfg.eval_limit)}
     shutil.rmtree(reuse, ignore_errors=True)
-    state.dense = dense
     return result
 
 
