@@ -541,14 +541,19 @@ def _count_resumed(stats: dict) -> dict:
 
 def _evaluate_pruned(state: _RunState) -> dict:
     """The fine-tuned pruned model's metrics (and lm-eval's, with `--harness`)."""
-    cfg, model = state.cfg, state.pruned_model()
-    result = {"pruned_finetuned": _evaluation("pruned model evaluation", model, state.tokenizer,
-                                              state.task, cfg.eval_limit)}
+    return _measure(state, "pruned model", "pruned_finetuned", state.pruned_model())
+
+
+def _measure(state: _RunState, name: str, key: str, model) -> dict:
+    """{key: the metrics of `model` (the `name`) on the task}, with lm-eval's under "harness"
+    when `--harness` names tasks."""
+    cfg = state.cfg
+    result = {key: _evaluation(f"{name} evaluation", model, state.tokenizer, state.task,
+                               cfg.eval_limit)}
     harness = cfg.harness_spec()
     if harness:
-        with stage("lm-evaluation-harness on the pruned model", ", ".join(harness.tasks)):
-            result["harness"] = {"pruned_finetuned": run_harness(model, state.tokenizer, harness,
-                                                                 cfg.eval_limit)}
+        with stage(f"lm-evaluation-harness on the {name}", ", ".join(harness.tasks)):
+            result["harness"] = {key: run_harness(model, state.tokenizer, harness, cfg.eval_limit)}
     return result
 
 
@@ -569,16 +574,9 @@ def _dense(state: _RunState) -> dict:
 def _evaluate_dense(state: _RunState, dense, stats: dict) -> dict:
     """The dense reference's statistics and metrics (and lm-eval's, with `--harness`); its
     checkpoints removed."""
-    cfg, reuse = state.cfg, state.folder / "dense.checkpoints"
     result = {"dense_finetune": _count_resumed(stats),
-              "dense_finetuned": _evaluation("dense model evaluation", dense, state.tokenizer,
-                                             state.task, cfg.eval_limit)}
-    harness = cfg.harness_spec()
-    if harness:
-        with stage("lm-evaluation-harness on the dense model", ", ".join(harness.tasks)):
-            result["harness"] = {"dense_finetuned": run_harness(dense, state.tokenizer, harness,
-                                                                cfg.eval_limit)}
-    shutil.rmtree(reuse, ignore_errors=True)
+              **_measure(state, "dense model", "dense_finetuned", dense)}
+    shutil.rmtree(state.folder / "dense.checkpoints", ignore_errors=True)
     return result
 
 
