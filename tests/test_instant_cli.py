@@ -225,3 +225,12 @@ def test_every_criterion_merge_healing_method_and_variant_is_described_in_the_re
     assert {"--distill W", "--rounds N"} <= lists["Healing"]
     assert lists["`compare --methods`"] == set(METHODS)
     assert lists["`compare --heals`"] == set(HEALS)
+
+
+def test_a_reader_that_goes_away_gets_no_error_line(tmp_path):
+    src = str(Path(gradpruner.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(f"'{sys.executable}' -m gradpruner.cli tasks | head -n 1", shell=True,
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert done.stdout.startswith("task") and len(done.stdout.splitlines()) == 1
+    assert done.stderr == ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from .errors import GradPrunerError
@@ -496,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     except GradPrunerError as err:
         print(f"gradpruner: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of the output went away (`gradpruner tasks | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit either
+        return 128 + 13  # as a shell reports a process stopped by SIGPIPE
     except OSError as err:
         where = f": {err.filename}" if getattr(err, "filename", None) else ""
         print(f"gradpruner: error: {err.strerror or err}{where}", file=sys.stderr)
