@@ -27,6 +27,12 @@ class Turn:
     trained: bool = False
 
 
+def check_mode(mode: str) -> None:
+    """Raise unless `mode` is one of --chat-template's values."""
+    if mode not in CHAT_MODES:
+        raise GradPrunerError(f"--chat-template must be one of {', '.join(CHAT_MODES)}, got {mode!r}")
+
+
 def require_template(tokenizer) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise GradPrunerError(

@@ -17,7 +17,7 @@ from .compare_methods import HEALS, METHODS
 from .errors import GradPrunerError
 from .harness import HarnessSpec, parse_task_names
 from .heal import HealConfig
-from .chat import CHAT_MODES
+from .chat import check_mode
 from .records import check_source
 from .outputs import plain_json
 from .train_config import TrainConfig
@@ -89,9 +89,7 @@ class RecipeConfig:
         for path in (self.data, self.eval_data):
             if path:
                 check_source(path)
-        if self.chat_template not in CHAT_MODES:
-            raise GradPrunerError(f"--chat-template must be one of {', '.join(CHAT_MODES)}, "
-                                  f"got {self.chat_template!r}")
+        check_mode(self.chat_template)
         if self.task and not self.data:
             from .tasks import get_task
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Union
 
-from .chat import CHAT_MODES, ROLES, Turn, chat_features, prompt_ids
+from .chat import ROLES, Turn, chat_features, check_mode, prompt_ids
 from .errors import GradPrunerError
 from .records import Record, read_file
 
@@ -103,8 +103,7 @@ def with_chat_template(example: Example, mode: str) -> Example:
     """`example` as the chat-template mode has it: "auto" renders conversations with the template
     and plain-text records as they are (as TRL does); "on" makes plain records a user turn and an
     assistant answer too; "off" takes plain records only."""
-    if mode not in CHAT_MODES:
-        raise GradPrunerError(f"--chat-template must be one of {', '.join(CHAT_MODES)}, got {mode!r}")
+    check_mode(mode)
     if isinstance(example, ChatExample):
         if mode == "off":
             raise GradPrunerError(f"{example.where}: a conversation needs the chat template; "

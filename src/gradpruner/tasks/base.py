@@ -6,7 +6,8 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Callable, Hashable
 
-from ..data import CHAT_MODES, ChatExample, Example, GenExample, MCExample, with_chat_template
+from ..chat import check_mode
+from ..data import ChatExample, Example, GenExample, MCExample, with_chat_template
 from ..errors import GradPrunerError
 
 Loader = Callable[[], list[Example]]
@@ -48,8 +49,7 @@ class Task:
     def with_chat_template(self, mode: str) -> "Task":
         """This task with its examples as the chat-template mode has them
         (`data.with_chat_template`); "auto" changes nothing."""
-        if mode not in CHAT_MODES:
-            raise GradPrunerError(f"--chat-template must be one of {', '.join(CHAT_MODES)}, got {mode!r}")
+        check_mode(mode)
         if mode == "auto":
             return self
         convert = lambda examples: [with_chat_template(ex, mode) for ex in examples]  # noqa: E731
