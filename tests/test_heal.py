@@ -5,6 +5,7 @@ replays."""
 import copy
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from gradpruner.config import RunConfig
 from gradpruner.data import training_features
 from gradpruner.errors import GradPrunerError
 from gradpruner.heal import HealConfig
-from gradpruner.heal.distill import Distillation, distill_sum
+from gradpruner.heal.distill import Distillation, caches_teacher, distill_sum, topk_distill_sum
 from gradpruner.plan import PruneRecord
 from gradpruner.recipe import cut, heal, round_counts
 from gradpruner.surgery import decoder_layers
@@ -80,6 +81,78 @@ def test_the_trainer_mixes_the_task_loss_and_the_teacher_term(tmp_path):
         kl = distill_sum(student(**kwargs).logits, teacher(**kwargs).logits, mask, 2.0) / mask.sum()
     assert float(mixed) == pytest.approx(float(0.7 * task + 0.3 * kl), rel=1e-5)
     assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_the_top_k_term_equals_a_hand_computation_and_bounds_the_full_one():
+    student = torch.tensor([[1.0, 0.0, -1.0, 0.5]])
+    teacher = torch.tensor([[0.0, 2.0, 0.0, 1.0]])
+    t = 2.0
+    logp = F.log_softmax(teacher / t, -1)
+    top = logp.topk(2, -1)  # tokens 1 and 3; the rest (0 and 2) in one bucket
+    p = logp.exp()[0].tolist()
+    q = F.softmax(student / t, -1)[0].tolist()
+    rest_p, rest_q = p[0] + p[2], q[0] + q[2]
+    expected = t * t * (p[1] * math.log(p[1] / q[1]) + p[3] * math.log(p[3] / q[3])
+                        + rest_p * math.log(rest_p / rest_q))
+    ours = float(topk_distill_sum(student, top.values, top.indices, t))
+    assert ours == pytest.approx(expected, rel=1e-6)
+    assert ours < float(distill_sum(student[None], teacher[None], torch.ones(1, 1, dtype=torch.bool), t))
+
+
+def test_the_top_k_term_over_the_whole_vocabulary_is_the_full_term_and_gradient():
+    torch.manual_seed(0)
+    student = torch.randn(6, 11, requires_grad=True)
+    teacher = torch.randn(6, 11)
+    t = 1.5
+    top = F.log_softmax(teacher / t, -1).topk(11, -1)
+    topk_distill_sum(student, top.values, top.indices, t).backward()
+    ours = student.grad.clone()
+    student.grad = None
+    distill_sum(student[None], teacher[None], torch.ones(1, 6, dtype=torch.bool), t).backward()
+    torch.testing.assert_close(ours, student.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_the_teacher_cache_runs_the_teacher_once_per_example_and_matches_it_on_the_fly(tmp_path):
+    tokenizer = tiny_tokenizer()
+    student, teacher = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+    cfg = TrainConfig(steps=1, batch_size=4, full=True, progress=False)
+    cached = Distillation(teacher, weight=0.3, temperature=2.0, top_k=student.config.vocab_size)
+    trainer = make_trainer(student, tokenizer, EXAMPLES[:8], cfg, str(tmp_path), distill=cached)
+    features = trainer.train_dataset
+    assert [f["example_index"] for f in features] == list(range(8))
+    fly = make_trainer(student, tokenizer, EXAMPLES[:8], cfg, str(tmp_path),
+                       distill=Distillation(teacher, weight=0.3, temperature=2.0))
+    for epoch in range(2):  # the second visit reads the cache
+        for rows in ([3, 0, 5, 1], [2, 7, 4, 6]):
+            batch = trainer.data_collator([features[r] for r in rows])
+            plain = {k: v for k, v in batch.items() if k != "example_index"}
+            with torch.no_grad():
+                ours = trainer.compute_loss(student, dict(batch))
+                theirs = fly.compute_loss(student, plain)
+            assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
+    assert cached.teacher_rows == 8 and fly.distillation.teacher_rows == 16
+
+
+def test_the_teacher_is_cached_when_the_healing_revisits_its_examples():
+    train = TrainConfig(steps=10, batch_size=8)
+    assert caches_teacher(HealConfig(distill=0.5), train, 60)  # 80 visits of 60 examples
+    assert not caches_teacher(HealConfig(distill=0.5), train, 100)
+    assert caches_teacher(HealConfig(distill=0.5), TrainConfig(steps=None, epochs=2), 100)
+    assert caches_teacher(HealConfig(distill=0.5, teacher_cache="on"), train, 100)
+    assert not caches_teacher(HealConfig(distill=0.5, teacher_cache="off"), train, 60)
+
+
+def test_a_cached_healing_over_two_epochs_records_its_top_k():
+    model, teacher = tiny_model("llama"), tiny_model("llama", seed=4)
+    cfg = RunConfig(train=TrainConfig(steps=None, epochs=2, batch_size=4, progress=False),
+                    heal=HealConfig(distill=0.5, top_k=16))
+    _, stats = heal(model, tiny_tokenizer(), EXAMPLES, None, cfg, list(range(6)), 0, torch.float32, teacher)
+    assert stats["steps"] == 12 and stats["teacher_rows"] == len(EXAMPLES)
+    assert stats["heal"]["teacher_top_k"] == 16
+    off = replace(cfg, heal=HealConfig(distill=0.5, teacher_cache="off"))
+    _, stats = heal(tiny_model("llama"), tiny_tokenizer(), EXAMPLES, None, off, list(range(6)), 0,
+                    torch.float32, teacher)
+    assert stats["teacher_rows"] == 2 * len(EXAMPLES) and stats["heal"]["teacher_top_k"] is None
 
 
 def _changed(before: dict, after: dict) -> set[str]:
@@ -204,7 +277,9 @@ def test_bad_heal_settings_are_refused():
     for heal, message in ((HealConfig(method="magic"), "unknown healing"),
                           (HealConfig(distill=1.5), "--distill"),
                           (HealConfig(layers=0), "heal layers"),
-                          (HealConfig(temperature=0), "--temperature")):
+                          (HealConfig(temperature=0), "--temperature"),
+                          (HealConfig(teacher_cache="always"), "--teacher-cache"),
+                          (HealConfig(top_k=0), "heal top_k")):
         with pytest.raises(GradPrunerError, match=message):
             RunConfig(heal=heal).validate()
     with pytest.raises(GradPrunerError, match="reads the dense model's probe"):

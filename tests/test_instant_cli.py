@@ -222,7 +222,7 @@ def test_every_criterion_merge_healing_method_and_variant_is_described_in_the_re
     assert lists["Criteria"] == set(CRITERIA)
     assert lists["Merges"] == {*MERGE_WORDS, "N"}
     assert {f"--heal {name}" for name in HEALERS} <= lists["Healing"]
-    assert {"--distill W", "--rounds N"} <= lists["Healing"]
+    assert {"--distill W", "--teacher-cache auto|on|off", "--rounds N"} <= lists["Healing"]
     assert lists["`compare --methods`"] == set(METHODS)
     assert lists["`compare --heals`"] == set(HEALS)
 

@@ -120,6 +120,12 @@ def _add_heal(p: argparse.ArgumentParser, rounds: bool = True) -> None:
     p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (default 2)")
     p.add_argument("--teacher", metavar="DIR",
                    help="the distillation teacher (default: the dense model with the probe's adapters)")
+    p.add_argument("--teacher-cache", choices=["auto", "on", "off"], default="auto",
+                   help="keep the teacher's --teacher-top-k tokens per answer position from each "
+                        "example's first visit instead of running it on every batch; auto (default): "
+                        "when the healing visits its examples more than once")
+    p.add_argument("--teacher-top-k", type=int, default=64,
+                   help="tokens per answer position the teacher cache keeps (default 64)")
     if rounds:
         p.add_argument("--rounds", type=int, default=1,
                        help="remove the layers in this many rounds, re-scored and healed in between (default 1)")
@@ -178,6 +184,7 @@ TRAIN_FLAGS = ("steps", "epochs", "batch_size", "grad_accum", "lr", "lora_rank",
                "save_every")
 HEAL_FLAGS = {"heal": "method", "heal_layers": "layers", "heal_lm_head": "lm_head", "heal_lr": "lr",
               "distill": "distill", "temperature": "temperature", "teacher": "teacher",
+              "teacher_cache": "teacher_cache", "teacher_top_k": "top_k",
               "rounds": "rounds", "round_steps": "round_steps"}
 RECIPE_FLAGS = ("model", "dtype", "device", "task", "data", "eval_data", "chat_template", "criterion", "density",
                 "selection_budget", "probe_steps", "heldout", "out", "overwrite", "resume", "seeds",
@@ -459,7 +466,8 @@ def _dispatch(args) -> int:
 
         heal = HealConfig(method=args.heal, layers=args.heal_layers, lm_head=args.heal_lm_head,
                           lr=args.heal_lr, distill=args.distill, temperature=args.temperature,
-                          teacher=args.teacher)
+                          teacher=args.teacher, teacher_cache=args.teacher_cache,
+                          top_k=args.teacher_top_k)
         record = pipeline.finetune_stage(args.model, task, args.out, train,
                                          args.dtype, args.device, args.overwrite, args.device_map,
                                          args.warm_start, args.heldout, heal)

@@ -285,7 +285,8 @@ def pad_id(tokenizer) -> int:
 
 
 class PadCollator:
-    """Right-pads `input_ids` / `labels` of a batch and builds the attention mask.
+    """Right-pads `input_ids` / `labels` of a batch and builds the attention mask; features with
+    an `example_index` keep it.
 
     With `answer_logits`, the batch also says which positions need logits: `logits_to_keep` (the
     positions, shared by the rows, whose next token is labelled in some row) and `shift_labels`
@@ -312,6 +313,8 @@ class PadCollator:
             "labels": torch.tensor(labels),
             "attention_mask": torch.tensor(mask),
         }
+        if "example_index" in features[0]:  # which examples these are (a cached teacher's key)
+            batch["example_index"] = torch.tensor([f["example_index"] for f in features])
         return answer_positions(batch) if self.answer_logits else batch
 
 

@@ -30,7 +30,7 @@ from .distributed import (is_main_process, join_processes, main_process_output, 
 from .errors import GradPrunerError
 from .harness import HarnessSpec, run_harness
 from .heal import HealConfig, get_healer
-from .heal.distill import Distillation
+from .heal.distill import distillation
 from .igia import IGIA
 from .journal import Journal, open_journal
 from .memory import check_fits
@@ -239,12 +239,13 @@ def finetune_stage(model: str | None, task: Task, out: str, cfg: TrainConfig,
     distill = None
     if heal.distils:
         teacher = _stage_teacher(net, heal, cfg, sidecar, warm_start)
-        distill = Distillation(teacher, heal.distill, heal.temperature)
+        distill = distillation(teacher, heal, cfg, len(examples))
     with stage("fine-tune", heal.describe()) as st:
         tuned, stats = finetune(net, tokenizer, examples, cfg, warm=warm, distill=distill,
                                 full_precision=full_precision)
         st.result = training_summary(stats)
-    stats["heal"] = heal.summary(heal.teacher or sidecar.get("source_model"), cfg)
+    stats["heal"] = heal.summary(heal.teacher or sidecar.get("source_model"), cfg,
+                                 distill.top_k if distill else None)
     record["finetune"] = {**stats, "task": task.name, "heldout": heldout,
                           "datasets": list(task.datasets)}
     if is_main_process():

@@ -32,7 +32,7 @@ from .selection import removal_count
 from .surgery import count_parameters, num_layers
 from .tasks import Task
 from .heal import HealConfig, get_healer
-from .heal.distill import Distillation
+from .heal.distill import distillation
 from .train import TrainConfig, add_lora, finetune, probe as probe_run
 from .warm_start import load_adapters, save_adapters, warm_start
 
@@ -231,9 +231,10 @@ def heal(model, tokenizer, train_examples: list, probed: ProbeResult | None, cfg
     if cfg.heal.distils:
         if teacher is None:
             raise GradPrunerError("distillation needs a teacher model: give --teacher DIR")
-        distill = Distillation(teacher, cfg.heal.distill, cfg.heal.temperature)
+        distill = distillation(teacher, cfg.heal, train, len(train_examples))
     tuned, stats = qlora_finetune(model, tokenizer, train_examples, train, warm=warm, distill=distill)
-    stats["heal"] = cfg.heal.summary(cfg.heal.teacher or "dense+probe adapters", train)
+    stats["heal"] = cfg.heal.summary(cfg.heal.teacher or "dense+probe adapters", train,
+                                     distill.top_k if distill else None)
     return tuned, stats
 
 

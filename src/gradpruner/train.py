@@ -96,9 +96,10 @@ class _ScheduledTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.distillation is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        indices = inputs.pop("example_index", None)
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         tokens = num_items_in_batch if self.model_accepts_loss_kwargs else None
-        loss = self.distillation.loss(loss, outputs.logits, inputs, tokens)
+        loss = self.distillation.loss(loss, outputs.logits, inputs, tokens, indices)
         return (loss, outputs) if return_outputs else loss
 
 
@@ -116,6 +117,8 @@ def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, ou
     features = training_features(tokenizer, examples, cfg.max_length)
     if not features:
         raise GradPrunerError("no training examples: give more data (or a smaller --heldout)")
+    if distill is not None and distill.cache is not None:  # the cache's key
+        features = [{**f, "example_index": i} for i, f in enumerate(features)]
     steps = max_steps if max_steps is not None else cfg.steps
     # train where the model is (`--device cpu` on a GPU machine included); a model spread by
     # device_map stays where accelerate put it
@@ -219,6 +222,7 @@ def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
         "step_seconds": timer.steady_seconds(),
         "resumed_from": checkpoint,
         "warm_started_matrices": warmed,
+        "teacher_rows": distill.teacher_rows if distill else None,
         "trained_parameters": trained,
         "config": asdict(cfg),
     }

@@ -7,7 +7,8 @@
              `lm_head` the LM head; where it is tied to the input embeddings, those too),
              everything else frozen (Lu et al. 2024, "Reassessing Layer Pruning in LLMs")
 
-Any of them can distil from a teacher (`distill` > 0, `heal.distill`), and the recipe can remove
+Any of them can distil from a teacher (`distill` > 0, `heal.distill`; its logits on the fly or, with
+`teacher_cache`, its top-k cached per example), and the recipe can remove
 the layers in `rounds` with `round_steps` of healing between rounds (iterative pruning).
 """
 
@@ -19,9 +20,15 @@ from ..errors import GradPrunerError
 from ..train_config import TrainConfig
 
 
+TEACHER_CACHES = ("auto", "on", "off")
+
+
 @dataclass
 class HealConfig:
-    """How the cut model is healed; `lr` None: the training config's learning rate."""
+    """How the cut model is healed; `lr` None: the training config's learning rate;
+    `teacher_cache`: auto | on | off, whether the teacher's `top_k` tokens per answer position are
+    kept from each example's first visit (auto: when the healing visits its examples more than
+    once) instead of running the teacher on every batch."""
 
     method: str = "lora"
     layers: int = 4
@@ -30,13 +37,15 @@ class HealConfig:
     distill: float = 0.0
     temperature: float = 2.0
     teacher: str | None = None
+    teacher_cache: str = "auto"
+    top_k: int = 64
     rounds: int = 1
     round_steps: int = 10
 
     def validate(self) -> None:
         if self.method not in HEALERS:
             raise GradPrunerError(f"unknown healing {self.method!r}; known: {', '.join(HEALERS)}")
-        for name in ("layers", "rounds", "round_steps"):
+        for name in ("layers", "rounds", "round_steps", "top_k"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise GradPrunerError(f"heal {name} must be a positive integer, got {value!r}")
@@ -44,6 +53,9 @@ class HealConfig:
             raise GradPrunerError(f"--distill must be a weight in [0, 1], got {self.distill!r}")
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
             raise GradPrunerError(f"--temperature must be positive, got {self.temperature!r}")
+        if self.teacher_cache not in TEACHER_CACHES:
+            raise GradPrunerError(f"--teacher-cache must be one of {', '.join(TEACHER_CACHES)}, "
+                                  f"got {self.teacher_cache!r}")
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise GradPrunerError(f"heal lr must be positive, got {self.lr!r}")
 
@@ -51,12 +63,13 @@ class HealConfig:
     def distils(self) -> bool:
         return self.distill > 0
 
-    def summary(self, teacher: str | None, train: TrainConfig) -> dict:
+    def summary(self, teacher: str | None, train: TrainConfig, top_k: int | None = None) -> dict:
         """What the sidecar records of a healing: these options, the teacher it distilled from
-        (None without distillation) and the training settings it ran with."""
+        (None without distillation), the top-k its logits were cached to (None: on the fly) and
+        the training settings it ran with."""
         return {"method": self.method, "describe": self.describe(), "distill": self.distill,
                 "temperature": self.temperature, "teacher": teacher if self.distils else None,
-                "lr": train.lr, "full": train.full}
+                "teacher_top_k": top_k if self.distils else None, "lr": train.lr, "full": train.full}
 
     def describe(self) -> str:
         """A short name of the options, for logs and tables."""
