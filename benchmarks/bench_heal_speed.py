@@ -4,8 +4,9 @@ side by side in one process (the variants interleaved, `--repeats` times; the me
     python benchmarks/bench_heal_speed.py --remove 12-17,25,26 --steps 8 --repeats 2
 
 The cut is the one `auto` chose on ARC-Easy at 25 % (8 of 30 layers); the teacher is the dense
-model. Prints one Markdown row per variant: steady seconds per step (after the first) and the
-ratio to the dense LoRA step.
+model. Prints one Markdown row per variant: steady seconds per step (after the first; for the
+two-epoch variants, all seconds over all steps, the teacher's first epoch included) and the ratio
+to the dense LoRA step.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ VARIANTS = {
     "pruned, partial + distillation": HealConfig(method="partial", distill=0.5),
     "pruned, full": HealConfig(method="full"),
 }
+# the same steps over half as many examples (two epochs), the teacher run on every batch or cached
+REVISITING = {
+    "pruned, LoRA + distillation, 2 epochs, teacher on every batch":
+        HealConfig(distill=0.5, teacher_cache="off"),
+    "pruned, LoRA + distillation, 2 epochs, teacher cached (top 64)":
+        HealConfig(distill=0.5, teacher_cache="on"),
+}
 
 
 def main() -> None:
@@ -48,18 +56,22 @@ def main() -> None:
     train = TrainConfig(steps=args.steps, progress=False, logging_steps=1000)
     plan = PrunePlan(master.config.num_hidden_layers, tuple(parse_layer_list(args.remove)))
     pruned, _ = apply(copy.deepcopy(master), plan)
-    times: dict[str, list[float]] = {"dense, LoRA": [], **{name: [] for name in VARIANTS}}
+    times: dict[str, list[float]] = {"dense, LoRA": [], **{name: [] for name in VARIANTS},
+                                     **{name: [] for name in REVISITING}}
+    half = examples[:args.steps * train.batch_size // 2]
     for _ in range(args.repeats):
         cfg = RunConfig(train=train)
         _, stats = heal(copy.deepcopy(master), tokenizer, examples, None, cfg,
                         list(range(plan.num_layers)), 0, torch.float32)
         times["dense, LoRA"].append(stats["step_seconds"])
-        for name, variant in VARIANTS.items():
+        for name, variant, data in [*((n, v, examples) for n, v in VARIANTS.items()),
+                                    *((n, v, half) for n, v in REVISITING.items())]:
             cfg = replace(RunConfig(train=train), heal=variant)
             teacher = copy.deepcopy(master) if variant.distils else None
-            _, stats = heal(copy.deepcopy(pruned), tokenizer, examples, None, cfg, plan.kept, 0,
+            _, stats = heal(copy.deepcopy(pruned), tokenizer, data, None, cfg, plan.kept, 0,
                             torch.float32, teacher)
-            times[name].append(stats["step_seconds"])
+            times[name].append(stats["train_seconds"] / stats["steps"] if data is half
+                               else stats["step_seconds"])
     dense = statistics.median(times["dense, LoRA"])
     print(f"| healing ({args.steps} steps, batch {train.batch_size}, {args.repeats} interleaved repeats) "
           "| s / step | / dense LoRA step |")

@@ -318,6 +318,9 @@ def test_the_healing_line_survives_a_dense_accuracy_of_zero():
     assert "+0.250 (dense scored 0)" in line and "healing took 0.500" in line
     results["dense_finetuned"]["acc"] = 0.5
     assert "(50.0% of dense)" in _healing(results)[1]
+    results["pruned_finetune"]["heal"] = {"describe": "lora+distill0.5", "distill": 0.5,
+                                          "temperature": 2.0, "teacher": "dense", "teacher_top_k": 64}
+    assert "teacher dense, its top 64 cached)" in _healing(results)[0]
 
 
 def test_the_finetune_teacher_merges_the_probe_adapters_at_the_probes_rank(workspace, tmp_path, capsys):

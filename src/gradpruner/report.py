@@ -279,8 +279,9 @@ def _healing(results: dict) -> list[str]:
         return []
     line = f"Healing: `{heal['describe']}`"
     if heal.get("teacher"):
+        cached = f", its top {heal['teacher_top_k']} cached" if heal.get("teacher_top_k") else ""
         line += (f" (distillation weight {heal['distill']:g}, temperature {heal['temperature']:g}, "
-                 f"teacher {heal['teacher']})")
+                 f"teacher {heal['teacher']}{cached})")
     if pruned_ft.get("trained_parameters"):
         line += f"; {pruned_ft['trained_parameters']:,} parameters trained"
     line += "."
