@@ -298,10 +298,11 @@ def test_the_finetune_stage_heals_partially_with_a_teacher(workspace, tmp_path):
                  "block_influence", "--layers", "2", "--merge", "fold", "--out", str(pruned)]) == 0
     assert main(["finetune", "--model", str(pruned), "--data", data, "--steps", "2", "--batch-size",
                  "4", "--lr", "1e-2", "--heal", "partial", "--heal-layers", "1", "--distill", "0.5",
-                 "--out", str(tuned)]) == 0
+                 "--teacher-cache", "on", "--teacher-top-k", "8", "--out", str(tuned)]) == 0
     sidecar = json.loads((tuned / "gradpruner.json").read_text())
     assert sidecar["plan"]["merge_rule"] == "fold"
     assert sidecar["finetune"]["heal"]["describe"] == "partial1+distill0.5"
+    assert sidecar["finetune"]["heal"]["teacher_top_k"] == 8 and sidecar["finetune"]["teacher_rows"] == 8
     assert sidecar["finetune"]["heal"]["teacher"] == sidecar["source_model"]  # the dense model
     before, after = load_file(str(pruned / "model.safetensors")), load_file(str(tuned / "model.safetensors"))
     changed = {k for k in before if not torch.equal(before[k], after[k])}
