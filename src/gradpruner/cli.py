@@ -62,7 +62,7 @@ def _add_train(p: argparse.ArgumentParser, steps: int | None) -> None:
     p.add_argument("--epochs", type=float, default=None, help="epochs instead of --steps")
     p.add_argument("--batch-size", type=int, default=8, help="per-process batch size (default 8)")
     p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    p.add_argument("--lr", type=float, default=3e-4, help="learning rate (default 3e-4)")
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (default 8)")
     p.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default 32)")
     p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
