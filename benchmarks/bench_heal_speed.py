@@ -64,13 +64,13 @@ def main() -> None:
         _, stats = heal(copy.deepcopy(master), tokenizer, examples, None, cfg,
                         list(range(plan.num_layers)), 0, torch.float32)
         times["dense, LoRA"].append(stats["step_seconds"])
-        for name, variant, data in [*((n, v, examples) for n, v in VARIANTS.items()),
-                                    *((n, v, half) for n, v in REVISITING.items())]:
+        for name, variant, revisits in [*((n, v, False) for n, v in VARIANTS.items()),
+                                        *((n, v, True) for n, v in REVISITING.items())]:
             cfg = replace(RunConfig(train=train), heal=variant)
             teacher = copy.deepcopy(master) if variant.distils else None
-            _, stats = heal(copy.deepcopy(pruned), tokenizer, data, None, cfg, plan.kept, 0,
-                            torch.float32, teacher)
-            times[name].append(stats["train_seconds"] / stats["steps"] if data is half
+            _, stats = heal(copy.deepcopy(pruned), tokenizer, half if revisits else examples, None,
+                            cfg, plan.kept, 0, torch.float32, teacher)
+            times[name].append(stats["train_seconds"] / stats["steps"] if revisits
                                else stats["step_seconds"])
     dense = statistics.median(times["dense, LoRA"])
     print(f"| healing ({args.steps} steps, batch {train.batch_size}, {args.repeats} interleaved repeats) "

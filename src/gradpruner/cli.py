@@ -108,6 +108,8 @@ def _add_merge_options(p: argparse.ArgumentParser) -> None:
 
 def _add_heal(p: argparse.ArgumentParser, rounds: bool = True) -> None:
     """How the cut model is healed (`heal.HealConfig`)."""
+    from .heal import TEACHER_CACHES
+
     p.add_argument("--heal", choices=["lora", "full", "partial"], default="lora",
                    help="lora (default): LoRA on every linear module; full: every weight; partial: "
                         "full fine-tuning of the last --heal-layers layers, the rest frozen")
@@ -120,7 +122,7 @@ def _add_heal(p: argparse.ArgumentParser, rounds: bool = True) -> None:
     p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (default 2)")
     p.add_argument("--teacher", metavar="DIR",
                    help="the distillation teacher (default: the dense model with the probe's adapters)")
-    p.add_argument("--teacher-cache", choices=["auto", "on", "off"], default="auto",
+    p.add_argument("--teacher-cache", choices=TEACHER_CACHES, default="auto",
                    help="keep the teacher's --teacher-top-k tokens per answer position from each "
                         "example's first visit instead of running it on every batch; auto (default): "
                         "when the healing visits its examples more than once")

@@ -117,7 +117,7 @@ def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, ou
     features = training_features(tokenizer, examples, cfg.max_length)
     if not features:
         raise GradPrunerError("no training examples: give more data (or a smaller --heldout)")
-    if distill is not None and distill.cache is not None:  # the cache's key
+    if distill is not None and distill.top_k is not None:  # the teacher cache's key
         features = [{**f, "example_index": i} for i, f in enumerate(features)]
     steps = max_steps if max_steps is not None else cfg.steps
     # train where the model is (`--device cpu` on a GPU machine included); a model spread by

@@ -10,8 +10,8 @@ onto the vocabulary (`logits_to_keep`), so does the teacher.
 
 By default the teacher runs on each training batch. A healing that visits its examples more than
 once (several epochs) instead keeps, from each example's first visit, the teacher's `top_k` most
-likely tokens at each answer position (`TopKCache`): one teacher pass per example instead of one
-per visit. The KL is then taken over those k tokens and one bucket holding the rest of each
+likely tokens at each answer position (`Distillation.cached`): one teacher pass per example
+instead of one per visit. The KL is then taken over those k tokens and one bucket holding the rest of each
 distribution's mass (`topk_distill_sum`), which equals the full KL when the k tokens hold all the
 teacher's mass and is never larger than it.
 """
@@ -54,33 +54,24 @@ def topk_distill_sum(student_logits: torch.Tensor, top_logp: torch.Tensor, top_i
 
 
 @dataclass
-class TopKCache:
-    """The teacher's `k` most likely tokens and their log-probabilities at the temperature, at each
-    answer position of each training example (by its index in the healing's examples), kept on the
-    CPU from the example's first visit."""
-
-    k: int
-    entries: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-
-
-@dataclass
 class Distillation:
-    """A teacher model (frozen, eval mode), how its KL term mixes with the task loss, and (with
-    `top_k`) the cache of its top-k distributions; `teacher_rows`: the examples it has run on."""
+    """A teacher model (frozen, eval mode) and how its KL term mixes with the task loss. With
+    `top_k`, `cached` keeps the teacher's `top_k` most likely tokens and their log-probabilities at
+    the temperature, [answer positions, top_k] each, by example index (its index in the healing's
+    examples), on the CPU from the example's first visit. `teacher_rows`: the examples the teacher
+    has run on."""
 
     teacher: torch.nn.Module
     weight: float = 0.5
     temperature: float = 2.0
     top_k: int | None = None
     teacher_rows: int = 0
-    cache: TopKCache | None = field(init=False, default=None)
+    cached: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(init=False, default_factory=dict)
 
     def __post_init__(self):
         self.teacher.eval()
         for param in self.teacher.parameters():
             param.requires_grad_(False)
-        if self.top_k is not None:
-            self.cache = TopKCache(self.top_k)
 
     def teacher_logits(self, inputs: dict, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The teacher's logits on the batch (on its `rows` only when given)."""
@@ -104,30 +95,29 @@ class Distillation:
         else:
             mask = torch.zeros_like(inputs["labels"], dtype=torch.bool)
             mask[:, :-1] = inputs["labels"][:, 1:] != -100
-        if self.cache is None:
+        if self.top_k is None:
             kl = distill_sum(student_logits, self.teacher_logits(inputs), mask, self.temperature)
         else:
             if indices is None:
                 raise ValueError("a cached teacher needs the batch's example indices")
-            top_logp, top_ids = self._cached(inputs, mask, indices.tolist())
+            top_logp, top_ids = self._teacher_top_k(inputs, mask, indices.tolist())
             kl = topk_distill_sum(student_logits[mask], top_logp.to(student_logits.device),
                                   top_ids.to(student_logits.device), self.temperature)
         kl = kl / (tokens if tokens is not None else mask.sum().clamp(min=1))
         return (1 - self.weight) * task_loss + self.weight * kl
 
-    def _cached(self, inputs: dict, mask: torch.Tensor, indices: list[int]):
+    def _teacher_top_k(self, inputs: dict, mask: torch.Tensor, indices: list[int]):
         """The batch's top-k log-probabilities and token ids, [answer positions, k] in the order of
         `student_logits[mask]`; the teacher runs on the rows it has not seen."""
-        cache = self.cache
-        missing = [r for r, i in enumerate(indices) if i not in cache.entries]
+        missing = [r for r, i in enumerate(indices) if i not in self.cached]
         if missing:
             rows = torch.tensor(missing, device=mask.device)
             logits = self.teacher_logits(inputs, rows)
             for logit, r in zip(logits, missing):
                 logp = F.log_softmax(logit[mask[r]].float() / self.temperature, dim=-1)
-                top = logp.topk(min(cache.k, logp.shape[-1]), dim=-1)
-                cache.entries[indices[r]] = (top.values.cpu(), top.indices.cpu())
-        entries = [cache.entries[i] for i in indices]
+                top = logp.topk(min(self.top_k, logp.shape[-1]), dim=-1)
+                self.cached[indices[r]] = (top.values.cpu(), top.indices.cpu())
+        entries = [self.cached[i] for i in indices]
         return torch.cat([e[0] for e in entries]), torch.cat([e[1] for e in entries])
 
 
