@@ -330,8 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="N seeds for every cell: --seed, --seed + 1, ... (default 1)")
     p.add_argument("--heals", help="comma-separated healing variants for every method (default lora; "
                                    "also full, partial, partial_head, distill, partial_distill, "
-                                   "rounds, and lora_lr3, partial_lr10, distill_lr3 with the "
-                                   "healing learning rate raised to 3e-4 / 1e-3; compare.HEALS)")
+                                   "rounds, and lora_lr3, partial_lr10, distill_lr3, full_lr1 "
+                                   "with the healing learning rate set to 3e-4 / 1e-3 / 1e-4; "
+                                   "compare.HEALS)")
     _flags_only(p)
 
     sub.add_parser("tasks", help="list the built-in tasks")

@@ -23,6 +23,7 @@ METHODS: dict[str, tuple[str, int | str | None]] = {
 HEALS: dict[str, dict] = {
     "lora": {},
     "full": {"method": "full"},
+    "full_lr1": {"method": "full", "lr": 1e-4},
     "partial": {"method": "partial"},
     "partial_head": {"method": "partial", "lm_head": True},
     "distill": {"distill": 0.5},
