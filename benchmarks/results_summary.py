@@ -3,7 +3,9 @@
 Copies each task's plots next to the document and prints Markdown: each task's tables, `auto`
 against the best single criterion and the paper's rule in every cell, the cost of `auto`'s
 selection in healing steps of the same cell, and the rank correlation of held-out loss before
-healing with accuracy after it, per task and pooled.
+healing with accuracy after it, per task and pooled. Where the docs folder already holds a task's
+results.csv, or `--before` names a folder that does (an earlier run of the grid), it first prints
+which cells moved: the cut and the accuracy after healing, then and now.
 
     python benchmarks/results_summary.py runs/cmp/arc_easy runs/cmp/piqa runs/cmp/sst2 --docs docs/results
 """
@@ -11,6 +13,7 @@ healing with accuracy after it, per task and pooled.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -51,13 +54,34 @@ def cell_summary(results: dict) -> list[str]:
     return lines
 
 
+def moved_cells(before_csv: Path, table: list[dict]) -> list[str]:
+    """Markdown rows, one per cell in both runs: cut and accuracy after healing, before and now."""
+    if not before_csv.is_file():
+        return []
+    with before_csv.open() as f:
+        before = {(r["method"], float(r["ratio"]), int(r["seed"])): r for r in csv.DictReader(f)}
+    lines = []
+    for row in table:
+        old = before.get((row["method"], float(row["ratio"]), int(row["seed"])))
+        if old is None:
+            continue
+        same_cut = "same" if old["layers_removed"] == row["layers_removed"] else old["layers_removed"]
+        delta = row["acc_after"] - float(old["acc_after"])
+        lines.append(f"| {row['method']} | {row['ratio']} | {row['layers_removed'] or '-'} | "
+                     f"{same_cut or '-'} | {float(old['acc_after']):.2f} | {row['acc_after']:.2f} | "
+                     f"{delta:+.2f} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folders", nargs="+")
     parser.add_argument("--docs", default="docs/results", help="where the plots are copied")
+    parser.add_argument("--before", help="where an earlier run's TASK/results.csv are (default: --docs)")
     args = parser.parse_args()
     docs = Path(args.docs)
-    everything, summary, tables = [], [], []
+    before = Path(args.before or args.docs)
+    everything, summary, tables, moved = [], [], [], []
     for folder in map(Path, args.folders):
         if not (folder / "results.json").is_file():
             print(f"<!-- {folder}: no results.json yet -->")
@@ -66,16 +90,21 @@ def main() -> None:
         write_comparison(results, folder)  # tables and plots drawn by this version
         task = results["task"]
         (docs / task).mkdir(parents=True, exist_ok=True)
+        table = rows(results)
+        moved += [f"| {task} " + line for line in moved_cells(before / task / "results.csv", table)]
         for plot in folder.glob("*.png"):
             shutil.copy(plot, docs / task / plot.name)
         shutil.copy(folder / "results.csv", docs / task / "results.csv")
-        table = rows(results)
         everything += [r for r in table if r["method"] != "dense"]
         summary += cell_summary(results)
         text = (folder / "results.md").read_text().split("\n", 1)[1]
         tables.append(f"### {task}\n{text}\n![accuracy]({docs.name}/{task}/accuracy.png)\n")
         for plot in sorted(folder.glob("layers-*.png")):
             tables.append(f"![layers]({docs.name}/{task}/{plot.name})\n")
+    if moved:
+        print("| task | method | ratio | cut now | cut in the earlier grid | accuracy, earlier grid | accuracy now | moved |")
+        print("|---|---|---|---|---|---|---|---|")
+        print("\n".join(moved) + "\n")
     print("| task | ratio | dense FT | paper's rule | best single criterion | auto | auto's selection cost |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(summary))
