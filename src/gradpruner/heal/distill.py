@@ -11,9 +11,9 @@ onto the vocabulary (`logits_to_keep`), so does the teacher.
 By default the teacher runs on each training batch. A healing that visits its examples more than
 once (several epochs) instead keeps, from each example's first visit, the teacher's `top_k` most
 likely tokens at each answer position (`Distillation.cached`): one teacher pass per example
-instead of one per visit. The KL is then taken over those k tokens and one bucket holding the rest of each
-distribution's mass (`topk_distill_sum`), which equals the full KL when the k tokens hold all the
-teacher's mass and is never larger than it.
+instead of one per visit. The KL is then taken over those k tokens and one bucket holding the rest
+of each distribution's mass (`topk_distill_sum`), which equals the full KL when the k tokens hold
+all the teacher's mass and is never larger than it.
 """
 
 from __future__ import annotations
