@@ -147,6 +147,7 @@ def test_memory_estimate_against_a_hand_count():
     assert lora["logits"] == 32 * V * 4
     full = training_bytes(config, torch.bfloat16, batch=2, seq_len=16, full=True, checkpointing=True)
     assert full["training_state"] == params * 12 and full["activations"] == L * 32 * h * 2
+    assert full["weights"] == params * 4  # fp32 master weights of a bf16 model
     assert full["total"] == sum(v for k, v in full.items() if k != "total")
 
 

@@ -68,3 +68,23 @@ def _without_slicing(forward):
     def full_forward(*args, logits_to_keep=0, shift_labels=None, **kwargs):
         return forward(*args, **kwargs)
     return full_forward
+
+
+def test_full_fine_tuning_of_a_bf16_model_keeps_fp32_master_weights():
+    """A bf16 model fine-tuned in full trains fp32 weights under bf16 autocast and comes back in
+    bf16: its weight changes follow the fp32 run's. Adam's steps on the bf16 weights themselves
+    fall below their rounding step (measured: 17 % of one matrix's weights never moved, a 0.38
+    relative error of the changes against the fp32 run; with master weights 2 % and 0.07)."""
+    tok = tiny_tokenizer()
+    examples = [MCExample.from_question(f"question {i} about things", ["yes", "no"], i % 2)
+                for i in range(16)]
+    cfg = TrainConfig(steps=10, batch_size=4, seed=0, progress=False, lr=1e-4, full=True)
+    name = "model.layers.0.mlp.up_proj.weight"
+    start = dict(tiny_model("llama").named_parameters())[name].detach()
+    reference, _ = finetune(tiny_model("llama"), tok, examples, cfg)
+    trained, _ = finetune(tiny_model("llama").to(torch.bfloat16), tok, examples, cfg)
+    assert {p.dtype for p in trained.parameters()} == {torch.bfloat16}
+    expected = dict(reference.named_parameters())[name].detach() - start
+    moved = dict(trained.named_parameters())[name].detach().float() - start.bfloat16().float()
+    assert (moved == 0).float().mean() < 0.05
+    assert (moved - expected).norm() / expected.norm() < 0.15

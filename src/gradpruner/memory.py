@@ -1,7 +1,8 @@
 """How much memory a probe or fine-tune will need, checked before a long run starts.
 
 The estimate counts the weights, what training adds (LoRA: adapters with their gradients and
-two Adam moments; full: fp32 gradients and two Adam moments for every weight), and the
+two Adam moments; full: fp32 weights, fp32 gradients and two Adam moments for every weight, as
+`train.master_weights` trains a 16-bit model in mixed precision), and the
 activations kept for the backward pass (Korthikanti et al. 2022: about 34*s*b*h + 5*a*s^2*b bytes
 per layer in 16-bit, scaled to the dtype; with checkpointing only the layer inputs), plus the
 logits of the batch in fp32. With a quantized base (QLoRA, `load_in_bits`) the decoder layers'
@@ -40,6 +41,7 @@ def training_bytes(config, dtype: torch.dtype, batch: int, seq_len: int, full: b
     hidden, layers = config.hidden_size, config.num_hidden_layers
     heads = config.num_attention_heads
     if full:
+        weights = params * 4  # fp32 master weights, whatever the dtype
         state = params * (4 + 8)  # fp32 gradient + Adam's two fp32 moments
     else:
         inter = getattr(config, "intermediate_size", 4 * hidden)

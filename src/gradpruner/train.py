@@ -17,6 +17,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from .data import Example, PadCollator, pad_id, training_features
@@ -105,12 +106,15 @@ class _ScheduledTrainer(Trainer):
 
 def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, output_dir: str,
                  callbacks: list | None = None, max_steps: int | None = None,
-                 schedule_steps: int | None = None, distill: Distillation | None = None) -> Trainer:
+                 schedule_steps: int | None = None, distill: Distillation | None = None,
+                 autocast: torch.dtype | None = None) -> Trainer:
     """A Trainer over the tokenised gold answers of `examples` (loss on the answer only).
 
     `max_steps` overrides `cfg.steps`; `schedule_steps` sets the length of the learning-rate
     schedule when it differs from the number of steps run (the probe); `distill` mixes a
-    teacher's distributions into the loss. With `cfg.progress`, `TrainingProgress` shows the
+    teacher's distributions into the loss; `autocast` (bf16 or fp16) computes in that dtype
+    while the weights stay fp32 (mixed precision, see `master_weights`; `cfg.bf16` asks for it
+    too). With `cfg.progress`, `TrainingProgress` shows the
     steps (a bar on a terminal, periodic lines in a log file) instead of the Trainer's bar.
     """
     cfg.validate()
@@ -135,7 +139,8 @@ def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, ou
         num_train_epochs=cfg.epochs if cfg.epochs is not None else 1.0,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        bf16=cfg.bf16,
+        bf16=cfg.bf16 or autocast == torch.bfloat16,
+        fp16=autocast == torch.float16,
         **_checkpointing(cfg.gradient_checkpointing),
         logging_steps=cfg.logging_steps,
         save_strategy="steps" if cfg.save_every else "no",
@@ -194,13 +199,14 @@ def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
         raise GradPrunerError("a quantized model's adapters are merged into its full-precision "
                               "weights: give full_precision")
     set_seed(cfg.seed)
+    half = master_weights(model) if cfg.full else None
     trainable = model if cfg.full else add_lora(model, cfg)
     warmed = warm_start(trainable, *warm) if warm and not cfg.full else 0
     trained = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
     with _output_dir(cfg) as out:
         timer = StepTimer()
         trainer = make_trainer(trainable, tokenizer, examples, cfg, out, [*(callbacks or []), timer],
-                               distill=distill)
+                               distill=distill, autocast=half)
         checkpoint = last_complete_checkpoint(out) if cfg.resume else None
         if cfg.resume and checkpoint is None:
             print(f"gradpruner: no checkpoint in {out}: starting from the first step", file=sys.stderr)
@@ -208,7 +214,7 @@ def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
         output = trainer.train(resume_from_checkpoint=checkpoint)
         seconds = time.perf_counter() - start
     if cfg.full:
-        result = trainable
+        result = trainable.to(half) if half else trainable
     elif full_precision is not None:
         result = merge_adapters_into(full_precision(), trainable, cfg)
     else:
@@ -227,6 +233,19 @@ def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
         "config": asdict(cfg),
     }
     return result, stats
+
+
+def master_weights(model) -> torch.dtype | None:
+    """Prepare `model` for full fine-tuning in mixed precision: a model in bf16 or fp16 is cast
+    to fp32 in place, and its 16-bit dtype returned, to autocast in during training and to cast
+    the weights back to afterwards. Adam's updates are often below a 16-bit weight's rounding
+    step; on fp32 weights they add up instead of being rounded away. None for a model already
+    in fp32."""
+    dtype = next(model.parameters()).dtype
+    if dtype not in (torch.bfloat16, torch.float16):
+        return None
+    model.float()
+    return dtype
 
 
 def merge_adapters_into(model, trained, cfg: TrainConfig):
@@ -270,15 +289,18 @@ def probe(model, tokenizer, examples: list[Example], cfg: TrainConfig, steps: in
         raise GradPrunerError(f"probe steps must be at least 1, got {steps}")
     horizon = max(schedule_steps or cfg.steps or 100 * steps, steps)
     set_seed(cfg.seed)
+    half = master_weights(model) if cfg.full else None
     trainable = model if cfg.full else add_lora(model, cfg)
     callback = IGIACallback(max_steps=steps)
     run_cfg = replace(cfg, save_every=steps, checkpoint_dir=checkpoint_dir) if checkpoint_dir else cfg
     with _output_dir(run_cfg) as out:
         trainer = make_trainer(trainable, tokenizer, examples, run_cfg, out, [callback],
-                               steps, horizon)
+                               steps, horizon, autocast=half)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
+    if half:
+        model.to(half)
     if not cfg.full:
         if adapters is not None:  # kept for --warm-start
             adapters.update(adapter_state(trainable))
