@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -78,8 +79,11 @@ def main() -> None:
     parser.add_argument("folders", nargs="+")
     parser.add_argument("--docs", default="docs/results", help="where the plots are copied")
     parser.add_argument("--before", help="where an earlier run's TASK/results.csv are (default: --docs)")
+    parser.add_argument("--page", default="docs/RESULTS.md",
+                        help="the Markdown file the output goes into (plot links are relative to it)")
     args = parser.parse_args()
     docs = Path(args.docs)
+    link = Path(os.path.relpath(docs, Path(args.page).parent)).as_posix()
     before = Path(args.before or args.docs)
     everything, summary, tables, moved = [], [], [], []
     for folder in map(Path, args.folders):
@@ -98,9 +102,9 @@ def main() -> None:
         everything += [r for r in table if r["method"] != "dense"]
         summary += cell_summary(results)
         text = (folder / "results.md").read_text().split("\n", 1)[1]
-        tables.append(f"### {task}\n{text}\n![accuracy]({docs.name}/{task}/accuracy.png)\n")
+        tables.append(f"### {task}\n{text}\n![accuracy]({link}/{task}/accuracy.png)\n")
         for plot in sorted(folder.glob("layers-*.png")):
-            tables.append(f"![layers]({docs.name}/{task}/{plot.name})\n")
+            tables.append(f"![layers]({link}/{task}/{plot.name})\n")
     if moved:
         print("| task | method | ratio | cut now | cut in the earlier grid | accuracy, earlier grid | accuracy now | moved |")
         print("|---|---|---|---|---|---|---|---|")
