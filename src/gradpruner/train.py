@@ -199,11 +199,10 @@ def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
         raise GradPrunerError("a quantized model's adapters are merged into its full-precision "
                               "weights: give full_precision")
     set_seed(cfg.seed)
-    half = master_weights(model) if cfg.full else None
     trainable = model if cfg.full else add_lora(model, cfg)
     warmed = warm_start(trainable, *warm) if warm and not cfg.full else 0
     trained = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
-    with _output_dir(cfg) as out:
+    with _output_dir(cfg) as out, master_weights(model, cfg.full) as half:
         timer = StepTimer()
         trainer = make_trainer(trainable, tokenizer, examples, cfg, out, [*(callbacks or []), timer],
                                distill=distill, autocast=half)
@@ -214,7 +213,7 @@ def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
         output = trainer.train(resume_from_checkpoint=checkpoint)
         seconds = time.perf_counter() - start
     if cfg.full:
-        result = trainable.to(half) if half else trainable
+        result = trainable
     elif full_precision is not None:
         result = merge_adapters_into(full_precision(), trainable, cfg)
     else:
@@ -235,17 +234,22 @@ def finetune(model, tokenizer, examples: list[Example], cfg: TrainConfig,
     return result, stats
 
 
-def master_weights(model) -> torch.dtype | None:
-    """Prepare `model` for full fine-tuning in mixed precision: a model in bf16 or fp16 is cast
-    to fp32 in place, and its 16-bit dtype returned, to autocast in during training and to cast
-    the weights back to afterwards. Adam's updates are often below a 16-bit weight's rounding
-    step; on fp32 weights they add up instead of being rounded away. None for a model already
-    in fp32."""
+@contextmanager
+def master_weights(model, full: bool) -> Iterator[torch.dtype | None]:
+    """Full fine-tuning (`full`) of a model in bf16 or fp16 in mixed precision: inside, the
+    model's weights are fp32 and the 16-bit dtype is yielded, to autocast in; on leaving, they
+    return to that dtype. Adam's updates are often below a 16-bit weight's rounding step; on fp32
+    weights they add up instead of being rounded away. Yields None (and changes nothing) for LoRA
+    or a model already in fp32."""
     dtype = next(model.parameters()).dtype
-    if dtype not in (torch.bfloat16, torch.float16):
-        return None
+    if not full or dtype not in (torch.bfloat16, torch.float16):
+        yield None
+        return
     model.float()
-    return dtype
+    try:
+        yield dtype
+    finally:
+        model.to(dtype)
 
 
 def merge_adapters_into(model, trained, cfg: TrainConfig):
@@ -289,18 +293,15 @@ def probe(model, tokenizer, examples: list[Example], cfg: TrainConfig, steps: in
         raise GradPrunerError(f"probe steps must be at least 1, got {steps}")
     horizon = max(schedule_steps or cfg.steps or 100 * steps, steps)
     set_seed(cfg.seed)
-    half = master_weights(model) if cfg.full else None
     trainable = model if cfg.full else add_lora(model, cfg)
     callback = IGIACallback(max_steps=steps)
     run_cfg = replace(cfg, save_every=steps, checkpoint_dir=checkpoint_dir) if checkpoint_dir else cfg
-    with _output_dir(run_cfg) as out:
+    with _output_dir(run_cfg) as out, master_weights(model, cfg.full) as half:
         trainer = make_trainer(trainable, tokenizer, examples, run_cfg, out, [callback],
                                steps, horizon, autocast=half)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
-    if half:
-        model.to(half)
     if not cfg.full:
         if adapters is not None:  # kept for --warm-start
             adapters.update(adapter_state(trainable))
