@@ -18,9 +18,9 @@ import torch
 from transformers import AutoModelForCausalLM, TrainerControl, TrainerState
 
 from gradpruner.distributed import main_process_output
-from gradpruner.igia import IGIA, IGIACallback
+from gradpruner.training.igia import IGIA, IGIACallback
 from gradpruner.outputs import atomic_output_dir
-from gradpruner.surgery import base_model
+from gradpruner.model.surgery import base_model
 
 STEPS, GLOBAL_BATCH, LENGTH, LR = 3, 4, 12, 0.05
 

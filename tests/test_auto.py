@@ -8,11 +8,11 @@ import torch
 
 from gradpruner.criteria import ScoreContext, get_criterion
 from gradpruner.search.auto import Auto, AutoSettings, greedy_removal, heldout_scoring
-from gradpruner.search.judge import Judge, choice_scoring, task_batches, task_loss
-from gradpruner.apply.collapse import collapse_into
-from gradpruner.data import MCExample
-from gradpruner.prune import prune_model
-from gradpruner.train import TrainConfig, probe
+from gradpruner.evaluation.judge import Judge, choice_scoring, task_batches, task_loss
+from gradpruner.merging.collapse import collapse_into
+from gradpruner.tasks.examples import MCExample
+from gradpruner.workflows.recipe import prune_model
+from gradpruner.training.trainer import TrainConfig, probe_gradients as probe
 from tiny_models import ARCHS, tiny_model
 from tiny_tokenizer import tiny_tokenizer
 
@@ -89,7 +89,7 @@ def test_the_candidates_share_one_pass_and_match_their_criteria(igia, monkeypatc
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_the_judge_loss_is_the_loss_of_the_model_with_those_layers_cut(arch):
-    from gradpruner.surgery import cut_layers
+    from gradpruner.model.surgery import cut_layers
 
     model = tiny_model(arch)
     judge = heldout_judge(context(model))
@@ -102,7 +102,7 @@ def test_the_judge_loss_is_the_loss_of_the_model_with_those_layers_cut(arch):
 
 
 def test_the_choice_loss_is_minus_log_softmax_of_the_choice_scores_at_the_gold_choice():
-    from gradpruner.evaluate import choice_logprobs
+    from gradpruner.evaluation.scoring import choice_logprobs
 
     model = tiny_model("qwen3")
     examples = [MCExample.from_question(f"Q{i}: pick", ["a", "b b", "c c c", "d"][: 2 + i % 3], i % 2)
@@ -121,7 +121,7 @@ def test_the_choice_loss_is_minus_log_softmax_of_the_choice_scores_at_the_gold_c
 
 
 def test_generation_examples_are_judged_by_the_answer_loss():
-    from gradpruner.data import GenExample
+    from gradpruner.tasks.examples import GenExample
 
     model = tiny_model("gemma")
     examples = [GenExample(f"Say color {i}:", ["blue", "green"][i % 2]) for i in range(12)]
@@ -133,8 +133,8 @@ def test_generation_examples_are_judged_by_the_answer_loss():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_skipped_layers_give_the_cut_model_and_are_put_back(arch):
-    from gradpruner.surgery import skipping
-    from gradpruner.surgery import cut_layers
+    from gradpruner.model.surgery import skipping
+    from gradpruner.model.surgery import cut_layers
 
     model = tiny_model(arch)
     batches = task_batches(tiny_tokenizer(), EXAMPLES[:16], 8, "t")
@@ -153,8 +153,8 @@ def test_skipped_layers_give_the_cut_model_and_are_put_back(arch):
 @pytest.mark.parametrize("budget", [2**30, 1])  # every layer's dense input kept; only layer 0's
 def test_the_judge_starts_at_a_changed_layer(budget, monkeypatch):
     """A merge changes a kept layer before the cut: the judge reruns from that layer on."""
-    import gradpruner.search.judge as judge_module
-    from gradpruner.surgery import cut_layers
+    import gradpruner.evaluation.judge as judge_module
+    from gradpruner.model.surgery import cut_layers
 
     monkeypatch.setattr(judge_module, "INPUTS_BYTES", budget)
     model = tiny_model("qwen3")
@@ -348,7 +348,7 @@ def test_laco_removes_the_asked_count_and_records_its_merges():
 
 
 def test_laco_selects_without_changing_the_model_and_its_steps_replay_the_collapse():
-    from gradpruner.apply import apply
+    from gradpruner.merging import apply
     from gradpruner.plan import MergeStep, PrunePlan
 
     model = tiny_model("llama")

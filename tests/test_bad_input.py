@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from transformers import BertConfig, BertModel
 
 from gradpruner.cli import main
-from gradpruner.memory import training_bytes
+from gradpruner.model.memory import training_bytes
 from tiny_models import save_tiny_model, tiny_config, tiny_model
 
 TRAIN = ["--steps", "2", "--batch-size", "4", "--lr", "5e-3"]
@@ -124,10 +124,10 @@ def test_full_output_disk_leaves_nothing(w, tmp_path, monkeypatch, capsys):
 
 
 def test_a_run_too_large_for_memory_stops_before_loading(w, monkeypatch, capsys):
-    import gradpruner.pipeline as pipeline
+    import gradpruner.workflows.stages as pipeline
 
     monkeypatch.setattr(pipeline, "check_fits", pipeline.check_fits)
-    monkeypatch.setattr("gradpruner.memory.available_bytes", lambda device: 1024)
+    monkeypatch.setattr("gradpruner.model.memory.available_bytes", lambda device: 1024)
     assert main(["finetune", "--model", str(w / "model"), "--data", str(w / "data.jsonl"),
                  "--out", str(w / "y"), *TRAIN]) == 2
     err = capsys.readouterr().err.strip().splitlines()

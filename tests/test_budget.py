@@ -11,9 +11,9 @@ from gradpruner.criteria import ScoreContext
 from gradpruner.search.auto import AutoSettings, heldout_scoring
 from gradpruner.search.budget import (FORWARD_SHARE, SearchSize, SelectionBudget, SkippedPart,
                                       heal_budget, plan_search)
-from gradpruner.search.judge import task_batches
+from gradpruner.evaluation.judge import task_batches
 from gradpruner.errors import GradPrunerError
-from gradpruner.prune import prune_model
+from gradpruner.workflows.recipe import prune_model
 import test_auto
 from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
@@ -192,7 +192,7 @@ def test_skipped_parts_are_typed_with_their_estimate_and_what_was_left():
 
 
 def test_the_report_says_what_the_budget_skipped(igia):
-    from gradpruner.report import _auto_section, skipped_parts
+    from gradpruner.reports.run_report import _auto_section, skipped_parts
 
     record = too_small(igia)
     text = "\n".join(_auto_section(record, {"seconds_per_step": 1.0, "train_seconds": 1.0, "steps": 1}))
@@ -205,7 +205,7 @@ def test_the_report_says_what_the_budget_skipped(igia):
 
 
 def test_the_report_lists_each_skipped_part_once(igia):
-    from gradpruner.report import _auto_section, skipped_parts
+    from gradpruner.reports.run_report import _auto_section, skipped_parts
 
     record = too_small(igia)
     text = "\n".join(_auto_section(record, {"seconds_per_step": 1.0, "train_seconds": 1.0, "steps": 1}))
@@ -215,7 +215,7 @@ def test_the_report_lists_each_skipped_part_once(igia):
 
 
 def test_the_report_says_taylor_was_skipped_once(igia):
-    from gradpruner.report import _auto_section
+    from gradpruner.reports.run_report import _auto_section
 
     record = too_small(igia)
     text = "\n".join(_auto_section(record, {"seconds_per_step": 1.0, "train_seconds": 1.0, "steps": 1}))

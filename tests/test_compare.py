@@ -7,7 +7,7 @@ import pytest
 
 from gradpruner.cli import main
 from gradpruner.config import all_methods
-from gradpruner.compare_report import spearman
+from gradpruner.reports.compare_report import spearman
 from tiny_models import save_tiny_model, write_color_questions
 
 ARGS = ["--steps", "3", "--batch-size", "4", "--lr", "5e-3", "--probe-steps", "3",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModelForCausalLM
 
-from gradpruner.costs import (
+from gradpruner.model.costs import (
     average_context,
     cut_costs,
     flops_ratio,
@@ -15,7 +15,7 @@ from gradpruner.costs import (
     parameter_count,
 )
 from gradpruner.errors import GradPrunerError
-from gradpruner.surgery import count_parameters
+from gradpruner.model.surgery import count_parameters
 from tiny_models import ARCHS, tiny_config
 
 # Tiny llama: vocab V=128, hidden H=32, MLP I=64, 4 heads / 2 KV heads of head_dim 8, 6 layers, untied.

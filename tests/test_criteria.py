@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from gradpruner.criteria import CRITERIA, ScoreContext, get_criterion
-from gradpruner.data import MCExample
+from gradpruner.tasks.examples import MCExample
 from gradpruner.errors import GradPrunerError
-from gradpruner.selection import select_layers
+from gradpruner.removal import select_layers
 from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
 
@@ -71,8 +71,8 @@ def test_block_influence_is_zero_for_identity_layers_and_matches_direct_computat
 def test_ppl_equals_the_loss_change_of_actually_removing_each_layer():
     import copy
 
-    from gradpruner.search.judge import task_batches, task_loss
-    from gradpruner.surgery import cut_layers
+    from gradpruner.evaluation.judge import task_batches, task_loss
+    from gradpruner.model.surgery import cut_layers
 
     model = tiny_model("llama")
     with torch.no_grad():
@@ -91,7 +91,7 @@ def test_ppl_equals_the_loss_change_of_actually_removing_each_layer():
 
 
 def test_taylor_matches_a_direct_weight_times_gradient_sum():
-    from gradpruner.search.judge import task_batches
+    from gradpruner.evaluation.judge import task_batches
 
     model = tiny_model("mistral")
     ctx = context(model)
@@ -108,7 +108,7 @@ def test_taylor_matches_a_direct_weight_times_gradient_sum():
 
 
 def test_angular_removes_the_contiguous_block_that_changes_nothing():
-    from gradpruner.prune import prune_model
+    from gradpruner.workflows.recipe import prune_model
 
     model = tiny_model("llama")
     with torch.no_grad():

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gradpruner.data import GenExample, MCExample, PadCollator, read_examples, tokenize_pair
+from gradpruner.tasks.examples import GenExample, MCExample, PadCollator, read_examples, tokenize_pair
 from gradpruner.errors import GradPrunerError
 from tiny_tokenizer import tiny_tokenizer
 

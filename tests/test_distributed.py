@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from gradpruner.cli import build_parser, main, recipe_config
-from gradpruner.igia import IGIA
+from gradpruner.cli import build_parser, command_config, main
+from gradpruner.training.igia import IGIA
 import processes
 from tiny_models import save_tiny_model
 
@@ -135,7 +135,7 @@ def test_two_processes_do_not_resume_a_one_process_run(workspace):
             "--out", str(w / "solo"), "--batch-size", "2"]
     partial = w / "solo.partial"
     partial.mkdir()
-    settings = recipe_config(build_parser().parse_args(args)).fingerprint()
+    settings = command_config(build_parser().parse_args(args)).fingerprint()
     (partial / "journal.json").write_text(json.dumps({"settings": settings, "stages": {},
                                                       "seconds": 0}))
     done = torchrun(*args, "--resume")

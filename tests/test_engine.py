@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from gradpruner import costs
-from gradpruner.data import MCExample
-from gradpruner.prune import prune_model
-from gradpruner.surgery import count_parameters, save_pretrained_atomic
-from gradpruner.train import TrainConfig, probe
+from gradpruner.model import costs
+from gradpruner.tasks.examples import MCExample
+from gradpruner.workflows.recipe import prune_model
+from gradpruner.model.surgery import count_parameters, save_pretrained_atomic
+from gradpruner.training.trainer import TrainConfig, probe_gradients as probe
 from tiny_models import ARCHS, tiny_model
 from tiny_tokenizer import tiny_tokenizer
 
@@ -71,7 +71,7 @@ def test_probe_prune_save_reload_generate(arch, tmp_path):
 
 
 def test_probe_follows_the_learning_rate_schedule_of_the_full_run(tmp_path):
-    from gradpruner.train import make_trainer
+    from gradpruner.training.trainer import make_trainer
 
     cfg = TrainConfig(steps=3, lr=1.0, warmup_ratio=0.0, scheduler="linear", progress=False)
     trainer = make_trainer(tiny_model("llama"), tiny_tokenizer(), EXAMPLES, cfg, str(tmp_path),

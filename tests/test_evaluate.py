@@ -10,9 +10,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, processors
 from transformers import PreTrainedTokenizerFast
 
-from gradpruner.data import GenExample, MCExample
+from gradpruner.tasks.examples import GenExample, MCExample
 from gradpruner.errors import GradPrunerError
-from gradpruner.evaluate import (_cache_keyword, _choice_logprobs_full, _shared_contexts,
+from gradpruner.evaluation.scoring import (_cache_keyword, _choice_logprobs_full, _shared_contexts,
                                  choice_logprobs, choice_pairs, evaluate_examples,
                                  evaluate_exact_match, evaluate_generation, evaluate_mc,
                                  generate_texts, mc_accuracy, predicted_choice, rouge_l)
@@ -389,7 +389,7 @@ def test_default_model_shared_contexts_match_whole_sequences():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from gradpruner import assets
-    from gradpruner.evaluate import mc_accuracy
+    from gradpruner.evaluation.scoring import mc_accuracy
     from gradpruner.tasks import get_task
 
     folder = assets.default_model_dir()

@@ -5,14 +5,14 @@ import copy
 import pytest
 import torch
 
-from gradpruner.apply import apply
-from gradpruner.apply.fold import (Calibration, FoldSettings, block_sums, fold_blocks, fold_steps,
+from gradpruner.merging import apply
+from gradpruner.merging.fold import (Calibration, FoldSettings, block_sums, fold_blocks, fold_steps,
                                    least_squares_map)
 from gradpruner.errors import GradPrunerError
 from gradpruner.plan import MergeStep, PrunePlan
 from gradpruner.search.select import select
-from gradpruner.surgery import decoder_layers, skipping
-from gradpruner.data import MCExample
+from gradpruner.model.surgery import decoder_layers, skipping
+from gradpruner.tasks.examples import MCExample
 from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
 

@@ -5,9 +5,9 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
-from gradpruner.chat import Turn, chat_features
+from gradpruner.tasks.chat import Turn, chat_features
 from gradpruner.cli import main
-from gradpruner.data import (ChatExample, GenExample, MCExample, generation_prompt, parse_record,
+from gradpruner.tasks.examples import (ChatExample, GenExample, MCExample, generation_prompt, parse_record,
                              training_features, with_chat_template)
 from gradpruner.errors import GradPrunerError
 from gradpruner.tasks import resolve_task

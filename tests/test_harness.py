@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from gradpruner import pipeline
+from gradpruner.workflows import stages as pipeline
 from gradpruner.cli import main
-from gradpruner.data import read_examples
+from gradpruner.tasks.examples import read_examples
 from gradpruner.errors import GradPrunerError
-from gradpruner.evaluate import evaluate_mc
-from gradpruner.harness import HarnessSpec, harness_metrics, harness_table, run_harness
+from gradpruner.evaluation.scoring import evaluate_mc
+from gradpruner.evaluation.harness import HarnessSpec, harness_metrics, harness_table, run_harness
 from test_evaluate import char_tokenizer, rigged_model
 from tiny_models import save_tiny_model
 

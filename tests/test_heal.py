@@ -11,17 +11,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradpruner.apply import apply
-from gradpruner.apply.fold import Calibration
-from gradpruner.config import RunConfig
-from gradpruner.data import training_features
+from gradpruner.merging import apply
+from gradpruner.merging.fold import Calibration
+from gradpruner.config import CutSettings, RunConfig
+from gradpruner.tasks.examples import training_features
 from gradpruner.errors import GradPrunerError
-from gradpruner.heal import HealConfig
-from gradpruner.heal.distill import Distillation, caches_teacher, distill_sum, topk_distill_sum
+from gradpruner.training.healing import HealConfig
+from gradpruner.training.distill import Distillation, caches_teacher, distill_sum, topk_distill_sum
 from gradpruner.plan import PruneRecord
-from gradpruner.recipe import cut, heal, round_counts
-from gradpruner.surgery import decoder_layers
-from gradpruner.train import TrainConfig, make_trainer
+from gradpruner.workflows.recipe import Healing, cut, heal, round_counts
+from gradpruner.model.surgery import decoder_layers
+from gradpruner.training.trainer import TrainConfig, make_trainer
 from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
 import test_auto
@@ -146,12 +146,12 @@ def test_a_cached_healing_over_two_epochs_records_its_top_k():
     model, teacher = tiny_model("llama"), tiny_model("llama", seed=4)
     cfg = RunConfig(train=TrainConfig(steps=None, epochs=2, batch_size=4, progress=False),
                     heal=HealConfig(distill=0.5, top_k=16))
-    _, stats = heal(model, tiny_tokenizer(), EXAMPLES, None, cfg, list(range(6)), 0, torch.float32, teacher)
+    _, stats = heal(model, tiny_tokenizer(), EXAMPLES, None, healing(cfg, teacher), list(range(6)))
     assert stats["steps"] == 12 and stats["teacher_rows"] == len(EXAMPLES)
     assert stats["heal"]["teacher_top_k"] == 16
     off = replace(cfg, heal=HealConfig(distill=0.5, teacher_cache="off"))
-    _, stats = heal(tiny_model("llama"), tiny_tokenizer(), EXAMPLES, None, off, list(range(6)), 0,
-                    torch.float32, teacher)
+    _, stats = heal(tiny_model("llama"), tiny_tokenizer(), EXAMPLES, None, healing(off, teacher),
+                    list(range(6)))
     assert stats["teacher_rows"] == 2 * len(EXAMPLES) and stats["heal"]["teacher_top_k"] is None
 
 
@@ -165,7 +165,7 @@ def test_partial_healing_changes_only_the_chosen_layers(lm_head):
     before = state(model)
     cfg = RunConfig(train=TrainConfig(steps=3, batch_size=4, lr=1e-2, progress=False),
                     heal=HealConfig(method="partial", layers=2, lm_head=lm_head))
-    healed, stats = heal(model, tiny_tokenizer(), EXAMPLES, None, cfg, list(range(6)), 0, torch.float32)
+    healed, stats = heal(model, tiny_tokenizer(), EXAMPLES, None, healing(cfg), list(range(6)))
     changed = _changed(before, state(healed))
     allowed = {k for k in before if k.startswith(("model.layers.4.", "model.layers.5.", "model.norm."))}
     if lm_head:
@@ -179,10 +179,10 @@ def test_partial_healing_changes_only_the_chosen_layers(lm_head):
 def test_lora_healing_with_distillation_records_the_teacher():
     model, teacher = tiny_model("llama"), tiny_model("llama", seed=4)
     cfg = RunConfig(train=TrainConfig(steps=2, batch_size=4, progress=False), heal=HealConfig(distill=0.5))
-    _, stats = heal(model, tiny_tokenizer(), EXAMPLES, None, cfg, list(range(6)), 0, torch.float32, teacher)
+    _, stats = heal(model, tiny_tokenizer(), EXAMPLES, None, healing(cfg, teacher), list(range(6)))
     assert stats["heal"]["describe"] == "lora+distill0.5" and stats["heal"]["teacher"]
     with pytest.raises(GradPrunerError, match="teacher"):
-        heal(tiny_model("llama"), tiny_tokenizer(), EXAMPLES, None, cfg, list(range(6)), 0, torch.float32)
+        heal(tiny_model("llama"), tiny_tokenizer(), EXAMPLES, None, healing(cfg), list(range(6)))
 
 
 def test_round_counts_split_the_removal():
@@ -192,11 +192,10 @@ def test_round_counts_split_the_removal():
 def test_iterative_pruning_removes_in_rounds_rescored_on_the_healed_model():
     tokenizer = tiny_tokenizer()
     train, held = EXAMPLES[:16], EXAMPLES[16:]
-    cfg = RunConfig(ratio=None, count=3, merge=None, selection_budget=None,
-                    train=TrainConfig(steps=2, batch_size=4, lr=5e-2, progress=False),
-                    heal=HealConfig(rounds=2, round_steps=2))
-    done = cut(tiny_model("llama"), tokenizer, train, held, None, cfg, "block_influence", None,
-               None, 0)
+    cfg = RunConfig(train=TrainConfig(steps=2, batch_size=4, lr=5e-2, progress=False))
+    rounds = CutSettings("block_influence", count=3, merge=None, selection_budget=None,
+                         heal_steps=2, rounds=2, round_steps=2)
+    done = cut(tiny_model("llama"), tokenizer, train, held, None, rounds, healing(cfg))
     record = done.record
     first, second = record.rounds
     assert len(first["removed"]) == 2 and len(second["removed"]) == 1
@@ -206,13 +205,12 @@ def test_iterative_pruning_removes_in_rounds_rescored_on_the_healed_model():
     assert len(decoder_layers(done.model)) == 3 and record.kept_layers == [
         i for i in range(6) if i not in record.removed_layers]
     # round 2 is block influence on the healed model: the same cut on the model after round 1
-    once = replace_rounds(cfg, 1, count=2)
-    alone = cut(tiny_model("llama"), tokenizer, train, held, None, once, "block_influence", None, None, 0)
+    alone = cut(tiny_model("llama"), tokenizer, train, held, None, replace(rounds, count=2, rounds=1))
     assert alone.record.removed_layers == first["removed"]
-    healed_first, _ = heal(alone.model, tokenizer, train, None, once, alone.record.kept_layers, 0,
-                           torch.float32, None, 2)
-    again = cut(healed_first.float(), tokenizer, train, held, None, replace_rounds(cfg, 1, count=1),
-                "block_influence", None, None, 1)
+    healed_first, _ = heal(alone.model, tokenizer, train, None, healing(cfg), alone.record.kept_layers,
+                           steps=2)
+    again = cut(healed_first.float(), tokenizer, train, held, None,
+                replace(rounds, count=1, rounds=1, seed=1))
     assert [alone.record.kept_layers[i] for i in again.record.removed_layers] == second["removed"]
     # the sidecar round-trips, and its plan replays to the same architecture
     sidecar = json.loads(json.dumps(record.to_json()))
@@ -221,10 +219,10 @@ def test_iterative_pruning_removes_in_rounds_rescored_on_the_healed_model():
     assert len(decoder_layers(replayed)) == 3
 
 
-def replace_rounds(cfg: RunConfig, rounds: int, **values) -> RunConfig:
-    from dataclasses import replace
-
-    return replace(cfg, heal=replace(cfg.heal, rounds=rounds), **values)
+def healing(cfg: RunConfig, teacher=None) -> Healing:
+    """How `run` heals with `cfg`, in fp32, distilling from `teacher`."""
+    return Healing(cfg.train, cfg.heal, torch.float32, teacher,
+                   "dense+probe adapters" if teacher is not None else None, cfg.warm_starts)
 
 
 @pytest.mark.parametrize("options", [
@@ -233,7 +231,7 @@ def replace_rounds(cfg: RunConfig, rounds: int, **values) -> RunConfig:
     ["--rounds", "2", "--round-steps", "1", "--merge", "fold"],
 ])
 def test_each_option_runs_and_its_sidecar_replays(workspace, tmp_path, monkeypatch, options):
-    import gradpruner.pipeline as pipeline_module
+    import gradpruner.workflows.run as pipeline_module
     from gradpruner.cli import main
     from gradpruner.tasks import task_from_data
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -310,7 +308,7 @@ def test_the_finetune_stage_heals_partially_with_a_teacher(workspace, tmp_path):
 
 
 def test_the_healing_line_survives_a_dense_accuracy_of_zero():
-    from gradpruner.report import _healing
+    from gradpruner.reports.run_report import _healing
 
     results = {"pruned_finetune": {"heal": {"describe": "lora"}, "train_seconds": 5.0},
                "dense_finetune": {"train_seconds": 10.0}, "prune": {"rounds": []},
@@ -329,8 +327,8 @@ def test_the_finetune_teacher_merges_the_probe_adapters_at_the_probes_rank(works
     from transformers import AutoModelForCausalLM
 
     from gradpruner.cli import main
-    from gradpruner.pipeline import _stage_teacher, read_sidecar
-    from gradpruner.train_config import TrainConfig
+    from gradpruner.workflows.recipe import ProbeResult, teacher_model
+    from gradpruner.training.train_config import TrainConfig
 
     data, model = str(workspace / "data.jsonl"), str(workspace / "model")
     probe_dir, pruned = tmp_path / "probe", tmp_path / "pruned"
@@ -338,10 +336,9 @@ def test_the_finetune_teacher_merges_the_probe_adapters_at_the_probes_rank(works
                  "--lr", "1e-2", "--lora-rank", "4", "--lora-alpha", "8", "--out", str(probe_dir)]) == 0
     assert main(["prune", "--model", model, "--scores", str(probe_dir), "--criterion", "tail",
                  "--layers", "2", "--merge", "none", "--out", str(pruned)]) == 0
-    student = AutoModelForCausalLM.from_pretrained(pruned)
-    teacher = _stage_teacher(student, HealConfig(distill=0.5), TrainConfig(lora_rank=8, lora_alpha=32),
-                             read_sidecar(str(pruned)), None)
     dense = AutoModelForCausalLM.from_pretrained(model)
+    teacher = teacher_model(dense, ProbeResult.load(probe_dir), HealConfig(distill=0.5),
+                            TrainConfig(lora_rank=8, lora_alpha=32), torch.float32)
     adapters = load_file(str(probe_dir / "adapters.safetensors"))
     name = "model.layers.0.self_attn.q_proj"
     expected = dense.get_submodule(name).weight + 8 / 4 * (

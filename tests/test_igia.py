@@ -8,9 +8,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from gradpruner.data import PadCollator
+from gradpruner.tasks.examples import PadCollator
 from gradpruner.errors import GradPrunerError
-from gradpruner.igia import IGIA, IGIACallback
+from gradpruner.training.igia import IGIA, IGIACallback
 from tiny_models import tiny_model
 
 

@@ -14,11 +14,11 @@ import pytest
 
 import gradpruner
 from gradpruner import cli
-from gradpruner.compare_methods import HEALS, METHODS
-from gradpruner.config import (CRITERION_NAMES, DATA_FREE_CRITERIA, MERGE_WORDS, PROBE_CRITERIA,
-                               prune_inputs_error)
+from gradpruner.catalog import (CRITERION_NAMES, DATA_FREE_CRITERIA, HEALINGS, HEALS, MERGE_WORDS,
+                                METHODS, PROBE_CRITERIA)
+from gradpruner.config import prune_inputs_error
 from gradpruner.criteria import CRITERIA
-from gradpruner.heal import HEALERS
+from gradpruner.training.healing import HEALERS
 from test_recipe import BAD_SETTINGS
 
 HEAVY = ("torch", "transformers", "peft")
@@ -39,7 +39,7 @@ for argv in json.loads(sys.argv[1]):
             code = exit_.code
     lines = err.getvalue().strip().splitlines()
     out.append([code, lines[-1] if lines else "", [m for m in %r if m in sys.modules]])
-import gradpruner.train  # the probe of this check: the training module does import them
+import gradpruner.training.trainer  # the probe of this check: the training module does import them
 out.append([0, "", [m for m in %r if m in sys.modules]])
 print(json.dumps(out))
 """ % (HEAVY, HEAVY)
@@ -127,32 +127,36 @@ def test_importing_the_package_is_light_and_keeps_its_public_names(tmp_path):
 import json, sys, types
 import gradpruner
 light = [m for m in %r if m in sys.modules]
-import gradpruner.apply.merge, gradpruner.evaluate, gradpruner.heal.distill  # same-named subpackages
+import gradpruner.merging.merge, gradpruner.evaluation.scoring, gradpruner.training.distill
 from gradpruner import *
-from gradpruner import apply, evaluate, heal, costs
+from gradpruner import apply, evaluate, heal, model
 print(json.dumps({"light": light, "missing": [n for n in gradpruner.__all__ if n not in globals()],
                   "functions": [callable(f) and not isinstance(f, types.ModuleType)
                                 for f in (apply, evaluate, heal, gradpruner.apply)],
-                  "submodule": costs.__name__}))
+                  "submodule": model.__name__}))
 """ % (HEAVY,)
     done = fresh_python(code, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
     assert found == {"light": [], "missing": [], "functions": [True] * 4,
-                     "submodule": "gradpruner.costs"}
+                     "submodule": "gradpruner.model"}
     from gradpruner.search.select import select
-    from gradpruner.train import TrainConfig
+    from gradpruner.training.trainer import TrainConfig
 
     assert gradpruner.select is select and gradpruner.TrainConfig is TrainConfig
     with pytest.raises(AttributeError):
         gradpruner.no_such_name
 
 
-def test_criterion_names_without_the_registry_match_it():
-    assert CRITERION_NAMES == tuple(sorted(CRITERIA))
-    assert PROBE_CRITERIA == tuple(sorted(n for n, c in CRITERIA.items() if c.needs_probe))
-    assert DATA_FREE_CRITERIA == tuple(sorted(n for n, c in CRITERIA.items()
+def test_the_catalog_without_the_registries_matches_them():
+    from gradpruner.search.auto import Auto
+
+    selectable = {**CRITERIA, "auto": Auto}
+    assert CRITERION_NAMES == tuple(sorted(selectable))
+    assert PROBE_CRITERIA == tuple(sorted(n for n, c in selectable.items() if c.needs_probe))
+    assert DATA_FREE_CRITERIA == tuple(sorted(n for n, c in selectable.items()
                                               if not c.needs_probe and not c.needs_data))
+    assert HEALINGS == tuple(HEALERS)
 
 
 @pytest.mark.parametrize("criterion,merge,remove", [
@@ -219,7 +223,7 @@ def readme_choices() -> dict[str, set[str]]:
 
 def test_every_criterion_merge_healing_method_and_variant_is_described_in_the_readme():
     lists = readme_choices()
-    assert lists["Criteria"] == set(CRITERIA)
+    assert lists["Criteria"] == set(CRITERION_NAMES)
     assert lists["Merges"] == {*MERGE_WORDS, "N"}
     assert {f"--heal {name}" for name in HEALERS} <= lists["Healing"]
     assert {"--distill W", "--teacher-cache auto|on|off", "--rounds N"} <= lists["Healing"]

@@ -5,7 +5,7 @@ import torch
 
 from gradpruner.config import parse_merge_count
 from gradpruner.errors import GradPrunerError
-from gradpruner.apply.merge import (
+from gradpruner.merging.merge import (
     merge_layers,
     merged_delta,
     plan_merge,

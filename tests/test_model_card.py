@@ -9,7 +9,7 @@ import yaml
 from huggingface_hub import ModelCard
 
 from gradpruner.cli import main
-from gradpruner.model_card import (BaseModelInfo, Measured, base_model_info, front_matter,
+from gradpruner.reports.model_card import (BaseModelInfo, Measured, base_model_info, front_matter,
                                    render_card)
 from gradpruner.plan import MergeStep, PrunePlan, PruneRecord
 from gradpruner.tasks import get_task

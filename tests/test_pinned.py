@@ -28,9 +28,9 @@ from tiny_tokenizer import tiny_tokenizer
 PINS = Path(__file__).with_name("pinned_results.json")
 
 # ---------------------------------------------------------------- API adapter (the only gradpruner use)
-from gradpruner.data import MCExample  # noqa: E402
-from gradpruner.prune import prune_model  # noqa: E402
-from gradpruner.train import TrainConfig, probe  # noqa: E402
+from gradpruner.tasks.examples import MCExample  # noqa: E402
+from gradpruner.workflows.recipe import prune_model  # noqa: E402
+from gradpruner.training.trainer import TrainConfig, probe_gradients as probe  # noqa: E402
 
 EXAMPLES = [MCExample.from_question(f"Question: color {i}? Answer:", ["blue", "green"], i % 2)
             for i in range(24)]  # as in test_auto.py

@@ -13,12 +13,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
-from gradpruner.costs import layer_parameter_counts, parameter_count
+from gradpruner.model.costs import layer_parameter_counts, parameter_count
 from gradpruner.errors import GradPrunerError
-from gradpruner.memory import QUANT_BYTES, training_bytes
-from gradpruner.models import quantization_config
-from gradpruner.train import add_lora, finetune, merge_adapters_into
-from gradpruner.train_config import TrainConfig
+from gradpruner.model.memory import QUANT_BYTES, training_bytes
+from gradpruner.model.loading import quantization_config
+from gradpruner.training.trainer import add_lora, finetune, merge_adapters_into
+from gradpruner.training.train_config import TrainConfig
 from tiny_models import tiny_model, write_color_questions
 from tiny_tokenizer import tiny_tokenizer
 
@@ -138,7 +138,7 @@ def bnb_workspace(tmp_path_factory):
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_quantized_probe_scores_every_layer(bnb_workspace, bits, monkeypatch):
-    import gradpruner.recipe as recipe_module
+    import gradpruner.workflows.recipe as recipe_module
     from gradpruner.cli import main
 
     monkeypatch.setattr(recipe_module, "quantized_copy", None)  # loaded quantized: quantized once
@@ -179,7 +179,7 @@ def test_quantized_finetune_saves_full_precision_weights_plus_adapters(bnb_works
 def test_load_in_bits_quantizes_the_decoder_linears_only(bnb_workspace, bits):
     import bitsandbytes as bnb
 
-    from gradpruner.models import is_quantized, load_model
+    from gradpruner.model.loading import is_quantized, load_model
 
     model, _, _ = load_model(str(bnb_workspace / "model"), "float32", "cpu", load_in_bits=bits)
     kind = bnb.nn.Linear4bit if bits == 4 else bnb.nn.Linear8bitLt
@@ -189,10 +189,10 @@ def test_load_in_bits_quantizes_the_decoder_linears_only(bnb_workspace, bits):
 
 
 def test_quantized_run_heals_the_full_precision_cut(bnb_workspace, tmp_path, monkeypatch):
-    import gradpruner.recipe as recipe_module
+    import gradpruner.workflows.recipe as recipe_module
     from gradpruner.config import RunConfig
-    from gradpruner.models import is_quantized
-    from gradpruner.pipeline import run
+    from gradpruner.model.loading import is_quantized
+    from gradpruner.workflows.run import run
 
     copies, original = [], recipe_module.quantized_copy
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import gradpruner.compare as compare_module
-import gradpruner.models as models_module
-from gradpruner.apply import apply
+import gradpruner.workflows.compare as compare_module
+import gradpruner.model.loading as models_module
+from gradpruner.merging import apply
 from gradpruner.cli import main
 from gradpruner.config import CompareConfig, RunConfig
 from gradpruner.errors import GradPrunerError
 from gradpruner.plan import MergeStep, PrunePlan, PruneRecord
-from gradpruner.prune import prune_model
+from gradpruner.workflows.recipe import prune_model
 from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
 import test_auto
@@ -82,11 +82,11 @@ def recipe(workspace, out: Path, **extra) -> dict:
 
 
 def test_a_compare_cell_is_what_run_gives(workspace, tmp_path, monkeypatch):
-    import gradpruner.pipeline as pipeline_module
-    from gradpruner.compare import compare
+    import gradpruner.workflows.run as pipeline_module
+    from gradpruner.workflows.compare import compare
 
     dense = {}
-    original_dense, original_finetune = pipeline_module.finetune_dense, compare_module.qlora_finetune
+    original_dense, original_finetune = pipeline_module.finetune_dense, compare_module.finetune_dense
 
     def keep_dense(name, function):
         def wrapped(*args, **kwargs):
@@ -96,7 +96,7 @@ def test_a_compare_cell_is_what_run_gives(workspace, tmp_path, monkeypatch):
         return wrapped
 
     monkeypatch.setattr(pipeline_module, "finetune_dense", keep_dense("run", original_dense))
-    monkeypatch.setattr(compare_module, "qlora_finetune", keep_dense("compare", original_finetune))
+    monkeypatch.setattr(compare_module, "finetune_dense", keep_dense("compare", original_finetune))
     results = pipeline_module.run(RunConfig.from_dict(recipe(workspace, tmp_path / "run")))
     healed = []
     original_heal = compare_module.heal
@@ -149,13 +149,13 @@ def test_report_config_feeds_back_to_the_same_plan(workspace, tmp_path):
 
 
 def test_a_yaml_config_with_flags_on_top(tmp_path):
-    from gradpruner.cli import build_parser, recipe_config
+    from gradpruner.cli import build_parser, command_config
 
     path = tmp_path / "run.yaml"
     path.write_text("criterion: block_influence\nmerge: null\nratio: 0.25\nheldout: 16\n"
                     "train:\n  steps: 7\n  lr: 0.001\nsettings:\n  laco:\n    threshold: 0.5\n")
     args = build_parser().parse_args(["run", "--config", str(path), "--steps", "9", "--layers", "3"])
-    cfg = recipe_config(args)
+    cfg = command_config(args)
     assert (cfg.criterion, cfg.merge, cfg.heldout) == ("block_influence", None, 16)
     assert (cfg.train.steps, cfg.train.lr) == (9, 0.001)  # the flag wins, the file fills the rest
     assert (cfg.ratio, cfg.count) == (None, 3)

@@ -4,8 +4,8 @@
 import matplotlib.axes
 import pytest
 
-from gradpruner.report import ScorePlot, _plot_lines, plot_layer_scores
-from gradpruner.search.judge import Judge
+from gradpruner.reports.run_report import ScorePlot, _plot_lines, plot_layer_scores
+from gradpruner.evaluation.judge import Judge
 from test_auto import identities, igia, pruned  # noqa: F401  (igia: the module's probe fixture)
 from tiny_models import tiny_model
 

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 import gradpruner
-import gradpruner.pipeline as pipeline
+import gradpruner.workflows.run as pipeline
 from gradpruner.errors import GradPrunerError
-from gradpruner.cli import build_parser, main, recipe_config
+from gradpruner.cli import build_parser, command_config, main
 from tiny_models import save_tiny_model, write_color_questions
 
 SETTINGS = ["--probe-steps", "2", "--layers", "2", "--heldout", "8", "--limit", "8",
@@ -117,7 +117,7 @@ def test_a_run_over_an_interrupted_one_needs_resume_or_overwrite(workspace, tmp_
     out = tmp_path / "run"
     partial = tmp_path / "run.partial"
     partial.mkdir()
-    settings = recipe_config(build_parser().parse_args(run_args(workspace, out))).fingerprint()
+    settings = command_config(build_parser().parse_args(run_args(workspace, out))).fingerprint()
     (partial / "journal.json").write_text(json.dumps({"settings": {**settings, "probe_steps": 9},
                                                       "stages": {}, "seconds": 0}))
     assert main(run_args(workspace, out)) == 2

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from gradpruner.errors import GradPrunerError
-from gradpruner.selection import parse_layer_list, removal_count, select_layers
+from gradpruner.removal import parse_layer_list, removal_count, select_layers
 
 
 def test_ratio_count_and_explicit_list():

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, TrainerControl, TrainerState
 from gradpruner.cli import main
 from gradpruner.distributed import refuse_sharded_probe
 from gradpruner.errors import GradPrunerError
-from gradpruner.igia import IGIA, IGIACallback
+from gradpruner.training.igia import IGIA, IGIACallback
 import processes
 from sharded_probe import STEPS, lora_model, probe
 from tiny_models import save_tiny_model, tiny_model

@@ -86,8 +86,13 @@ def produce(root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def produced(tmp_path_factory) -> dict:
-    return produce(tmp_path_factory.mktemp("pins"))
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("pins")
+
+
+@pytest.fixture(scope="module")
+def produced(root) -> dict:
+    return produce(root)
 
 
 @pytest.mark.parametrize("key", ["probe", "prune", "finetune", "run", "run_dense"])
@@ -114,6 +119,83 @@ def test_the_stage_commands_give_what_run_gives(produced):
     stage_tune, run_tune = produced["finetune"]["finetune"], produced["run"]["pruned_finetune"]
     assert stage_tune["train_loss"] == run_tune["train_loss"]
     assert stage_tune["warm_started_matrices"] == run_tune["warm_started_matrices"] > 0
+
+
+CUT_FIELDS = {"num_hidden_layers", "layer_types", "_sliding_window_pattern"}
+
+
+def saved_config(folder: Path) -> dict:
+    return json.loads((folder / "config.json").read_text())
+
+
+def changed_fields(source: Path, output: Path) -> set[str]:
+    """The config.json fields in which `output` differs from `source`."""
+    mine, theirs = saved_config(output), saved_config(source)
+    return {k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
+
+
+def test_every_saved_config_is_the_source_s_but_for_the_cut(produced, root):
+    for output in ("pruned", "tuned", "run/model", "run-dense/model"):
+        assert changed_fields(root / "model", root / output) == {"num_hidden_layers"}, output
+        assert saved_config(root / output)["use_cache"] is True  # as the source says
+
+
+def test_an_explicit_cut_of_a_gemma3_records_what_was_done(tmp_path):
+    """`--remove` runs no criterion, and the record says so; the pruned and the healed Gemma 3
+    keep the source's config but for the layers (their attention types sliced, the stale
+    every-sixth-layer pattern dropped)."""
+    save_tiny_model(tmp_path / "model", "gemma3_text")
+    data = tmp_path / "data.jsonl"
+    write_color_questions(data, 24)
+    cli("prune", "--model", tmp_path / "model", "--remove", "2,5", "--merge", "none",
+        "--out", tmp_path / "pruned")
+    cli("finetune", "--model", tmp_path / "pruned", "--data", data, "--steps", "1",
+        "--out", tmp_path / "tuned", *TRAIN)
+    sidecar = json.loads((tmp_path / "tuned" / "gradpruner.json").read_text())
+    assert sidecar["criterion"] == "remove" and sidecar["removed_layers"] == [2, 5]
+    card = (tmp_path / "tuned" / "README.md").read_text()
+    assert "Criterion: none, the layers were given (`--remove`)." in card and "`auto`" not in card
+    source = saved_config(tmp_path / "model")
+    for output in ("pruned", "tuned"):
+        assert changed_fields(tmp_path / "model", tmp_path / output) <= CUT_FIELDS
+        config = saved_config(tmp_path / output)
+        assert config["layer_types"] == [source["layer_types"][i] for i in (0, 1, 3, 4)]
+        assert config.get("_sliding_window_pattern") is None  # the kept layers follow no period
+        assert config["use_cache"] is True
+
+
+def test_an_explicit_cut_merges_by_a_probe_made_on_user_data(produced, root, tmp_path):
+    """An explicit `--remove` runs no criterion: the paper's merge needs only the probe's IGIA,
+    not the user's data that the probe does not keep."""
+    cli("prune", "--model", root / "model", "--scores", root / "probe", "--remove", "2,3",
+        "--merge", "all", "--out", tmp_path / "merged")
+    sidecar = json.loads((tmp_path / "merged" / "gradpruner.json").read_text())
+    assert sidecar["criterion"] == "remove" and sidecar["removed_layers"] == [2, 3]
+    assert sidecar["plan"]["merge_rule"] == "gradpruner" and sum(sidecar["merged_entries"].values()) > 0
+
+
+def test_a_fold_the_architecture_refuses_stops_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    import gradpruner.workflows.run as run_module
+    import gradpruner.workflows.stages as stages_module
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(stages_module, "load_model", no_loading)
+    monkeypatch.setattr(run_module, "load_model", no_loading)
+    save_tiny_model(tmp_path / "model", "gemma2")
+    write_color_questions(tmp_path / "data.jsonl", 40)
+    common = ["--model", tmp_path / "model", "--data", tmp_path / "data.jsonl", "--merge", "fold",
+              "--heldout", "8"]
+    capsys.readouterr()
+    for command in (["prune", "--remove", "2", *common, "--out", tmp_path / "pruned"],
+                    ["run", "--layers", "2", *common, "--out", tmp_path / "run"]):
+        assert main([str(a) for a in command]) == 2
+        assert capsys.readouterr().err.strip() == (
+            "gradpruner: error: --merge fold: this architecture normalises the MLP output before "
+            "the residual sum, so a linear map cannot be folded into a weight; use --merge none "
+            "or a number of donors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "model"]
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from gradpruner.assets import package_path
-from gradpruner.data import GenExample, MCExample
+from gradpruner.tasks.examples import GenExample, MCExample
 from gradpruner.errors import GradPrunerError
 from gradpruner.tasks import get_task, list_tasks, split_examples, task_from_data
 from gradpruner.tasks.base import content_key

@@ -7,8 +7,8 @@ import torch
 from tiny_models import ARCHS, tiny_model
 from tiny_tokenizer import tiny_tokenizer
 
-from gradpruner.data import MCExample, PadCollator
-from gradpruner.train import TrainConfig, finetune, make_trainer, takes_logits_to_keep
+from gradpruner.tasks.examples import MCExample, PadCollator
+from gradpruner.training.trainer import TrainConfig, finetune, make_trainer, takes_logits_to_keep
 
 FEATURES = [  # answers at different depths, one row with two separate answer spans
     {"input_ids": [1, 5, 6, 7, 8, 9], "labels": [-100, -100, -100, -100, 8, 9]},

@@ -5,9 +5,9 @@ import json
 import torch
 
 from gradpruner.cli import main
-from gradpruner.surgery import cut_layers
-from gradpruner.train import TrainConfig, add_lora
-from gradpruner.warm_start import load_adapters, warm_start
+from gradpruner.model.surgery import cut_layers
+from gradpruner.training.trainer import TrainConfig, add_lora
+from gradpruner.training.warm_start import load_adapters, warm_start
 from tiny_models import save_tiny_model, tiny_model
 
 TRAIN = ["--steps", "3", "--batch-size", "4", "--lr", "5e-3"]

@@ -10,30 +10,30 @@ The library, step by step (each returns a typed result):
     metrics = evaluate(tuned, tokenizer, get_task("arc_easy"), limit=300)
 """
 
-__version__ = "0.1.0"
-
 import importlib
-import sys
-import types
+
+from .provenance import __version__
 
 # each public name -> the module that defines it, imported on first use (PEP 562), so that
 # `import gradpruner` (and the CLI's parsing and checks) imports no torch
 _SOURCES = {
-    "apply": ".apply", "Calibration": ".apply.fold", "CompareConfig": ".config",
-    "RunConfig": ".config", "GradPrunerError": ".errors", "HealConfig": ".heal",
-    "Distillation": ".heal.distill", "IGIA": ".igia", "IGIACallback": ".igia",
-    "PrunePlan": ".plan", "PruneRecord": ".plan", "prune_model": ".prune",
-    "ProbeResult": ".recipe", "evaluate": ".recipe", "heal": ".recipe", "probe": ".recipe",
-    "split_heldout": ".recipe", "teacher_model": ".recipe", "SelectionBudget": ".search.budget",
+    "apply": ".merging", "Calibration": ".merging.fold", "CompareConfig": ".config",
+    "RunConfig": ".config", "GradPrunerError": ".errors", "HealConfig": ".training.healing",
+    "Distillation": ".training.distill", "IGIA": ".training.igia", "IGIACallback": ".training.igia",
+    "PrunePlan": ".plan", "PruneRecord": ".plan", "prune_model": ".workflows.recipe",
+    "ProbeResult": ".workflows.recipe", "evaluate": ".workflows.recipe", "heal": ".workflows.recipe",
+    "probe": ".workflows.recipe", "split_heldout": ".workflows.recipe",
+    "teacher_model": ".workflows.recipe", "SelectionBudget": ".search.budget",
     "SelectionReport": ".search.select", "select": ".search.select", "get_task": ".tasks",
-    "TrainConfig": ".train", "finetune": ".train",
+    "TrainConfig": ".training.train_config", "finetune": ".training.trainer",
+    "load_model": ".model.loading",
 }
 
 __all__ = ["IGIA", "IGIACallback", "Calibration", "Distillation", "GradPrunerError", "HealConfig",
            "PrunePlan", "PruneRecord", "ProbeResult", "RunConfig", "CompareConfig",
            "SelectionBudget", "SelectionReport", "TrainConfig", "apply", "evaluate", "finetune",
-           "get_task", "heal", "probe", "prune_model", "select", "split_heldout", "teacher_model",
-           "__version__"]
+           "get_task", "heal", "load_model", "probe", "prune_model", "select", "split_heldout",
+           "teacher_model", "__version__"]
 
 
 def __getattr__(name: str):
@@ -47,16 +47,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_SOURCES))
-
-
-class _Package(types.ModuleType):
-    """This package, whose public functions `apply`, `evaluate` and `heal` keep their names when
-    the import system binds the same-named submodules on it (as the eager imports did)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _SOURCES and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -80,7 +80,7 @@ def _add_train(p: argparse.ArgumentParser, steps: int | None) -> None:
 
 def _add_selection(p: argparse.ArgumentParser, ratio: float | None) -> None:
     """The criterion, the cut (`ratio` or a count or a list) and the merge."""
-    from .config import CRITERION_NAMES
+    from .catalog import CRITERION_NAMES
 
     p.add_argument("--criterion", default="auto", choices=CRITERION_NAMES,
                    help="auto (default): of the cuts several criteria propose, the one with the "
@@ -99,7 +99,10 @@ def _add_selection(p: argparse.ArgumentParser, ratio: float | None) -> None:
 
 def _add_merge_options(p: argparse.ArgumentParser) -> None:
     """The merge's density and the selection budget."""
-    p.add_argument("--density", type=float, default=0.2, help="kept fraction of each donor matrix (default 0.2)")
+    from .catalog import DEFAULT_DENSITY
+
+    p.add_argument("--density", type=float, default=DEFAULT_DENSITY,
+                   help=f"kept fraction of each donor matrix (default {DEFAULT_DENSITY})")
     p.add_argument("--selection-budget", type=_budget, default=0.1, metavar="F",
                    help="auto's search and the merge search take at most this fraction of the "
                         "pruned model's fine-tune (timed by the probe), skipping the parts that do "
@@ -107,10 +110,10 @@ def _add_merge_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_heal(p: argparse.ArgumentParser, rounds: bool = True) -> None:
-    """How the cut model is healed (`heal.HealConfig`)."""
-    from .heal import TEACHER_CACHES
+    """How the cut model is healed (`training.healing.HealConfig`)."""
+    from .catalog import HEALINGS, TEACHER_CACHES
 
-    p.add_argument("--heal", choices=["lora", "full", "partial"], default="lora",
+    p.add_argument("--heal", choices=HEALINGS, default="lora",
                    help="lora (default): LoRA on every linear module; full: every weight; partial: "
                         "full fine-tuning of the last --heal-layers layers, the rest frozen")
     p.add_argument("--heal-layers", type=int, default=4, help="layers --heal partial trains (default 4)")
@@ -136,7 +139,7 @@ def _add_heal(p: argparse.ArgumentParser, rounds: bool = True) -> None:
 
 
 def _add_harness(p: argparse.ArgumentParser, models: str) -> None:
-    """lm-evaluation-harness tasks (`harness.py`)."""
+    """lm-evaluation-harness tasks (`evaluation/harness.py`)."""
     p.add_argument("--harness", metavar="TASKS",
                    help=f"comma-separated lm-eval tasks to run on {models} too (needs "
                         "`pip install lm-eval`; --limit items of each)")
@@ -145,8 +148,8 @@ def _add_harness(p: argparse.ArgumentParser, models: str) -> None:
 
 
 def _flags_only(p: argparse.ArgumentParser) -> None:
-    """Make every option of `p` set its value only when given (`run` and `compare`: flags
-    override `--config`, which overrides `config.RunConfig`'s defaults, the same as in the help)."""
+    """Make every option of `p` set its value only when given: the defaults are the configs'
+    (`config.py`), the same as in the help; for `run` and `compare` flags override `--config`."""
     for action in p._actions:
         action.default = argparse.SUPPRESS
 
@@ -182,24 +185,23 @@ def _add_recipe(p: argparse.ArgumentParser, out: str | None) -> None:
 
 
 TRAIN_FLAGS = ("steps", "epochs", "batch_size", "grad_accum", "lr", "lora_rank", "lora_alpha",
-               "full", "max_length", "seed", "gradient_checkpointing", "load_in_bits",
-               "save_every")
+               "full", "max_length", "seed", "gradient_checkpointing", "load_in_bits")
 HEAL_FLAGS = {"heal": "method", "heal_layers": "layers", "heal_lm_head": "lm_head", "heal_lr": "lr",
               "distill": "distill", "temperature": "temperature", "teacher": "teacher",
               "teacher_cache": "teacher_cache", "teacher_top_k": "top_k",
               "rounds": "rounds", "round_steps": "round_steps"}
-RECIPE_FLAGS = ("model", "dtype", "device", "task", "data", "eval_data", "chat_template", "criterion", "density",
-                "selection_budget", "probe_steps", "heldout", "out", "overwrite", "resume", "seeds",
-                "harness_include")
+RENAMED = {"layers": "count", "limit": "eval_limit"}  # flag -> config field
+FLAGLESS = {"command", "version", "config", "no_dense", "cold_start", "heals", "methods"}
 
 
-def recipe_overrides(args) -> dict:
-    """The config values the given flags set (flags left out set nothing)."""
+def config_values(args) -> dict:
+    """The config values the given flags set (flags left out set nothing): one mapping from the
+    flags of every command to the fields of its config (`config.py`)."""
     from .config import parse_merge_count
-    from .selection import parse_layer_list
+    from .removal import parse_layer_list
 
-    given = vars(args)
-    out = {k: given[k] for k in RECIPE_FLAGS if k in given}
+    given = {RENAMED.get(k, k): v for k, v in vars(args).items() if k not in FLAGLESS}
+    out = {k: v for k, v in given.items() if k not in TRAIN_FLAGS and k not in HEAL_FLAGS}
     train = {k: given[k] for k in TRAIN_FLAGS if k in given}
     if "epochs" in train:
         train["steps"] = None
@@ -208,46 +210,45 @@ def recipe_overrides(args) -> dict:
     heal = {field: given[flag] for flag, field in HEAL_FLAGS.items() if flag in given}
     if heal:
         out["heal"] = heal
-    if "data" in given:
-        out["task"] = None
+    if "data" in given and args.command in ("run", "compare"):
+        out["task"] = None  # the built-in default task gives way to the user's data
     if "harness" in given:
-        from .harness import parse_task_names
+        from .evaluation.harness import parse_task_names
 
         out["harness"] = list(parse_task_names(given["harness"]))
-    if "limit" in given:
-        out["eval_limit"] = given["limit"] or None
-    if "no_dense" in given:
+    if "eval_limit" in given and args.command in ("run", "compare"):
+        out["eval_limit"] = given["eval_limit"] or None  # 0: every item
+    if "no_dense" in vars(args):
         out["dense"] = False
-    if "cold_start" in given:
+    if "cold_start" in vars(args):
         out["warm_start"] = False
     if "merge" in given:
         out["merge"] = parse_merge_count(given["merge"])
-    if "heals" in given:
-        out["heals"] = [h.strip() for h in given["heals"].split(",") if h.strip()]
-    if "methods" in given:
-        out["methods"] = None if given["methods"] == "all" else [
-            m.strip() for m in given["methods"].split(",") if m.strip()]
-    cut = {"ratio": given.get("ratio"), "count": given.get("layers"),
-           "remove": parse_layer_list(given["remove"]) if "remove" in given else None}
-    if any(v is not None for v in cut.values()):
-        if args.command == "compare":
-            out["ratios"] = _floats(given["ratio"], "--ratio")
-        else:
-            out.update(cut)
+    if given.get("remove") is not None:
+        out["remove"] = parse_layer_list(given["remove"])
+    if "heals" in vars(args):
+        out["heals"] = [h.strip() for h in args.heals.split(",") if h.strip()]
+    if "methods" in vars(args) and args.methods != "all":
+        out["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.command == "compare" and "ratio" in out:
+        out["ratios"] = _floats(out.pop("ratio"), "--ratio")
+    elif any(k in out for k in ("ratio", "count", "remove")):
+        out = {"ratio": None, "count": None, "remove": None, **out}  # one size replaces another
     return out
 
 
-def recipe_config(args):
-    """The resolved config of `run` or `compare`: defaults, then `--config`, then the flags."""
-    from .config import CompareConfig, RunConfig, merge_config, read_config_file
+def command_config(args, check: bool = True):
+    """The resolved config of a command, checked unless `check` is False: its defaults, then
+    `--config` (run, compare), then the flags."""
+    from . import config
 
-    cls = CompareConfig if args.command == "compare" else RunConfig
-    base = read_config_file(args.config) if getattr(args, "config", None) else {}
-    values = merge_config(base, recipe_overrides(args))
-    if values.get("methods", ...) is None:
-        values.pop("methods")
-    cfg = cls.from_dict(values)
-    cfg.validate()
+    classes = {"probe": config.ProbeConfig, "prune": config.PruneConfig,
+               "finetune": config.FinetuneConfig, "eval": config.EvalConfig,
+               "run": config.RunConfig, "compare": config.CompareConfig}
+    base = config.read_config_file(args.config) if getattr(args, "config", None) else {}
+    cfg = classes[args.command].from_dict(config.merge_config(base, config_values(args)))
+    if check:
+        cfg.validate()
     return cfg
 
 
@@ -266,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="last training examples left out of the probe, to judge cuts (default 32)")
     _add_output(p)
 
+    _flags_only(p)
+
     p = sub.add_parser("prune", help="remove (and merge) layers by the probe's scores")
     p.add_argument("--model", default=None, help="the model that was probed")
     p.add_argument("--scores", help="the probe's output folder (GradPruner's criteria)")
@@ -280,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps of the fine-tune planned after pruning: sets the selection budget "
                         "(default: no budget)")
     _add_output(p)
+
+    _flags_only(p)
 
     p = sub.add_parser("finetune", help="fine-tune a model (dense or pruned) on a task")
     _add_model(p, device_map=True)
@@ -297,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_heal(p, rounds=False)
     _add_output(p)
 
+    _flags_only(p)
+
     p = sub.add_parser("eval", help="evaluate a model on a task")
     _add_model(p, device_map=True)
     _add_data(p)
@@ -308,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="evaluation batch size (default 16)")
     p.add_argument("--out", help="write the metrics to this JSON file")
     _add_harness(p, "the model (alone when no --task or --data is given)")
+
+    _flags_only(p)
 
     p = sub.add_parser("run", help="probe, prune, fine-tune and evaluate, beside the dense model")
     _add_recipe(p, "runs/default")
@@ -332,53 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "also full, partial, partial_head, distill, partial_distill, "
                                    "rounds, and lora_lr3, partial_lr10, distill_lr3, full_lr1 "
                                    "with the healing learning rate set to 3e-4 / 1e-3 / 1e-4; "
-                                   "compare.HEALS)")
+                                   "catalog.HEALS)")
     _flags_only(p)
 
     sub.add_parser("tasks", help="list the built-in tasks")
     return parser
-
-
-def _train_config(args):
-    from .train_config import TrainConfig
-
-    return TrainConfig(
-        steps=args.steps if args.epochs is None else None, epochs=args.epochs,
-        batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, full=args.full,
-        max_length=args.max_length, seed=args.seed,
-        gradient_checkpointing=args.gradient_checkpointing, load_in_bits=args.load_in_bits,
-        save_every=getattr(args, "save_every", None), resume=getattr(args, "resume", False),
-    )
-
-
-def _selection(args) -> dict:
-    from .config import check_ratio, parse_merge_count
-    from .search.budget import check_fraction
-    from .selection import parse_layer_list
-
-    remove = parse_layer_list(args.remove) if args.remove else None
-    if args.ratio is None and args.layers is None and remove is None:
-        raise GradPrunerError("give the size of the cut: --ratio F (e.g. 0.25), --layers N or "
-                              "--remove LIST (e.g. 20-27)")
-    if args.ratio is not None:
-        check_ratio(args.ratio)
-    check_fraction(args.selection_budget)
-    return {"criterion": args.criterion, "ratio": args.ratio, "count": args.layers, "remove": remove,
-            "merge": parse_merge_count(args.merge), "density": args.density,
-            "selection_budget": args.selection_budget}
-
-
-def _harness_spec(args):
-    """`eval`'s lm-eval tasks (`harness.HarnessSpec`), or None without --harness."""
-    from .harness import HarnessSpec, parse_task_names
-
-    if not args.harness:
-        if args.harness_include:
-            raise GradPrunerError("--harness-include needs --harness TASKS")
-        return None
-    return HarnessSpec(parse_task_names(args.harness), args.harness_include,
-                       args.chat_template == "on")
 
 
 def _floats(text: str, option: str) -> list[float]:
@@ -391,24 +358,9 @@ def _floats(text: str, option: str) -> list[float]:
     return values
 
 
-def _check_density(density: float) -> None:
-    if not 0 < density <= 1:
-        raise GradPrunerError(f"--density must be in (0, 1], got {density}")
-
-
-def _stage_task(args):
-    """The task of a stage, read and checked before any heavy import: `prune` (and `eval` with
-    --harness) may go without one."""
-    from .tasks import resolve_task
-
-    optional = args.command == "prune" or (args.command == "eval" and args.harness)
-    if optional and not (args.task or args.data):
-        return None
-    return resolve_task(args.task, args.data, getattr(args, "eval_data", None), args.chat_template)
-
-
 def _dispatch(args) -> int:
-    """Check the settings that need no model, then import the model libraries and run."""
+    """Check the settings (and read the data) that need no model, then import the model
+    libraries and run the command's workflow."""
     if args.command is None:
         raise GradPrunerError("no command given: `gradpruner run` runs the whole job on the default "
                               "model and task (see --help for every command)")
@@ -420,25 +372,11 @@ def _dispatch(args) -> int:
             train, held = (f"{n:>8}" for n in task.sizes) if task.sizes else (f"{'--data':>8}",) * 2
             print(f"{task.name:<16}{task.kind:<6}{train}{held}  {task.description}")
         return 0
-    if args.command in ("run", "compare"):
-        cfg = recipe_config(args)
-    elif args.command == "prune":
-        sel = _selection(args)
-        _check_density(sel["density"])
-    elif args.command == "eval":
-        harness = _harness_spec(args)
-    elif args.command in ("probe", "finetune"):
-        train = _train_config(args)
-        if args.command == "finetune":
-            train.check_heal(args.heal)
-        train.validate()
-    task = _stage_task(args) if args.command in ("probe", "prune", "finetune", "eval") else None
-    if args.command == "prune" and args.scores is None and task is None:
-        from .config import prune_inputs_error
-
-        missing = prune_inputs_error(sel["criterion"], sel["merge"], sel["remove"])
-        if missing:
-            raise GradPrunerError(missing)
+    cfg = command_config(args)
+    stage_task = None
+    if args.command in ("probe", "prune", "finetune", "eval"):
+        optional = args.command == "prune" or (args.command == "eval" and bool(cfg.harness))
+        stage_task = cfg.resolve_task(optional)
     from .progress import interval_seconds
 
     interval_seconds()  # a bad $GRADPRUNER_PROGRESS_SECONDS stops here, before any loading
@@ -447,48 +385,30 @@ def _dispatch(args) -> int:
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
-    from . import pipeline
-
     hf_logging.disable_progress_bar()  # weight-loading bars; training keeps its own progress bar
+    from .workflows import stages
+
     if args.command == "probe":
-        igia = pipeline.probe_stage(args.model, task, args.out, train, args.steps,
-                                    args.schedule_steps, args.dtype, args.device, args.overwrite,
-                                    args.device_map, args.heldout)
-        print(json.dumps({"out": args.out, "layer_scores": igia.layer_scores}))
-        return 0
-    if args.command == "prune":
-        record = pipeline.prune_stage(args.model, args.scores, args.out, overwrite=args.overwrite,
-                                      task=task, seed=args.seed, heal_steps=args.heal_steps,
-                                      heldout=args.heldout, **sel)
-        sidecar = record.to_json()
+        probed = stages.probe_stage(cfg, stage_task)
+        print(json.dumps({"out": cfg.out, "layer_scores": probed.igia.layer_scores}))
+    elif args.command == "prune":
+        sidecar = stages.prune_stage(cfg, stage_task).to_json()
         print(json.dumps({k: sidecar[k] for k in ("removed_layers", "kept_layers", "merged",
                                                   "params_before", "params_after")}))
-        return 0
-    if args.command == "finetune":
-        from .heal import HealConfig
-
-        heal = HealConfig(method=args.heal, layers=args.heal_layers, lm_head=args.heal_lm_head,
-                          lr=args.heal_lr, distill=args.distill, temperature=args.temperature,
-                          teacher=args.teacher, teacher_cache=args.teacher_cache,
-                          top_k=args.teacher_top_k)
-        record = pipeline.finetune_stage(args.model, task, args.out, train,
-                                         args.dtype, args.device, args.overwrite, args.device_map,
-                                         args.warm_start, args.heldout, heal)
-        print(json.dumps({"out": args.out, "train_loss": record["finetune"]["train_loss"]}))
-        return 0
-    if args.command == "eval":
-        result = pipeline.eval_stage(args.model, task, args.limit, args.out, args.protocol,
-                                     args.batch_size, args.dtype, args.device, args.device_map,
-                                     harness)
-        print(json.dumps(result, indent=2))
-        return 0
-    if args.command == "compare":
-        from .compare import compare
+    elif args.command == "finetune":
+        done = stages.finetune_stage(cfg, stage_task)
+        print(json.dumps({"out": cfg.out, "train_loss": done.stats["train_loss"]}))
+    elif args.command == "eval":
+        print(json.dumps(stages.eval_stage(cfg, stage_task), indent=2))
+    elif args.command == "compare":
+        from .workflows.compare import compare
 
         results = compare(cfg)
         print(f"{cfg.out}/results.md: {len(results['cells'])} cells")
-        return 0
-    pipeline.run(cfg)  # run
+    else:
+        from .workflows.run import run
+
+        run(cfg)
     return 0
 
 
@@ -524,13 +444,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _output(args) -> str | None:
-    """The output folder of the command `args` (of `run` and `compare`: from their config)."""
-    if args.command in ("run", "compare"):
-        try:
-            return recipe_config(args).out
-        except GradPrunerError:
-            return None
-    return getattr(args, "out", None)
+    """The output folder of the command `args`, from its config."""
+    try:
+        return command_config(args, check=False).out
+    except GradPrunerError:
+        return None
 
 
 if __name__ == "__main__":

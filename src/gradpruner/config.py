@@ -13,24 +13,75 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from .compare_methods import HEALS, METHODS
+
+from .catalog import (CRITERIA, CRITERION_NAMES, DATA_FREE_CRITERIA, DEFAULT_DENSITY, HEALS,
+                      MERGE_WORDS, METHODS, PROBE_CRITERIA)
 from .errors import GradPrunerError
-from .harness import HarnessSpec, parse_task_names
-from .heal import HealConfig
-from .chat import check_mode
-from .records import check_source
+from .evaluation.harness import HarnessSpec, parse_task_names
 from .outputs import plain_json
-from .train_config import TrainConfig
+from .tasks.chat import check_mode
+from .tasks.records import check_source
+from .training.healing import HealConfig
+from .training.train_config import TrainConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-# the names of `criteria.CRITERIA`, known here without importing the criteria (and torch with them);
-# a test holds both to the registry
-CRITERION_NAMES = ("angular", "auto", "block_influence", "gradpruner", "gradpruner_relative",
-                   "gradpruner_unsquared", "laco", "ppl", "random", "tail", "taylor")
-PROBE_CRITERIA = ("gradpruner", "gradpruner_relative", "gradpruner_unsquared")  # read the probe's IGIA
-DATA_FREE_CRITERIA = ("random", "tail")  # need neither the probe nor task data
-MERGE_WORDS = ("auto", "none", "all", "fold")  # --merge's words; or a number of donors
-CONTROL_KEYS = ("progress", "save_every", "checkpoint_dir", "resume")  # training settings that change no result
+CONTROL_KEYS = ("progress",)  # training settings that change no result
+# training settings that earlier versions wrote into `train` (report.json configs): `save_every`
+# is a run's own setting now, the others the run's checkpoints (`training.Checkpoints`)
+LEGACY_TRAIN_KEYS = ("save_every", "checkpoint_dir", "resume")
+
+
+@dataclass(frozen=True)
+class CutSettings:
+    """What decides a cut: the criterion, its size (`ratio`, `count` or an explicit `remove`),
+    the merge (`merge`, the paper's `density`), the share of the `heal_steps`-step fine-tune that
+    follows which the selection may take (`selection_budget`; None for either: no limit), the
+    criteria's settings dataclasses by name, the seed, and iterative pruning's `rounds` with
+    `round_steps` of healing between them."""
+
+    criterion: str = "auto"
+    ratio: float | None = None
+    count: int | None = None
+    remove: list[int] | None = None
+    merge: int | str | None = "auto"
+    density: float = DEFAULT_DENSITY
+    selection_budget: float | None = 0.1
+    criterion_settings: dict[str, object] = field(default_factory=dict)
+    seed: int = 0
+    heal_steps: int | None = None
+    rounds: int = 1
+    round_steps: int = 10
+
+    def removing(self, total: int) -> int:
+        """How many of `total` layers the cut removes."""
+        from .removal import removal_count, validate_removal
+
+        if self.remove is not None:
+            return len(validate_removal(self.remove, total))
+        return removal_count(total, self.ratio, self.count)
+
+
+@dataclass
+class HarnessSettings:
+    """lm-evaluation-harness tasks an evaluation adds (`evaluation/harness.py`): their names (a
+    list or comma-separated) and a folder of the user's own task YAMLs."""
+
+    harness: list[str] | None = None
+    harness_include: str | None = None
+
+    def check_harness(self) -> None:
+        if self.harness_include and not self.harness:
+            raise GradPrunerError("--harness-include needs --harness TASKS")
+        if self.harness:
+            self.harness_spec().validate()
+
+    def harness_spec(self) -> HarnessSpec | None:
+        """The lm-eval tasks of `harness`, or None (chat-formatted with --chat-template on)."""
+        if not self.harness:
+            return None
+        names = parse_task_names(self.harness if isinstance(self.harness, str)
+                                 else ",".join(map(str, self.harness)))
+        return HarnessSpec(names, self.harness_include, getattr(self, "chat_template", "auto") == "on")
 
 
 @dataclass
@@ -51,7 +102,7 @@ class RecipeConfig:
     count: int | None = None
     remove: list[int] | None = None
     merge: int | str | None = "auto"
-    density: float = 0.2
+    density: float = DEFAULT_DENSITY
     selection_budget: float | None = 0.1
     settings: dict[str, dict] = field(default_factory=dict)
     probe_steps: int = 40
@@ -72,12 +123,8 @@ class RecipeConfig:
         """Every check that needs no model: one clear error for the first bad value."""
         from .search.budget import check_fraction
 
-        if self.criterion not in CRITERION_NAMES:
-            raise GradPrunerError(f"unknown criterion {self.criterion!r}; known: {', '.join(CRITERION_NAMES)}")
+        _check_cut(self.criterion, self.merge, self.density)
         self._validate_cut()
-        check_merge(self.merge)
-        if not (isinstance(self.density, (int, float)) and 0 < self.density <= 1):
-            raise GradPrunerError(f"--density must be in (0, 1], got {self.density}")
         check_fraction(self.selection_budget)
         _at_least(1, probe_steps=self.probe_steps, heldout=self.heldout)
         if self.eval_limit is not None:
@@ -119,11 +166,7 @@ class RecipeConfig:
         given = [k for k in ("ratio", "count", "remove") if getattr(self, k) is not None]
         if len(given) != 1:
             raise GradPrunerError("give exactly one of ratio (--ratio), count (--layers) or remove (--remove)")
-        if self.ratio is not None:
-            check_ratio(self.ratio)
-        if self.count is not None and (isinstance(self.count, bool) or not isinstance(self.count, int)
-                                       or self.count < 1):
-            raise GradPrunerError(f"the number of layers to remove must be a positive integer, got {self.count}")
+        _check_size(self.ratio, self.count)
 
     def _check_settings(self) -> None:
         for name, values in self.settings.items():
@@ -133,21 +176,23 @@ class RecipeConfig:
         """The settings dataclasses of the criteria the file configures."""
         return {name: settings_class(name)(**values) for name, values in self.settings.items()}
 
+    def cut_settings(self, train_examples: int) -> CutSettings:
+        """The cut's settings, its budget a share of the fine-tune of `train_examples` examples
+        that heals it."""
+        explicit = self.ratio is None
+        return CutSettings(self.criterion, self.ratio, self.count if explicit else None,
+                           self.remove if explicit else None, self.merge, self.density,
+                           self.selection_budget, self.criterion_settings(), self.train.seed,
+                           self.train.planned_steps(train_examples), self.heal.rounds,
+                           self.heal.round_steps)
+
     def to_json(self) -> dict:
         return plain_json(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> "RecipeConfig":
         """A config from plain values (a parsed file, flags); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise GradPrunerError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        values = dict(data)
-        defaults = cls()
-        nested = {key: _nested(key, values.pop(key, None) or {}, getattr(defaults, key))
-                  for key in ("train", "heal")}
-        return cls(**values, **nested)
+        return config_from_dict(cls, data)
 
     @classmethod
     def from_file(cls, path: str, overrides: dict | None = None) -> "RecipeConfig":
@@ -157,35 +202,26 @@ class RecipeConfig:
 
 
 @dataclass
-class RunConfig(RecipeConfig):
+class RunConfig(RecipeConfig, HarnessSettings):
     """Settings of `gradpruner run`; the defaults finish in about 15 minutes on 2 CPU cores."""
 
     out: str = "runs/default"
     dense: bool = True
     overwrite: bool = False
     resume: bool = False  # continue the interrupted run in OUT.partial (`journal.py`)
-    harness: list[str] | None = None  # lm-eval tasks the report adds (`harness.py`)
-    harness_include: str | None = None
+    save_every: int | None = None  # checkpoint the fine-tunes (default: five times in each)
 
     def validate(self) -> None:
         super().validate()
-        if self.harness_include and not self.harness:
-            raise GradPrunerError("--harness-include needs --harness TASKS")
-        if self.harness:
-            self.harness_spec().validate()
-
-    def harness_spec(self) -> HarnessSpec | None:
-        """The lm-eval tasks of `harness` (a list or comma-separated names), or None."""
-        if not self.harness:
-            return None
-        names = parse_task_names(self.harness if isinstance(self.harness, str)
-                                 else ",".join(map(str, self.harness)))
-        return HarnessSpec(names, self.harness_include, self.chat_template == "on")
+        if self.save_every is not None:
+            _at_least(1, save_every=self.save_every)
+        self.check_harness()
 
     def fingerprint(self) -> dict:
         """The settings a resumed run must share with the interrupted one: all but where it
         writes, whether it resumes, and the training settings that change no result."""
-        values = {k: v for k, v in self.to_json().items() if k not in ("out", "overwrite", "resume")}
+        values = {k: v for k, v in self.to_json().items()
+                  if k not in ("out", "overwrite", "resume", "save_every")}
         values["train"] = {k: v for k, v in values["train"].items() if k not in CONTROL_KEYS}
         return values
 
@@ -215,10 +251,167 @@ class CompareConfig(RecipeConfig):
         _at_least(1, seeds=self.seeds)
 
 
+@dataclass
+class StageConfig:
+    """What every stage command (`probe`, `prune`, `finetune`, `eval`) is given: the model, the
+    data (a built-in task or the user's files, and how the chat template applies), where it runs
+    and where it writes. Built from the flags by `config_from_dict` and checked by `validate`
+    before any model loads."""
+
+    model: str | None = None
+    task: str | None = None
+    data: str | None = None
+    eval_data: str | None = None
+    chat_template: str = "auto"
+    dtype: str = "auto"
+    device: str = "auto"
+    device_map: str | None = None
+    out: str | None = None
+    overwrite: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return config_from_dict(cls, data)
+
+    def validate(self) -> None:
+        if self.dtype not in DTYPES:
+            raise GradPrunerError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        for path in (self.data, self.eval_data):
+            if path:
+                check_source(path)
+        check_mode(self.chat_template)
+
+    def resolve_task(self, optional: bool = False):
+        """The task of the command, its data read and checked (None where `optional` and none
+        is given)."""
+        from .tasks import resolve_task
+
+        if optional and not (self.task or self.data):
+            return None
+        return resolve_task(self.task, self.data, self.eval_data, self.chat_template)
+
+
+@dataclass
+class ProbeConfig(StageConfig):
+    """`gradpruner probe`: `train.steps` steps of fine-tuning whose learning-rate schedule is that
+    of a `schedule_steps`-step run; the last `heldout` training examples are left out."""
+
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=40))
+    schedule_steps: int | None = None
+    heldout: int = 32
+
+    def validate(self) -> None:
+        super().validate()
+        self.train.validate()
+        _at_least(0, heldout=self.heldout)
+
+
+@dataclass
+class PruneConfig(StageConfig):
+    """`gradpruner prune`: the cut of `model` (default: the probed one) by the probe in `scores`
+    and / or the task's data, of which the last `heldout` examples judge cuts (default: as many
+    as the probe left out, else 32); `heal_steps`: the fine-tune planned after, whose time the
+    selection budget shares."""
+
+    scores: str | None = None
+    heldout: int | None = None
+    seed: int = 0
+    criterion: str = "auto"
+    ratio: float | None = None
+    count: int | None = None
+    remove: list[int] | None = None
+    merge: int | str | None = "auto"
+    density: float = DEFAULT_DENSITY
+    selection_budget: float | None = 0.1
+    heal_steps: int | None = None
+
+    def validate(self) -> None:
+        from .search.budget import check_fraction
+
+        super().validate()
+        if self.ratio is None and self.count is None and self.remove is None:
+            raise GradPrunerError("give the size of the cut: --ratio F (e.g. 0.25), --layers N or "
+                                  "--remove LIST (e.g. 20-27)")
+        _check_cut(self.criterion, self.merge, self.density)
+        _check_size(self.ratio, self.count)
+        check_fraction(self.selection_budget)
+        if self.heal_steps is not None:
+            _at_least(1, heal_steps=self.heal_steps)
+        if self.heldout is not None:
+            _at_least(0, heldout=self.heldout)
+        if self.scores is None and not (self.task or self.data):
+            missing = prune_inputs_error(self.criterion, self.merge, self.remove)
+            if missing:
+                raise GradPrunerError(missing)
+
+    def cut_settings(self) -> CutSettings:
+        return CutSettings(self.criterion, self.ratio, self.count, self.remove, self.merge,
+                           self.density, self.selection_budget, {}, self.seed, self.heal_steps)
+
+
+@dataclass
+class FinetuneConfig(StageConfig):
+    """`gradpruner finetune`: fine-tune (heal) `model` by `train` and `heal`; the last `heldout`
+    training examples are left out (default: those that judged the model's cut); `warm_start`: a
+    probe folder whose adapters LoRA starts from; checkpoints every `save_every` steps into
+    OUT.checkpoints, which `resume` continues from."""
+
+    heldout: int | None = None
+    warm_start: str | None = None
+    save_every: int | None = None
+    resume: bool = False
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=None))
+    heal: HealConfig = field(default_factory=HealConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        self.train.validate()
+        self.train.check_heal(self.heal.method)
+        self.heal.validate()
+        if self.save_every is not None:
+            _at_least(1, save_every=self.save_every)
+        if self.heldout is not None:
+            _at_least(0, heldout=self.heldout)
+
+
+@dataclass
+class EvalConfig(StageConfig, HarnessSettings):
+    """`gradpruner eval`: the first `eval_limit` evaluation items of the task by `protocol`,
+    and / or lm-eval's `harness` tasks."""
+
+    eval_limit: int | None = None
+    protocol: str = "loglik"
+    batch_size: int = 16
+
+    def validate(self) -> None:
+        super().validate()
+        _at_least(1, batch_size=self.batch_size)
+        if not (self.task or self.data or self.harness):
+            raise GradPrunerError("give a task to evaluate (--task, --data or --harness)")
+        self.check_harness()
+
+
 def all_methods() -> list[str]:
     """The methods of `--methods all`: every criterion's own (the `auto` merge variants are
     asked for by name)."""
     return [m for m in METHODS if m not in ("auto_fold", "auto_nomerge")]
+
+
+def _check_cut(criterion: str, merge: object, density: object) -> None:
+    """The criterion, the merge and the paper's merge density, checked."""
+    if criterion not in CRITERION_NAMES:
+        raise GradPrunerError(f"unknown criterion {criterion!r}; known: {', '.join(CRITERION_NAMES)}")
+    check_merge(merge)
+    if isinstance(density, bool) or not (isinstance(density, (int, float)) and 0 < density <= 1):
+        raise GradPrunerError(f"--density must be in (0, 1], got {density}")
+
+
+def _check_size(ratio: object, count: object) -> None:
+    """The size of a cut, as a ratio or a count of layers (where given), checked."""
+    if ratio is not None:
+        check_ratio(ratio)
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise GradPrunerError(f"the number of layers to remove must be a positive integer, got {count}")
 
 
 def check_ratio(ratio: object) -> None:
@@ -246,8 +439,10 @@ def parse_merge_count(value: str | int | None) -> int | str | None:
 def task_data_need(criterion: str, merge: int | str | None, remove: list[int] | None) -> str | None:
     """Why a cut with these settings and a probe's IGIA needs task data (the end of "so that
     ..."), or None when the IGIA is enough."""
-    scored = remove is None or merge  # the criterion's scores are read
-    if scored and criterion not in PROBE_CRITERIA + DATA_FREE_CRITERIA:
+    # the criterion's scores are read to choose the cut or to rank the paper's merge donors;
+    # `auto` ranks donors of an explicit cut by the probe's IGIA
+    ranks = remove is None or isinstance(merge, int) or merge == "all"
+    if ranks and CRITERIA[criterion].needs_data and not (criterion == "auto" and remove is not None):
         return "auto can judge cuts" if criterion == "auto" else f"{criterion} can score layers"
     if merge in ("auto", "fold"):
         return f"--merge {merge} can " + ("judge merges" if merge == "auto" else "fit the fold")
@@ -298,7 +493,7 @@ def settings_class(name: str) -> type:
     from .criteria import CRITERIA
 
     if name == "fold":
-        from .apply.fold import FoldSettings
+        from .merging.fold import FoldSettings
 
         return FoldSettings
     if name not in CRITERIA:
@@ -324,6 +519,25 @@ def read_config_file(path: str) -> dict:
     if not isinstance(data, dict):
         raise GradPrunerError(f"{path}: a config file holds a mapping of settings")
     return data
+
+
+def config_from_dict(cls: type, data: dict):
+    """The config `cls` from plain values (a parsed file, the flags): the nested settings
+    (`train`, `heal`) merged over the class's defaults; unknown keys are an error."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise GradPrunerError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    values = dict(data)
+    train = dict(values.get("train") or {})
+    if any(key in train for key in LEGACY_TRAIN_KEYS):
+        if train.get("save_every") is not None and "save_every" in known:
+            values.setdefault("save_every", train["save_every"])
+        values["train"] = {k: v for k, v in train.items() if k not in LEGACY_TRAIN_KEYS}
+    defaults = cls()
+    nested = {key: _nested(key, values.pop(key, None) or {}, getattr(defaults, key))
+              for key in ("train", "heal") if key in known}
+    return cls(**values, **nested)
 
 
 def _nested(key: str, given, default):

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .journal import read_journal, work_folder
 from .outputs import last_complete_checkpoint
+from .workflows.journal import read_journal, work_folder
 
 
 class Terminated(KeyboardInterrupt):

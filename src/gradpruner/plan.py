@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .catalog import MERGE_RULES
 from .errors import GradPrunerError
 
 SCHEMA_VERSION = 1
-MERGE_RULES = ("gradpruner", "laco", "fold")
 
 
 @dataclass(frozen=True)
@@ -26,15 +26,10 @@ class MergeStep:
 
 @dataclass(frozen=True)
 class PrunePlan:
-    """Remove `removed` of `num_layers` layers after folding `merges` by `merge_rule`.
-
-    `gradpruner`: each donor matrix sparsified to `density` by its IGIA, same-sign entries added
-    times `scale` (all from the original weights, so the order of the steps does not matter).
-    `laco`: every parameter of the donors folded in as differences, step after step in order.
-    `fold`: each step's block (consecutive donors right after the receiver) replaced by the
-    least-squares linear map fitted on the first `calibration` training examples with `ridge`,
-    folded into the receiver's MLP down projection (`apply.fold`), step after step in order.
-    """
+    """Remove `removed` of `num_layers` layers after folding `merges` by `merge_rule`, with the
+    settings that rule reads (`merging.rules`: `density` and `scale` for the paper's merge,
+    `ridge` and `calibration` for the linear fold, none for LaCo's collapse); the rule checks
+    the plan when it applies it."""
 
     num_layers: int
     removed: tuple[int, ...]
@@ -51,11 +46,6 @@ class PrunePlan:
         donors = [d for step in self.merges for d in step.donors]
         if any(d not in self.removed for d in donors):
             raise GradPrunerError(f"merge donors {donors} must all be removed layers {list(self.removed)}")
-        if self.merge_rule == "fold":
-            for step in self.merges:
-                if list(step.donors) != list(range(step.receiver + 1, step.receiver + 1 + len(step.donors))):
-                    raise GradPrunerError(f"a fold step's donors must be the layers right after its "
-                                          f"receiver, got {step.receiver} <- {list(step.donors)}")
 
     @property
     def kept(self) -> list[int]:

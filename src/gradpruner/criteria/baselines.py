@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..search.judge import Judge, Scoring, task_batches
-from ..selection import lowest_scored
-from ..surgery import decoder_layers, num_layers
-from . import Criterion, ScoreContext, Selection, register
+from ..evaluation.judge import Judge, Scoring, task_batches
+from ..model.surgery import decoder_layers, num_layers
+from ..removal import lowest_scored
+from .base import Criterion, ScoreContext, Selection, register
 
 
 @register

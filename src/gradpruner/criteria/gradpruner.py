@@ -7,8 +7,8 @@ authors' script sums the unsquared norms. Both read the probe's IGIA.
 from __future__ import annotations
 
 from ..errors import GradPrunerError
-from ..surgery import base_model
-from . import Criterion, ScoreContext, register
+from ..model.surgery import base_model
+from .base import Criterion, ScoreContext, register
 
 
 def _igia(ctx: ScoreContext):

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..apply.collapse import collapse_into
-from ..surgery import skipping
-from ..surgery import decoder_layers, num_layers
-from . import ScoreContext, Selection, register
+from ..merging.collapse import collapse_into
+from ..model.surgery import decoder_layers, num_layers, skipping
+from .base import ScoreContext, Selection, register
 from .baselines import OnTaskData, last_token_states
 
 

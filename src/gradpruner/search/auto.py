@@ -19,11 +19,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-from ..data import MCExample
-from ..criteria import Criterion, ScoreContext, Selection, get_criterion, register
+from ..criteria import Criterion, Found, ScoreContext, Selection, get_criterion
 from ..criteria.baselines import FromStatistics, TaskDataSettings, layer_statistics
+from ..evaluation.judge import Judge, Scoring, choice_scoring, task_batches
+from ..tasks.examples import MCExample
 from .budget import FORWARD_SHARE, SearchPlan, SearchSize, SelectionBudget, plan_search
-from .judge import Judge, Scoring, choice_scoring, task_batches
 
 CANDIDATES = ("block_influence", "gradpruner", "angular", "gradpruner_relative", "taylor",
               "gradpruner_unsquared", "tail")  # judged in this order while the budget lasts
@@ -118,19 +118,9 @@ def first_batch_seconds(ctx: ScoreContext, settings: AutoSettings) -> float:
     return (time.perf_counter() - started) / FORWARD_SHARE
 
 
-@dataclass
-class AutoSearch:
-    """What the search found: the selection, the plan it ran, and the held-out judge (for the
-    merge search that follows on the same model)."""
-
-    selection: Selection
-    plan: SearchPlan
-    judge: Judge | None
-
-
-@register
 class Auto(Criterion):
-    """The candidate cut with the lowest held-out loss (see the module's docstring)."""
+    """The candidate cut with the lowest held-out loss (see the module's docstring); `select`
+    runs it by the name "auto", beside the registered criteria whose cuts it judges."""
 
     name = "auto"
     settings_class = AutoSettings
@@ -153,7 +143,7 @@ class Auto(Criterion):
         return self.search(ctx, count).selection
 
     def search(self, ctx: ScoreContext, count: int, budget: SelectionBudget = SelectionBudget(),
-               merge_search: bool = False) -> AutoSearch:
+               merge_search: bool = False) -> Found:
         """The search within `budget`, planned knowing whether a merge search follows."""
         s, start = self.settings, time.perf_counter()
         scoring = heldout_scoring(ctx, s)  # first: without task data, this is the error to show
@@ -188,4 +178,5 @@ class Auto(Criterion):
         layer_scores = scores.get("gradpruner") or scores["block_influence"]
         report.update(chosen=best["name"], candidates=found, criteria_seconds=round(criteria_seconds, 2),
                       plan=plan.to_json(), seconds=round(time.perf_counter() - start, 2))
-        return AutoSearch(Selection(best["removed"], layer_scores, report=report), plan, judge)
+        return Found(Selection(best["removed"], layer_scores, report=report), judge,
+                     plan.merge_trials)

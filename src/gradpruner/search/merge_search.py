@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..apply.fold import Calibration, fold_blocks, fold_steps
-from ..apply.merge import add_deltas, plan_deltas, plan_merge
+from ..evaluation.judge import Judge
+from ..merging.fold import Calibration, fold_blocks, fold_steps
+from ..merging.merge import add_deltas, plan_deltas, plan_merge
+from ..model.surgery import decoder_layers, layer_prefix
 from ..plan import PrunePlan, paper_merge_plan
-from ..surgery import decoder_layers, layer_prefix
-from .judge import Judge
 
 
 @dataclass(frozen=True)

@@ -8,19 +8,18 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-from ..criteria import ScoreContext, Selection, get_criterion
+from ..catalog import DEFAULT_DENSITY
+from ..criteria import Criterion, ScoreContext, Selection, get_criterion
 from ..errors import GradPrunerError
-from ..apply.fold import Calibration, FoldSettings, fold_steps
-from ..apply.merge import plan_merge
+from ..evaluation.judge import Judge
+from ..merging.fold import Calibration, FoldSettings, check_foldable, fold_refusal, fold_steps
+from ..merging.merge import plan_merge
+from ..model.surgery import num_layers
 from ..plan import MergeStep, PrunePlan, paper_merge_plan
-from ..selection import removal_count, validate_removal
-from ..surgery import num_layers
+from ..removal import removal_count, validate_removal
 from .auto import Auto, AutoSettings, heldout_scoring
 from .budget import FORWARD_SHARE, SelectionBudget, SkippedPart, plan_merge_search
-from .judge import Judge
 from .merge_search import FoldTrial, search_merge
-
-DEFAULT_DENSITY = 0.2
 
 
 @dataclass
@@ -39,6 +38,13 @@ class SelectionReport:
                 "merge_search": self.merge_search, "seconds": round(self.seconds, 2)}
 
 
+def make_criterion(name: str, settings: object | None = None) -> Criterion:
+    """The criterion `name`: `auto`'s search, or one of the registry's (`criteria.CRITERIA`)."""
+    if name == "auto":
+        return Auto(settings)
+    return get_criterion(name, settings)
+
+
 def select(model, tokenizer=None, examples: list | None = None, *, heldout: list | None = None,
            igia=None, criterion: str = "auto", ratio: float | None = None,
            count: int | None = None, remove: list[int] | None = None,
@@ -54,16 +60,14 @@ def select(model, tokenizer=None, examples: list | None = None, *, heldout: list
     total = num_layers(model)
     ctx = ScoreContext(model=model, tokenizer=tokenizer, examples=list(examples or []), igia=igia,
                        seed=seed, heldout=list(heldout or []))
-    chosen = get_criterion(criterion, settings.get(criterion))
+    chosen = make_criterion(criterion, settings.get(criterion))
     searched = merge == "auto"
     judge, trials = None, None  # auto's held-out judge and the merge trials its plan affords
     if remove is not None:
         selection = Selection(validate_removal(remove, total), chosen.layer_scores(ctx) if merge else None)
-    elif isinstance(chosen, Auto):
-        found = chosen.search(ctx, removal_count(total, ratio, count), budget, searched)
-        selection, judge, trials = found.selection, found.judge, found.plan.merge_trials
     else:
-        selection = chosen.select(ctx, removal_count(total, ratio, count))
+        found = chosen.search(ctx, removal_count(total, ratio, count), budget, searched)
+        selection, judge, trials = found.selection, found.judge, found.merge_trials
     removed = selection.removed
     kept = [i for i in range(total) if i not in removed]
     merge_report = None
@@ -71,6 +75,7 @@ def select(model, tokenizer=None, examples: list | None = None, *, heldout: list
         steps = tuple(MergeStep(r, tuple(d)) for r, d in selection.merges)
         plan = PrunePlan(total, tuple(removed), steps, criterion)
     elif merge == "fold":
+        check_foldable(model)
         folding = settings.get("fold") or FoldSettings()
         plan = PrunePlan(total, tuple(removed), fold_steps(removed, total), "fold",
                          ridge=folding.ridge, calibration=min(folding.examples, len(ctx.examples)))
@@ -79,7 +84,8 @@ def select(model, tokenizer=None, examples: list | None = None, *, heldout: list
                                   "--data FILE, or use --merge none")
     elif merge == "auto":
         auto_settings = settings.get("auto") or AutoSettings()
-        if igia is None and not (auto_settings.merge_fold and ctx.examples and fold_steps(removed, total)):
+        if igia is None and not (auto_settings.merge_fold and ctx.examples and fold_steps(removed, total)
+                                 and fold_refusal(model) is None):
             plan, merge_report = PrunePlan(total, tuple(removed)), {"skipped": "nothing to merge by"}
         else:
             plan, merge_report = _merge_search(ctx, selection, chosen, budget, judge, trials,
@@ -116,7 +122,7 @@ def _merge_search(ctx: ScoreContext, selection: Selection, chosen, budget: Selec
         return PrunePlan(total, tuple(removed)), {"trials": [], "skipped": [asdict(p) for p in skipped]}
     donor_scores = selection.scores or chosen.layer_scores(ctx)
     fold = None
-    if settings.merge_fold and ctx.examples and fold_steps(removed, total):
+    if settings.merge_fold and ctx.examples and fold_steps(removed, total) and fold_refusal(ctx.model) is None:
         fold = FoldTrial(Calibration(ctx.tokenizer, ctx.examples[:folding.examples]), folding.ridge)
     plan, report = search_merge(judge, ctx.igia, removed, kept, donor_scores, density,
                                 settings.merge_donors, settings.merge_scales, trials, fold)

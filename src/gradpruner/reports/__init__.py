@@ -1,0 +1,1 @@
+"""Reports: the run report, the comparison report and the model card."""

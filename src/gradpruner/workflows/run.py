@@ -1,0 +1,312 @@
+"""`gradpruner run`: the recipe from start to end beside the dense reference, and its report.
+
+    zero-shot evaluation -> probe -> cut -> heal -> evaluate the pruned model
+    -> dense fine-tune and evaluation -> inference timing, model card and report
+
+Each step is the recipe's function (`recipe.py`), run as a stage of the run's journal
+(`journal.py`): the run works in `OUT.partial`, records each stage as it finishes, and becomes
+`OUT` once complete, so `--resume` continues a killed run from its last finished stage (and a
+fine-tune from its last checkpoint) to the result an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from functools import cache, partial
+from pathlib import Path
+
+import torch
+
+from ..config import RunConfig
+from ..distributed import (is_main_process, join_processes, on_main, refuse_sharded_run,
+                           several_processes, world_size)
+from ..evaluation.harness import run_harness
+from ..evaluation.timing import compare_prefill
+from ..merging.fold import check_foldable
+from ..model.loading import load_config, load_model, resolve_device, resolve_dtype, resolve_model
+from ..model.surgery import save_pretrained_atomic
+from ..outputs import atomic_output_dir, check_output_dir, last_complete_checkpoint
+from ..plan import PruneRecord
+from ..progress import say, stage
+from ..provenance import versions
+from ..reports.model_card import CARD_NAME, Measured, model_card
+from ..tasks import Task, resolve_task
+from ..training.train_config import Checkpoints
+from .journal import Journal, open_journal
+from .recipe import (Healing, ProbeResult, cut, evaluate, finetune_dense, heal, probe,
+                     split_heldout, teacher_model)
+from .stages import (check_memory, cut_summary, describe, metric_summary, probe_summary,
+                     read_sidecar, training_summary)
+
+
+@dataclass
+class Models:
+    """The models a run's steps share: the dense model in fp32 (loaded once; the cut is chosen
+    and applied in fp32), its tokenizer and source, and the recipe's dtype and device, in which
+    copies of it train and evaluate and saved models load."""
+
+    master: torch.nn.Module
+    tokenizer: object
+    source: str
+    dtype: torch.dtype
+    device: str
+
+    @classmethod
+    def load(cls, cfg: RunConfig) -> "Models":
+        master, tokenizer, source = load_model(cfg.model, "float32", cfg.device)
+        return cls(master, tokenizer, source, resolve_dtype(cfg.dtype, resolve_device(cfg.device)),
+                   cfg.device)
+
+    def working(self) -> torch.nn.Module:
+        """A copy of the dense model in the recipe's dtype."""
+        return copy.deepcopy(self.master).to(self.dtype)
+
+    def saved(self, folder: Path) -> torch.nn.Module:
+        """A model the run saved in its work folder, loaded in the recipe's dtype."""
+        return load_model(str(folder), str(self.dtype).removeprefix("torch."), self.device)[0]
+
+
+def run(cfg: RunConfig) -> dict:
+    """Probe -> cut -> heal -> evaluate, beside the dense reference; writes a report.
+
+    Under several processes (DDP: torchrun, accelerate launch) the probe and the fine-tunes train
+    in every process (the batch size is per process); the evaluations, the cut, the timing and
+    every file are rank 0's while the others wait, and then load what it saved. A run stopped
+    before its first stage finished leaves nothing.
+    """
+    cfg.validate()
+    check_output_dir(cfg.out, cfg.overwrite)
+    if cfg.merge == "fold":
+        check_foldable(load_config(resolve_model(cfg.model)))
+    task = resolve_task(cfg.task, cfg.data, cfg.eval_data, cfg.chat_template)
+    train, held = split_heldout(task.train_examples(), cfg.heldout)
+    refuse_sharded_run()
+    # the run keeps its full-precision model beside the quantized copies that QLoRA trains
+    check_memory(cfg.model, replace(cfg.train, load_in_bits=None), cfg.dtype, cfg.device, None,
+                 cfg.heal.distils)
+    join_processes(resolve_device(cfg.device))
+    journal = on_main(partial(_open_journal, cfg))
+    started = time.perf_counter() - journal.seconds
+    try:
+        return _run(cfg, task, train, held, journal, started)
+    except BaseException:
+        if is_main_process() and not journal.stages:  # nothing worth resuming
+            shutil.rmtree(journal.folder, ignore_errors=True)
+        raise
+
+
+def _open_journal(cfg: RunConfig) -> Journal:
+    """The run's journal (`open_journal`), saying which stages a resumed run finished. Its
+    settings count the processes of a run under several (the global batch is the per-process
+    batch times them), so that it resumes under as many."""
+    settings = cfg.fingerprint()
+    if several_processes():
+        settings["processes"] = world_size()
+    journal = open_journal(cfg.out, settings, cfg.resume, cfg.overwrite)
+    if journal.stages:
+        say(f"resuming the run in {journal.folder}: finished {', '.join(journal.stages)}")
+    return journal
+
+
+def _run(cfg: RunConfig, task: Task, train: list, held: list, journal: Journal,
+         started: float) -> dict:
+    """The steps in order, each a stage of the journal (skipped when a resumed run finished it)."""
+    folder = journal.folder
+    models = Models.load(cfg)
+
+    def stage_(name: str, compute, everywhere: bool = False):
+        return journal.stage(name, compute, lambda: time.perf_counter() - started, on_main,
+                             everywhere)
+
+    results: dict = {"task": task.name, "model": models.source, "versions": versions(),
+                     "config": cfg.to_json()}
+    results["dense_zero_shot"] = stage_("zero_shot", lambda: _evaluation(
+        "dense zero-shot evaluation", models.working(), models.tokenizer, task, cfg.eval_limit))
+    results["probe"] = stage_("probe", lambda: _probe(cfg, models, task, train, folder),
+                              everywhere=True)
+    probed = ProbeResult.load(folder / "probe")
+
+    @cache
+    def teacher():
+        """The distillation teacher (made once, when a stage needs it), else None."""
+        if not cfg.heal.distils:
+            return None
+        return teacher_model(models.master, probed, cfg.heal, cfg.train, models.dtype)
+
+    healing = partial(_healing, cfg, models, train, teacher, folder)
+    made = stage_("cut", lambda: _cut(cfg, models, train, held, probed, healing, folder))
+    record = PruneRecord.from_json(made["record"])
+    results["pruned_finetune"] = stage_("pruned_finetune", lambda: _heal_cut(
+        models, task, train, probed, record, made["heal_seconds"], healing("pruned"), folder),
+        everywhere=True)
+    teacher.cache_clear()  # the dense fine-tune needs no teacher
+    results["prune"] = read_sidecar(str(folder / "model"))
+    pruned = cache(lambda: models.saved(folder / "model"))
+    results.update(stage_("pruned_eval", lambda: _measure(
+        cfg, models, task, "pruned model", "pruned_finetuned", pruned())))
+    tuned: list = []  # this session's dense model, for the timing (a resumed run has none)
+    if cfg.dense:
+        finished = stage_("dense", lambda: _dense(cfg, models, task, train, probed, folder, tuned),
+                          everywhere=True)
+        harness = {**results.get("harness", {}), **finished.pop("harness", {})}
+        results.update(finished, **({"harness": harness} if harness else {}))
+    dense = tuned[0] if tuned else None
+    return on_main(partial(_finish, cfg, models, results, pruned(), dense, journal, started))
+
+
+def _evaluation(label: str, model, tokenizer, task: Task, limit: int | None) -> dict:
+    """`evaluate` as a stage named `label`, ending with the metric, items and seconds."""
+    with stage(label, f"{task.name}, {min(limit or 10**12, len(task.eval_examples()))} items") as st:
+        result = evaluate(model, tokenizer, task, limit)
+        st.result = metric_summary(result)
+    return result
+
+
+def _continues_probe(cfg: RunConfig) -> bool:
+    """Whether the dense reference continues from the probe's checkpoint: a LoRA probe is the
+    first steps of the dense fine-tune."""
+    return (cfg.dense and cfg.train.steps is not None and cfg.probe_steps < cfg.train.steps
+            and not cfg.train.full)
+
+
+def _probe(cfg: RunConfig, models: Models, task: Task, train: list, folder: Path) -> dict:
+    """Probe a copy of the dense model into `probe/` (its checkpoint into `dense.checkpoints/`
+    when the dense reference continues from it); returns the probe's statistics."""
+    reuse = folder / "dense.checkpoints"
+    on_main(partial(shutil.rmtree, reuse, ignore_errors=True))  # of a probe that was killed
+    kind = "full" if cfg.train.full else "LoRA"
+    with stage("probe", f"{cfg.probe_steps} steps of {kind} fine-tuning") as st:
+        probed = probe(models.working(), models.tokenizer, train, cfg.train, cfg.probe_steps,
+                       cfg.train.planned_steps(len(train)),
+                       str(reuse) if _continues_probe(cfg) else None)
+        st.result = probe_summary(probed)
+    on_main(partial(_save_probe, probed, folder / "probe", {
+        "source_model": models.source, "task": task.name, "versions": versions(),
+        "train_config": asdict(cfg.train)}))
+    return probed.stats
+
+
+def _save_probe(probed: ProbeResult, folder: Path, info: dict) -> None:
+    """Save the probe's IGIA and adapters to `folder`, which every process then loads."""
+    with atomic_output_dir(folder, overwrite=True) as tmp:
+        probed.save(tmp, info)
+
+
+def _checkpoints(cfg: RunConfig, train: list, folder: Path, name: str) -> Checkpoints:
+    """Fine-tune `name`'s checkpoints: every `--save-every` steps (by default five times in the
+    fine-tune) into `name.checkpoints` of the work folder, resumed from the last complete one."""
+    path = folder / f"{name}.checkpoints"
+    every = cfg.save_every or max(1, cfg.train.planned_steps(len(train)) // 5)
+    return Checkpoints(str(path), every, last_complete_checkpoint(str(path)) is not None)
+
+
+def _healing(cfg: RunConfig, models: Models, train: list, teacher, folder: Path,
+             name: str | None = None) -> Healing:
+    """How the run heals a cut model (with checkpoints of fine-tune `name` when given)."""
+    return Healing(cfg.train, cfg.heal, models.dtype, teacher=teacher(),
+                   teacher_name=cfg.heal.teacher or "dense+probe adapters",
+                   warm_start=cfg.warm_starts,
+                   checkpoints=_checkpoints(cfg, train, folder, name) if name else None)
+
+
+def _cut(cfg: RunConfig, models: Models, train: list, held: list, probed: ProbeResult,
+         healing, folder: Path) -> dict:
+    """Select and apply the cut; the cut model (in the recipe's dtype) goes to `cut/` until it
+    is healed. Returns its record and seconds."""
+    shutil.rmtree(folder / "pruned.checkpoints", ignore_errors=True)
+    with stage("pruning", f"criterion {cfg.criterion}, merge {cfg.merge}") as st:
+        done = cut(copy.deepcopy(models.master), models.tokenizer, train, held, probed,
+                   cfg.cut_settings(len(train)), healing() if cfg.heal.rounds > 1 else None)
+        record = describe(done.record, models.master.config, models.source,
+                          f"{cfg.out}/probe", cfg.to_json())
+        st.result = cut_summary(record)
+    save_pretrained_atomic(done.model.to(models.dtype), models.tokenizer, folder / "cut",
+                           record.to_json(), overwrite=True)
+    return {"record": record.to_json(), "select_seconds": done.select_seconds,
+            "heal_seconds": done.heal_seconds}
+
+
+def _heal_cut(models: Models, task: Task, train: list, probed: ProbeResult, record: PruneRecord,
+              round_seconds: float, healing: Healing, folder: Path) -> dict:
+    """Heal the cut model (from its last checkpoint when one was kept) and save it to `model/`
+    with its sidecar; returns the fine-tune's statistics."""
+    with stage("healing", healing.heal.describe()) as st:
+        pruned, stats = heal(models.saved(folder / "cut"), models.tokenizer, train,
+                             None if record.rounds else probed, healing, record.kept_layers)
+        st.result = training_summary(stats)
+    stats["round_heal_seconds"] = round_seconds
+    healed = replace(record, finetune={**stats, "task": task.name,
+                                       "datasets": list(task.datasets)})
+    on_main(partial(_save_healed, models, pruned, healed, folder))
+    return stats
+
+
+def _save_healed(models: Models, pruned, record: PruneRecord, folder: Path) -> None:
+    """Save the healed model to `model/`; remove its checkpoints and the cut model."""
+    save_pretrained_atomic(pruned, models.tokenizer, folder / "model", record.to_json(),
+                           overwrite=True, source_dir=models.source)
+    for name in ("pruned.checkpoints", "cut"):
+        shutil.rmtree(folder / name)
+
+
+def _measure(cfg: RunConfig, models: Models, task: Task, name: str, key: str, model) -> dict:
+    """{key: the metrics of `model` (the `name`) on the task}, with lm-eval's under "harness"
+    when `--harness` names tasks."""
+    result = {key: _evaluation(f"{name} evaluation", model, models.tokenizer, task,
+                               cfg.eval_limit)}
+    harness = cfg.harness_spec()
+    if harness:
+        with stage(f"lm-evaluation-harness on the {name}", ", ".join(harness.tasks)):
+            result["harness"] = {key: run_harness(model, models.tokenizer, harness, cfg.eval_limit)}
+    return result
+
+
+def _dense(cfg: RunConfig, models: Models, task: Task, train: list, probed: ProbeResult,
+           folder: Path, tuned: list) -> dict:
+    """The dense reference, fine-tuned (continuing from the probe's checkpoint when it is the
+    first steps of the same run) and evaluated on rank 0; its checkpoints are kept until it is
+    evaluated, so that a resumed run redoes at most the steps after the last one. The model is
+    appended to `tuned`, for this session's timing."""
+    continues = _continues_probe(cfg)
+    checkpoints = _checkpoints(cfg, train, folder, "dense")
+    with stage("dense fine-tune", "the reference; --no-dense skips it") as st:
+        dense, stats = finetune_dense(models.working(), models.tokenizer, train, cfg.train,
+                                      probed, checkpoints, continues)
+        st.result = training_summary(stats)
+    tuned.append(dense)
+    return on_main(partial(_evaluate_dense, cfg, models, task, dense, stats, folder))
+
+
+def _evaluate_dense(cfg: RunConfig, models: Models, task: Task, dense, stats: dict,
+                    folder: Path) -> dict:
+    """The dense reference's statistics and metrics (and lm-eval's, with `--harness`); its
+    checkpoints removed."""
+    result = {"dense_finetune": stats,
+              **_measure(cfg, models, task, "dense model", "dense_finetuned", dense)}
+    shutil.rmtree(folder / "dense.checkpoints", ignore_errors=True)
+    return result
+
+
+def _finish(cfg: RunConfig, models: Models, results: dict, pruned, dense, journal: Journal,
+            started: float) -> dict:
+    """Time inference, write the model card and the report, and make the work folder `OUT`."""
+    from ..reports.run_report import write_report
+
+    # the prefill's time depends on the models' shapes, not their weights: a resumed run whose
+    # dense fine-tune finished before times the dense model as loaded
+    reference = dense if dense is not None else models.working()
+    with stage("inference timing", "prefill of 8 x 128 tokens, dense and pruned interleaved") as st:
+        results["prefill_seconds"] = compare_prefill({"dense": reference, "pruned": pruned})
+        st.result = ", ".join(f"{name} {seconds * 1000:.0f} ms"
+                              for name, seconds in results["prefill_seconds"].items()
+                              if isinstance(seconds, (int, float)))
+    # the model card, once the accuracies and the prefill timing are known
+    card = model_card(results["prune"], Measured.from_results(results))
+    (journal.folder / "model" / CARD_NAME).write_text(card, encoding="utf-8")
+    results["total_seconds"] = time.perf_counter() - started
+    write_report(results, journal.folder)
+    journal.promote(cfg.out)
+    return results
