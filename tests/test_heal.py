@@ -281,7 +281,7 @@ def test_bad_heal_settings_are_refused():
         with pytest.raises(GradPrunerError, match=message):
             RunConfig(heal=heal).validate()
     with pytest.raises(GradPrunerError, match="reads the dense model's probe"):
-        RunConfig(criterion="gradpruner", heal=HealConfig(rounds=2)).validate()
+        RunConfig(criterion="gradpruner", rounds=2).validate()
     with pytest.raises(GradPrunerError, match="teacher model folder not found"):
         RunConfig(heal=HealConfig(distill=0.5, teacher="/nonexistent")).validate()
 

@@ -210,6 +210,17 @@ def test_unknown_config_keys_are_refused(tmp_path):
         RunConfig.from_file(str(path)).validate()
 
 
+def test_a_config_written_by_an_earlier_version_reads_as_it_meant():
+    """report.json configs of earlier versions kept the run's checkpointing in `train` and the
+    rounds of iterative pruning in `heal`: they are the run's and the cut's settings now."""
+    cfg = RunConfig.from_dict({"train": {"steps": 7, "save_every": 5, "checkpoint_dir": "x",
+                                         "resume": True},
+                               "heal": {"method": "full", "rounds": 2, "round_steps": 3}})
+    assert (cfg.train.steps, cfg.save_every, cfg.heal.method) == (7, 5, "full")
+    assert (cfg.rounds, cfg.round_steps) == (2, 3)
+    assert cfg.cut_settings(100).rounds == 2 and not cfg.resume
+
+
 @pytest.mark.slow
 def test_the_readme_library_example_runs_as_written(tmp_path, monkeypatch):
     readme = (Path(__file__).parents[1] / "README.md").read_text()

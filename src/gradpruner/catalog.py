@@ -60,7 +60,8 @@ METHODS: dict[str, tuple[str, int | str | None]] = {
     "auto_nomerge": ("auto", None),
 }
 
-# healing variant -> `heal.HealConfig` fields set on top of the comparison's own
+# healing variant -> `training.healing.HealConfig` fields (or the cut's `rounds`) set on top of the
+# comparison's own
 HEALS: dict[str, dict] = {
     "lora": {},
     "full": {"method": "full"},

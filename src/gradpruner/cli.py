@@ -188,8 +188,7 @@ TRAIN_FLAGS = ("steps", "epochs", "batch_size", "grad_accum", "lr", "lora_rank",
                "full", "max_length", "seed", "gradient_checkpointing", "load_in_bits")
 HEAL_FLAGS = {"heal": "method", "heal_layers": "layers", "heal_lm_head": "lm_head", "heal_lr": "lr",
               "distill": "distill", "temperature": "temperature", "teacher": "teacher",
-              "teacher_cache": "teacher_cache", "teacher_top_k": "top_k",
-              "rounds": "rounds", "round_steps": "round_steps"}
+              "teacher_cache": "teacher_cache", "teacher_top_k": "top_k"}
 RENAMED = {"layers": "count", "limit": "eval_limit"}  # flag -> config field
 FLAGLESS = {"command", "version", "config", "no_dense", "cold_start", "heals", "methods"}
 

@@ -26,9 +26,11 @@ from .training.train_config import TrainConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CONTROL_KEYS = ("progress",)  # training settings that change no result
-# training settings that earlier versions wrote into `train` (report.json configs): `save_every`
-# is a run's own setting now, the others the run's checkpoints (`training.Checkpoints`)
-LEGACY_TRAIN_KEYS = ("save_every", "checkpoint_dir", "resume")
+# settings that earlier versions wrote elsewhere (report.json configs): in `train`, `save_every` is
+# a run's own setting now, the others its checkpoints (`training.Checkpoints`); in `heal`, the
+# rounds of iterative pruning belong to the cut
+LEGACY_KEYS = {"train": ("save_every", "checkpoint_dir", "resume"), "heal": ("rounds", "round_steps")}
+MOVED_KEYS = ("save_every", "rounds", "round_steps")  # the rest is dropped
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,8 @@ class RecipeConfig:
     heldout: int = 32
     eval_limit: int | None = 300
     warm_start: bool = True
+    rounds: int = 1  # iterative pruning: remove the layers in rounds ...
+    round_steps: int = 10  # ... with this many healing steps between them
     dtype: str = "auto"
     device: str = "auto"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=60))
@@ -144,7 +148,8 @@ class RecipeConfig:
         self.train.check_heal(self.heal.method)
         self.train.validate()
         self.heal.validate()
-        if self.heal.rounds > 1:
+        _at_least(1, rounds=self.rounds, round_steps=self.round_steps)
+        if self.rounds > 1:
             self._check_rounds()
         if self.heal.teacher and not Path(self.heal.teacher).is_dir():
             raise GradPrunerError(f"teacher model folder not found: {self.heal.teacher}")
@@ -183,8 +188,8 @@ class RecipeConfig:
         return CutSettings(self.criterion, self.ratio, self.count if explicit else None,
                            self.remove if explicit else None, self.merge, self.density,
                            self.selection_budget, self.criterion_settings(), self.train.seed,
-                           self.train.planned_steps(train_examples), self.heal.rounds,
-                           self.heal.round_steps)
+                           self.train.planned_steps(train_examples), self.rounds,
+                           self.round_steps)
 
     def to_json(self) -> dict:
         return plain_json(asdict(self))
@@ -529,11 +534,13 @@ def config_from_dict(cls: type, data: dict):
     if unknown:
         raise GradPrunerError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     values = dict(data)
-    train = dict(values.get("train") or {})
-    if any(key in train for key in LEGACY_TRAIN_KEYS):
-        if train.get("save_every") is not None and "save_every" in known:
-            values.setdefault("save_every", train["save_every"])
-        values["train"] = {k: v for k, v in train.items() if k not in LEGACY_TRAIN_KEYS}
+    for nested, legacy in LEGACY_KEYS.items():
+        given = dict(values.get(nested) or {})
+        if any(key in given for key in legacy):
+            for key in MOVED_KEYS:
+                if given.get(key) is not None and key in known:
+                    values.setdefault(key, given[key])
+            values[nested] = {k: v for k, v in given.items() if k not in legacy}
     defaults = cls()
     nested = {key: _nested(key, values.pop(key, None) or {}, getattr(defaults, key))
               for key in ("train", "heal") if key in known}

@@ -7,9 +7,9 @@
              `lm_head` the LM head; where it is tied to the input embeddings, those too),
              everything else frozen (Lu et al. 2024, "Reassessing Layer Pruning in LLMs")
 
-Any of them can distil from a teacher (`distill` > 0, `heal.distill`; its logits on the fly or, with
-`teacher_cache`, its top-k cached per example), and the recipe can remove
-the layers in `rounds` with `round_steps` of healing between rounds (iterative pruning).
+Any of them can distil from a teacher (`distill` > 0, `training.distill`; its logits on the fly or,
+with `teacher_cache`, its top-k cached per example). Iterative pruning (rounds with healing in
+between) is the cut's schedule (`config.CutSettings`), not a way of healing.
 """
 
 from __future__ import annotations
@@ -37,13 +37,11 @@ class HealConfig:
     teacher: str | None = None
     teacher_cache: str = "auto"
     top_k: int = 64
-    rounds: int = 1
-    round_steps: int = 10
 
     def validate(self) -> None:
         if self.method not in HEALERS:
             raise GradPrunerError(f"unknown healing {self.method!r}; known: {', '.join(HEALERS)}")
-        for name in ("layers", "rounds", "round_steps", "top_k"):
+        for name in ("layers", "top_k"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise GradPrunerError(f"heal {name} must be a positive integer, got {value!r}")
@@ -75,8 +73,6 @@ class HealConfig:
                  + ("+head" if self.lm_head else "")]
         if self.distils:
             parts.append(f"distill{self.distill:g}")
-        if self.rounds > 1:
-            parts.append(f"{self.rounds}rounds")
         return "+".join(parts)
 
 

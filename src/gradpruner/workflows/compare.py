@@ -37,11 +37,14 @@ RESULT_KEYS = ("model", "task", "data", "eval_data", "density", "selection_budge
 
 
 def fingerprint(cfg: CompareConfig) -> dict:
-    """What must match for finished cells to be reused (the healing when it is not the
-    default's: the healing variants are cells of their own)."""
+    """What must match for finished cells to be reused (the healing and the rounds when they are
+    not the defaults: the healing variants are cells of their own)."""
     train = {k: v for k, v in asdict(cfg.train).items() if k not in CONTROL_KEYS}
     heal = {"heal": asdict(cfg.heal)} if cfg.heal != HealConfig() else {}
-    return plain_json({**{k: getattr(cfg, k) for k in RESULT_KEYS}, "train": train, **heal})
+    rounds = ({"rounds": cfg.rounds, "round_steps": cfg.round_steps}
+              if (cfg.rounds, cfg.round_steps) != (1, 10) else {})
+    return plain_json({**{k: getattr(cfg, k) for k in RESULT_KEYS}, "train": train, **heal,
+                       **rounds})
 
 
 def variant_name(method: str, heal: str) -> str:
@@ -107,9 +110,13 @@ class Comparison:
         return evaluate_examples(model, self.tokenizer, self.heldout, self.task.kind)
 
     def recipe(self, seed: int, heal: str = "lora") -> CompareConfig:
-        """The recipe's settings for a cell of `seed` and healing variant `heal`."""
+        """The recipe's settings for a cell of `seed` and healing variant `heal` (whose settings
+        are the healing's, or the cut's rounds)."""
+        variant = HEALS[heal]
+        options = {k: v for k, v in variant.items() if k not in ("rounds", "round_steps")}
+        schedule = {k: v for k, v in variant.items() if k in ("rounds", "round_steps")}
         return replace(self.cfg, train=replace(self.cfg.train, seed=seed),
-                       heal=replace(self.cfg.heal, **HEALS[heal]))
+                       heal=replace(self.cfg.heal, **options), **schedule)
 
     def zero_shot(self) -> dict:
         return self.cell("dense-zero-shot", lambda: {
@@ -177,14 +184,14 @@ class Comparison:
         """The cell's cut; a copy of the previous cell's when only the healing differs (and
         neither removes in rounds)."""
         key = (method, ratio, seed)
-        if recipe.heal.rounds == 1 and self._last_cut and self._last_cut[0] == key:
+        if recipe.rounds == 1 and self._last_cut and self._last_cut[0] == key:
             previous = self._last_cut[1]
             return replace(previous, model=copy.deepcopy(previous.model))
         criterion, merge = METHODS[method]
         settings = replace(recipe, criterion=criterion, merge=merge, ratio=ratio)
         done = cut(copy.deepcopy(self.master), self.tokenizer, self.train_examples, self.heldout,
                    probed, settings.cut_settings(len(self.train_examples)), healing)
-        if recipe.heal.rounds == 1:
+        if recipe.rounds == 1:
             self._last_cut = (key, replace(done, model=copy.deepcopy(done.model)))
         return done
 

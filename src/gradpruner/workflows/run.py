@@ -219,7 +219,7 @@ def _cut(cfg: RunConfig, models: Models, train: list, held: list, probed: ProbeR
     shutil.rmtree(folder / "pruned.checkpoints", ignore_errors=True)
     with stage("pruning", f"criterion {cfg.criterion}, merge {cfg.merge}") as st:
         done = cut(copy.deepcopy(models.master), models.tokenizer, train, held, probed,
-                   cfg.cut_settings(len(train)), healing() if cfg.heal.rounds > 1 else None)
+                   cfg.cut_settings(len(train)), healing() if cfg.rounds > 1 else None)
         record = describe(done.record, models.master.config, models.source,
                           f"{cfg.out}/probe", cfg.to_json())
         st.result = cut_summary(record)
