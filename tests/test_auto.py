@@ -46,8 +46,7 @@ def pruned(model, igia=None, **kwargs) -> dict:
 @pytest.fixture(scope="module")
 def igia():
     model = tiny_model("llama")
-    result, _ = probe(model, tiny_tokenizer(), EXAMPLES, TrainConfig(steps=3, batch_size=4, lr=1e-4,
-                                                                     progress=False), 3)
+    result, _ = probe(model, tiny_tokenizer(), EXAMPLES, TrainConfig(steps=3, batch_size=4, lr=1e-4), 3)
     return result
 
 

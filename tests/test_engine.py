@@ -32,7 +32,7 @@ def test_probe_prune_save_reload_generate(arch, tmp_path):
     model = tiny_model(arch)
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
     tokenizer = tiny_tokenizer()
-    cfg = TrainConfig(steps=20, batch_size=4, lr=5e-3, progress=False)
+    cfg = TrainConfig(steps=20, batch_size=4, lr=5e-3)
     igia, stats = probe(model, tokenizer, EXAMPLES, cfg, steps=3)
     assert stats["steps"] == 3 and len(igia.layer_scores) == 6
     assert max(igia.layer_scores) > 0
@@ -73,7 +73,7 @@ def test_probe_prune_save_reload_generate(arch, tmp_path):
 def test_probe_follows_the_learning_rate_schedule_of_the_full_run(tmp_path):
     from gradpruner.training.trainer import make_trainer
 
-    cfg = TrainConfig(steps=3, lr=1.0, warmup_ratio=0.0, scheduler="linear", progress=False)
+    cfg = TrainConfig(steps=3, lr=1.0, warmup_ratio=0.0, scheduler="linear")
     trainer = make_trainer(tiny_model("llama"), tiny_tokenizer(), EXAMPLES, cfg, str(tmp_path),
                            max_steps=3, schedule_steps=100)
     trainer.create_optimizer_and_scheduler(num_training_steps=3)

@@ -68,7 +68,7 @@ def test_the_trainer_mixes_the_task_loss_and_the_teacher_term(tmp_path):
     tokenizer = tiny_tokenizer()
     student, teacher = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
     distill = Distillation(teacher, weight=0.3, temperature=2.0)
-    cfg = TrainConfig(steps=1, batch_size=4, full=True, progress=False)
+    cfg = TrainConfig(steps=1, batch_size=4, full=True)
     trainer = make_trainer(student, tokenizer, EXAMPLES[:4], cfg, str(tmp_path), distill=distill)
     batch = trainer.data_collator(training_features(tokenizer, EXAMPLES[:4]))
     assert "shift_labels" in batch  # the LM head runs on the answer positions only
@@ -115,7 +115,7 @@ def test_the_top_k_term_over_the_whole_vocabulary_is_the_full_term_and_gradient(
 def test_the_teacher_cache_runs_the_teacher_once_per_example_and_matches_it_on_the_fly(tmp_path):
     tokenizer = tiny_tokenizer()
     student, teacher = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
-    cfg = TrainConfig(steps=1, batch_size=4, full=True, progress=False)
+    cfg = TrainConfig(steps=1, batch_size=4, full=True)
     cached = Distillation(teacher, weight=0.3, temperature=2.0, top_k=student.config.vocab_size)
     trainer = make_trainer(student, tokenizer, EXAMPLES[:8], cfg, str(tmp_path), distill=cached)
     features = trainer.train_dataset
@@ -144,7 +144,7 @@ def test_the_teacher_is_cached_when_the_healing_revisits_its_examples():
 
 def test_a_cached_healing_over_two_epochs_records_its_top_k():
     model, teacher = tiny_model("llama"), tiny_model("llama", seed=4)
-    cfg = RunConfig(train=TrainConfig(steps=None, epochs=2, batch_size=4, progress=False),
+    cfg = RunConfig(train=TrainConfig(steps=None, epochs=2, batch_size=4),
                     heal=HealConfig(distill=0.5, top_k=16))
     _, stats = heal(model, tiny_tokenizer(), EXAMPLES, None, healing(cfg, teacher), list(range(6)))
     assert stats["steps"] == 12 and stats["teacher_rows"] == len(EXAMPLES)
@@ -163,7 +163,7 @@ def _changed(before: dict, after: dict) -> set[str]:
 def test_partial_healing_changes_only_the_chosen_layers(lm_head):
     model = tiny_model("llama")
     before = state(model)
-    cfg = RunConfig(train=TrainConfig(steps=3, batch_size=4, lr=1e-2, progress=False),
+    cfg = RunConfig(train=TrainConfig(steps=3, batch_size=4, lr=1e-2),
                     heal=HealConfig(method="partial", layers=2, lm_head=lm_head))
     healed, stats = heal(model, tiny_tokenizer(), EXAMPLES, None, healing(cfg), list(range(6)))
     changed = _changed(before, state(healed))
@@ -178,7 +178,7 @@ def test_partial_healing_changes_only_the_chosen_layers(lm_head):
 
 def test_lora_healing_with_distillation_records_the_teacher():
     model, teacher = tiny_model("llama"), tiny_model("llama", seed=4)
-    cfg = RunConfig(train=TrainConfig(steps=2, batch_size=4, progress=False), heal=HealConfig(distill=0.5))
+    cfg = RunConfig(train=TrainConfig(steps=2, batch_size=4), heal=HealConfig(distill=0.5))
     _, stats = heal(model, tiny_tokenizer(), EXAMPLES, None, healing(cfg, teacher), list(range(6)))
     assert stats["heal"]["describe"] == "lora+distill0.5" and stats["heal"]["teacher"]
     with pytest.raises(GradPrunerError, match="teacher"):
@@ -192,7 +192,7 @@ def test_round_counts_split_the_removal():
 def test_iterative_pruning_removes_in_rounds_rescored_on_the_healed_model():
     tokenizer = tiny_tokenizer()
     train, held = EXAMPLES[:16], EXAMPLES[16:]
-    cfg = RunConfig(train=TrainConfig(steps=2, batch_size=4, lr=5e-2, progress=False))
+    cfg = RunConfig(train=TrainConfig(steps=2, batch_size=4, lr=5e-2))
     rounds = CutSettings("block_influence", count=3, merge=None, selection_budget=None,
                          heal_steps=2, rounds=2, round_steps=2)
     done = cut(tiny_model("llama"), tokenizer, train, held, None, rounds, healing(cfg))

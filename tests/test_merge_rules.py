@@ -40,7 +40,7 @@ def test_sidecars_written_before_the_registry_replay(cell):
     assert record.plan.to_json() == sidecar["plan"]  # the format is unchanged
     model = tiny_model("llama", num_hidden_layers=30)
     probed = probe(tiny_model("llama", num_hidden_layers=30), tiny_tokenizer(), EXAMPLES,
-                   TrainConfig(steps=2, batch_size=4, lr=1e-2, progress=False), 2)
+                   TrainConfig(steps=2, batch_size=4, lr=1e-2), 2)
     _, entries = apply(model, record.plan, probed.igia, Calibration(tiny_tokenizer(), EXAMPLES))
     assert num_layers(model) == 30 - len(sidecar["removed_layers"])
     assert (sum(entries.values()) > 0) == (record.plan.merge_rule != "laco")

@@ -41,7 +41,7 @@ HELDOUT = [MCExample.from_question(f"Question: color {i}? Answer:", ["blue", "gr
 def make_igia(arch: str):
     """The probe's IGIA on a fresh tiny model of `arch`, made as in test_auto.py (seeded)."""
     result, _ = probe(tiny_model(arch), tiny_tokenizer(), EXAMPLES,
-                      TrainConfig(steps=3, batch_size=4, lr=1e-4, progress=False), 3)  # as pinned
+                      TrainConfig(steps=3, batch_size=4, lr=1e-4), 3)  # as pinned
     return result
 
 

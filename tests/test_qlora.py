@@ -108,7 +108,7 @@ def test_finetune_merges_into_what_full_precision_loads(tmp_path):
     from gradpruner.tasks import resolve_task
 
     examples = resolve_task(None, str(tmp_path / "q.jsonl")).train_examples()
-    cfg = TrainConfig(steps=2, batch_size=2, lr=1e-2, lora_rank=4, progress=False)
+    cfg = TrainConfig(steps=2, batch_size=2, lr=1e-2, lora_rank=4)
     full = tiny_model("llama")
     stand_in = copy.deepcopy(full).to(torch.bfloat16).float()
     before = {k: v.clone() for k, v in stand_in.state_dict().items()}
@@ -206,7 +206,7 @@ def test_quantized_run_heals_the_full_precision_cut(bnb_workspace, tmp_path, mon
         model=str(bnb_workspace / "model"), task=None, data=str(bnb_workspace / "q.jsonl"),
         criterion="gradpruner", merge=None, ratio=None, count=2, probe_steps=2, heldout=4,
         eval_limit=4, selection_budget=None, device="cpu", out=str(tmp_path / "run"),
-        train=dict(steps=3, batch_size=2, lr=1e-2, lora_rank=4, seed=0, progress=False,
+        train=dict(steps=3, batch_size=2, lr=1e-2, lora_rank=4, seed=0,
                    load_in_bits=4)))
     results = run(cfg)
     kept = results["prune"]["kept_layers"]

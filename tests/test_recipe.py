@@ -26,7 +26,7 @@ import test_compare
 igia = test_auto.igia  # the module-scoped probe fixture
 workspace = test_compare.workspace  # a tiny llama folder and 60 four-choice questions
 EXAMPLES = test_auto.EXAMPLES
-TRAIN = dict(steps=3, batch_size=4, lr=5e-3, seed=0, progress=False)
+TRAIN = dict(steps=3, batch_size=4, lr=5e-3, seed=0)
 
 
 def state(model) -> dict:

@@ -47,7 +47,7 @@ def test_trainer_projects_only_answer_positions(tmp_path):
     tok = tiny_tokenizer()
     examples = [MCExample.from_question(f"question {i} about things", ["yes", "no"], i % 2)
                 for i in range(8)]
-    cfg = TrainConfig(steps=2, batch_size=4, seed=0, progress=False, lr=1e-3)
+    cfg = TrainConfig(steps=2, batch_size=4, seed=0, lr=1e-3)
     model = tiny_model("llama")
     seen: list[int] = []
     model.lm_head.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[-2]))
@@ -78,7 +78,7 @@ def test_full_fine_tuning_of_a_bf16_model_keeps_fp32_master_weights():
     tok = tiny_tokenizer()
     examples = [MCExample.from_question(f"question {i} about things", ["yes", "no"], i % 2)
                 for i in range(16)]
-    cfg = TrainConfig(steps=10, batch_size=4, seed=0, progress=False, lr=1e-4, full=True)
+    cfg = TrainConfig(steps=10, batch_size=4, seed=0, lr=1e-4, full=True)
     name = "model.layers.0.mlp.up_proj.weight"
     start = dict(tiny_model("llama").named_parameters())[name].detach()
     reference, _ = finetune(tiny_model("llama"), tok, examples, cfg)

@@ -25,11 +25,11 @@ from .training.healing import HealConfig
 from .training.train_config import TrainConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-CONTROL_KEYS = ("progress",)  # training settings that change no result
 # settings that earlier versions wrote elsewhere (report.json configs): in `train`, `save_every` is
 # a run's own setting now, the others its checkpoints (`training.Checkpoints`); in `heal`, the
 # rounds of iterative pruning belong to the cut
-LEGACY_KEYS = {"train": ("save_every", "checkpoint_dir", "resume"), "heal": ("rounds", "round_steps")}
+LEGACY_KEYS = {"train": ("save_every", "checkpoint_dir", "resume", "progress"),
+               "heal": ("rounds", "round_steps")}
 MOVED_KEYS = ("save_every", "rounds", "round_steps")  # the rest is dropped
 
 
@@ -224,11 +224,9 @@ class RunConfig(RecipeConfig, HarnessSettings):
 
     def fingerprint(self) -> dict:
         """The settings a resumed run must share with the interrupted one: all but where it
-        writes, whether it resumes, and the training settings that change no result."""
-        values = {k: v for k, v in self.to_json().items()
-                  if k not in ("out", "overwrite", "resume", "save_every")}
-        values["train"] = {k: v for k, v in values["train"].items() if k not in CONTROL_KEYS}
-        return values
+        writes, whether it resumes and how often it checkpoints."""
+        return {k: v for k, v in self.to_json().items()
+                if k not in ("out", "overwrite", "resume", "save_every")}
 
 
 @dataclass

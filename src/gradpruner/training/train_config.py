@@ -48,7 +48,6 @@ class TrainConfig:
     bf16: bool = False
     gradient_checkpointing: bool = False
     logging_steps: int = 10
-    progress: bool = True
     load_in_bits: int | None = None  # QLoRA: 4 or 8-bit base weights (bitsandbytes)
 
     def planned_steps(self, examples: int) -> int:

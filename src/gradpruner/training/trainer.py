@@ -114,8 +114,9 @@ def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, ou
     schedule when it differs from the number of steps run (the probe); `distill` mixes a
     teacher's distributions into the loss; `autocast` (bf16 or fp16) computes in that dtype
     while the weights stay fp32 (mixed precision, see `master_weights`; `cfg.bf16` asks for it
-    too); `save_every` checkpoints into `output_dir` every that many steps. With `cfg.progress`, `TrainingProgress` shows the
-    steps (a bar on a terminal, periodic lines in a log file) instead of the Trainer's bar.
+    too); `save_every` checkpoints into `output_dir` every that many steps. `TrainingProgress`
+    shows the steps (a bar on a terminal, periodic lines in a log file) instead of the Trainer's
+    bar.
     """
     cfg.validate()
     features = training_features(tokenizer, examples, cfg.max_length)
@@ -157,7 +158,7 @@ def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, ou
         args=args,
         train_dataset=features,
         data_collator=PadCollator(pad_id(tokenizer), answer_logits=takes_logits_to_keep(model)),
-        callbacks=[*(callbacks or []), *([TrainingProgress()] if cfg.progress else [])],
+        callbacks=[*(callbacks or []), TrainingProgress()],
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
     trainer.schedule_steps, trainer.distillation = schedule_steps, distill

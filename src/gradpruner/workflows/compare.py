@@ -18,7 +18,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..catalog import HEALS, METHODS
-from ..config import CONTROL_KEYS, CompareConfig, changed_settings
+from ..config import CompareConfig, changed_settings
 from ..errors import GradPrunerError
 from ..evaluation.judge import task_batches, task_loss
 from ..evaluation.scoring import evaluate_examples
@@ -39,7 +39,7 @@ RESULT_KEYS = ("model", "task", "data", "eval_data", "density", "selection_budge
 def fingerprint(cfg: CompareConfig) -> dict:
     """What must match for finished cells to be reused (the healing and the rounds when they are
     not the defaults: the healing variants are cells of their own)."""
-    train = {k: v for k, v in asdict(cfg.train).items() if k not in CONTROL_KEYS}
+    train = asdict(cfg.train)
     heal = {"heal": asdict(cfg.heal)} if cfg.heal != HealConfig() else {}
     rounds = ({"rounds": cfg.rounds, "round_steps": cfg.round_steps}
               if (cfg.rounds, cfg.round_steps) != (1, 10) else {})
