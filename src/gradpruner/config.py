@@ -389,9 +389,9 @@ class EvalConfig(StageConfig, HarnessSettings):
     def validate(self) -> None:
         super().validate()
         _at_least(1, batch_size=self.batch_size)
+        self.check_harness()
         if not (self.task or self.data or self.harness):
             raise GradPrunerError("give a task to evaluate (--task, --data or --harness)")
-        self.check_harness()
 
 
 def all_methods() -> list[str]:
