@@ -6,7 +6,7 @@
 For each ratio, the dense model and the cut models run side by side in one process: runs
 alternate between the models and the median over repetitions is kept, so a shared, noisy machine
 slows all of them alike. Every time is printed as pruned / dense, beside the ideal ratio of the
-cost model (forward FLOPs of the matrix products, `gradpruner.costs.flops_ratio`, counting the LM
+cost model (forward FLOPs of the matrix products, `gradpruner.model.costs.flops_ratio`, counting the LM
 head only at the positions that need it) and "speed-up / ideal" = ideal ratio / measured ratio.
 
 - fine-tuning step time: LoRA (rank 8, every linear module) and full fine-tuning, through the
@@ -40,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -48,16 +49,17 @@ from transformers import AutoTokenizer, DynamicCache, LlamaConfig, LlamaForCausa
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_probe import StepTimer  # noqa: E402
 
-from gradpruner.costs import flops_ratio  # noqa: E402
-from gradpruner.data import PadCollator, pad_id  # noqa: E402
-from gradpruner.igia import IGIACallback  # noqa: E402
-from gradpruner.models import load_model, resolve_device, resolve_model  # noqa: E402
-from gradpruner.pipeline import finetune_stage, probe_stage, prune_stage  # noqa: E402
+from gradpruner.config import FinetuneConfig, ProbeConfig, PruneConfig  # noqa: E402
+from gradpruner.model.costs import flops_ratio  # noqa: E402
+from gradpruner.tasks.examples import PadCollator, pad_id  # noqa: E402
+from gradpruner.training.igia import IGIACallback  # noqa: E402
+from gradpruner.model.loading import load_model, resolve_device, resolve_model  # noqa: E402
+from gradpruner.workflows.stages import finetune_stage, probe_stage, prune_stage  # noqa: E402
 from gradpruner.tasks import resolve_task  # noqa: E402
-from gradpruner.selection import removal_count  # noqa: E402
-from gradpruner.surgery import cut_layers  # noqa: E402
-from gradpruner.timing import interleaved_medians  # noqa: E402
-from gradpruner.train import TrainConfig, add_lora, make_trainer  # noqa: E402
+from gradpruner.removal import removal_count  # noqa: E402
+from gradpruner.model.surgery import cut_layers  # noqa: E402
+from gradpruner.evaluation.timing import interleaved_medians  # noqa: E402
+from gradpruner.training.trainer import TrainConfig, add_lora, make_trainer  # noqa: E402
 
 PARTS = ("lora", "full", "inference", "memory", "probe", "e2e")
 LONG_RUN = (1000, 10)  # fine-tune and probe steps of the projection: the paper's probe of ~1 %
@@ -264,21 +266,24 @@ def end_to_end(task_name: str, cfg: TrainConfig, probe_steps: int, ratio: float,
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        finetune_stage(None, task, f"{tmp}/dense", cfg)
+        finetune_stage(FinetuneConfig(out=f"{tmp}/dense", train=cfg), task)
         out["dense fine-tune"] = {"total": time.perf_counter() - start}
         print(f"[end to end] dense fine-tune: {out['dense fine-tune']['total']:.0f} s", flush=True)
         for criterion in criteria:
             parts = {}
             start = time.perf_counter()
-            probe_stage(None, task, f"{tmp}/probe", cfg, probe_steps, cfg.steps)
+            probe_stage(ProbeConfig(out=f"{tmp}/probe", train=replace(cfg, steps=probe_steps),
+                                    schedule_steps=cfg.steps), task)
             parts["probe"] = time.perf_counter() - start
             mark = time.perf_counter()
             merge = 3 if criterion == "gradpruner" else "auto"
-            prune_stage(None, f"{tmp}/probe", f"{tmp}/pruned-{criterion}", criterion=criterion,
-                        ratio=ratio, merge=merge, task=task, overwrite=True)
+            prune_stage(PruneConfig(scores=f"{tmp}/probe", out=f"{tmp}/pruned-{criterion}",
+                                    criterion=criterion, ratio=ratio, merge=merge, overwrite=True),
+                        task)
             parts["prune"] = time.perf_counter() - mark
             mark = time.perf_counter()
-            finetune_stage(f"{tmp}/pruned-{criterion}", task, f"{tmp}/tuned-{criterion}", cfg)
+            finetune_stage(FinetuneConfig(model=f"{tmp}/pruned-{criterion}",
+                                          out=f"{tmp}/tuned-{criterion}", train=cfg), task)
             parts["fine-tune"] = time.perf_counter() - mark
             parts["total"] = time.perf_counter() - start
             out[f"probe + prune ({criterion}) + fine-tune"] = parts
@@ -333,7 +338,7 @@ def main() -> None:
     dense, tokenizer = load(args.shape, args.layers)
     task = resolve_task(args.task, None)
     examples = task.train_examples()[:256]  # what the timed steps draw from
-    cfg = TrainConfig(batch_size=args.batch, max_length=args.max_length, lr=2e-4, progress=False,
+    cfg = TrainConfig(batch_size=args.batch, max_length=args.max_length, lr=2e-4,
                       logging_steps=10_000, seed=0)
     config, n = dense.config, dense.config.num_hidden_layers
     print(f"# {args.shape}: {n} layers, {sum(p.numel() for p in dense.parameters()) / 1e6:.0f} M "

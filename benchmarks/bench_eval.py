@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from gradpruner.evaluate import (_choice_logprobs_full, _shared_contexts, choice_logprobs,
+from gradpruner.evaluation.scoring import (_choice_logprobs_full, _shared_contexts, choice_logprobs,
                                  choice_pairs, mc_accuracy)
-from gradpruner.models import load_model
+from gradpruner.model.loading import load_model
 from gradpruner.tasks import get_task
 
 

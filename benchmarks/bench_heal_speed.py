@@ -14,19 +14,17 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-from dataclasses import replace
 
 import torch
 
-from gradpruner.apply import apply
-from gradpruner.config import RunConfig
-from gradpruner.heal import HealConfig
-from gradpruner.models import load_model
+from gradpruner.merging import apply
+from gradpruner.training.healing import HealConfig
+from gradpruner.model.loading import load_model
 from gradpruner.plan import PrunePlan
-from gradpruner.recipe import heal
-from gradpruner.selection import parse_layer_list
+from gradpruner.workflows.recipe import Healing, heal
+from gradpruner.removal import parse_layer_list
 from gradpruner.tasks import get_task
-from gradpruner.train import TrainConfig
+from gradpruner.training.trainer import TrainConfig
 
 VARIANTS = {
     "pruned, LoRA": HealConfig(),
@@ -53,23 +51,23 @@ def main() -> None:
     args = parser.parse_args()
     master, tokenizer, _ = load_model(None, "float32", "cpu")
     examples = get_task(args.task).train_examples()[:-32]
-    train = TrainConfig(steps=args.steps, progress=False, logging_steps=1000)
+    train = TrainConfig(steps=args.steps, logging_steps=1000)
     plan = PrunePlan(master.config.num_hidden_layers, tuple(parse_layer_list(args.remove)))
     pruned, _ = apply(copy.deepcopy(master), plan)
     times: dict[str, list[float]] = {"dense, LoRA": [], **{name: [] for name in VARIANTS},
                                      **{name: [] for name in REVISITING}}
     half = examples[:args.steps * train.batch_size // 2]
     for _ in range(args.repeats):
-        cfg = RunConfig(train=train)
-        _, stats = heal(copy.deepcopy(master), tokenizer, examples, None, cfg,
-                        list(range(plan.num_layers)), 0, torch.float32)
+        _, stats = heal(copy.deepcopy(master), tokenizer, examples, None,
+                        Healing(train, HealConfig(), torch.float32), list(range(plan.num_layers)))
         times["dense, LoRA"].append(stats["step_seconds"])
         for name, variant, revisits in [*((n, v, False) for n, v in VARIANTS.items()),
                                         *((n, v, True) for n, v in REVISITING.items())]:
-            cfg = replace(RunConfig(train=train), heal=variant)
             teacher = copy.deepcopy(master) if variant.distils else None
+            healing = Healing(train, variant, torch.float32, teacher,
+                              "dense+probe adapters" if teacher is not None else None)
             _, stats = heal(copy.deepcopy(pruned), tokenizer, half if revisits else examples, None,
-                            cfg, plan.kept, 0, torch.float32, teacher)
+                            healing, plan.kept)
             times[name].append(stats["train_seconds"] / stats["steps"] if revisits
                                else stats["step_seconds"])
     dense = statistics.median(times["dense, LoRA"])

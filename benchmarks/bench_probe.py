@@ -19,9 +19,9 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-from gradpruner.data import PadCollator
-from gradpruner.igia import IGIACallback
-from gradpruner.train import TrainConfig, add_lora
+from gradpruner.tasks.examples import PadCollator
+from gradpruner.training.igia import IGIACallback
+from gradpruner.training.trainer import TrainConfig, add_lora
 
 
 class TimedIGIACallback(IGIACallback):

@@ -11,7 +11,7 @@ the same search with only the first layer's input kept, so that every candidate 
 embeddings through every kept layer; both must choose the same cut and merge with the same
 losses, which the script checks.
 
-Every step is the recipe's (`gradpruner.recipe`, what `run` and `compare` run): the training
+Every step is the recipe's (`gradpruner.workflows.recipe`, what `run` and `compare` run): the training
 examples are split (`split_heldout`: the last `--heldout` judge the cuts), the probe runs on the
 rest, `cut` selects and applies the plan in fp32, and `heal` fine-tunes the cut model. Each
 selection's sidecar is replayed on a fresh copy of the dense model by the library's `apply`
@@ -33,15 +33,15 @@ from dataclasses import replace
 
 import torch
 
-import gradpruner.search.judge as judge_module
-from gradpruner.apply import apply
+import gradpruner.evaluation.judge as judge_module
+from gradpruner.merging import apply
 from gradpruner.config import RecipeConfig
-from gradpruner.models import load_model
+from gradpruner.model.loading import load_model, resolve_device, resolve_dtype
 from gradpruner.tasks import resolve_task
 from gradpruner.plan import PrunePlan
-from gradpruner.recipe import ProbeResult, cut, heal, probe, recipe_dtype, split_heldout
-from gradpruner.report import skipped_parts
-from gradpruner.train import TrainConfig
+from gradpruner.workflows.recipe import Healing, ProbeResult, cut, heal, probe, split_heldout
+from gradpruner.reports.run_report import skipped_parts
+from gradpruner.training.trainer import TrainConfig
 
 NOT_JUDGED = {"measure": "not run", "seconds": 0.0, "first_pass_seconds": 0.0,
               "forward_batches": 0, "layer_passes": 0}
@@ -51,7 +51,7 @@ def recipe(args, ratio: float | None = None) -> RecipeConfig:
     """The recipe's settings: `auto` with the merge search, within `--selection-budget` of a
     `--heal-steps` fine-tune (no limit without either)."""
     heal_steps = args.heal_steps or 20  # also the probe's learning-rate schedule, as in `run`
-    train = TrainConfig(steps=heal_steps, batch_size=8, lr=2e-4, progress=False, logging_steps=10_000)
+    train = TrainConfig(steps=heal_steps, batch_size=8, lr=2e-4, logging_steps=10_000)
     budget = args.selection_budget if args.heal_steps else None
     return RecipeConfig(model=args.model, task=args.task, data=args.data, criterion="auto",
                         ratio=ratio, merge="auto", selection_budget=budget,
@@ -100,7 +100,7 @@ def main() -> None:
     base = recipe(args)
     task = resolve_task(base.task, base.data)
     master, tokenizer, source = load_model(base.model, "float32", base.device)
-    dtype = recipe_dtype(base)
+    dtype = resolve_dtype(base.dtype, resolve_device(base.device))
     train, held = split_heldout(task.train_examples(), base.heldout)
     probed = probe(copy.deepcopy(master).to(dtype), tokenizer, train, base.train, base.probe_steps,
                    base.train.planned_steps(len(train)))
@@ -117,8 +117,8 @@ def main() -> None:
             stored = judge_module.INPUTS_BYTES
             judge_module.INPUTS_BYTES = stored if name == "shortcut" else 1  # 1: layer 0's input only
             try:
-                done = cut(copy.deepcopy(master), tokenizer, train, held, probed, cfg, "auto", "auto",
-                           ratio, cfg.train.seed)
+                done = cut(copy.deepcopy(master), tokenizer, train, held, probed,
+                           cfg.cut_settings(len(train)))
             finally:
                 judge_module.INPUTS_BYTES = stored
             record, seconds = done.record.to_json(), done.select_seconds
@@ -132,9 +132,9 @@ def main() -> None:
                   f"{replays(master, record, probed, done.model)} |", flush=True)
             if args.heal_steps and name == "shortcut":
                 steps = min(args.heal_steps, 20) if args.selection_budget is not None else args.heal_steps
-                healing = replace(cfg, train=replace(cfg.train, steps=steps))
-                _, stats = heal(done.model, tokenizer, train, probed, healing, done.record.kept_layers,
-                                cfg.train.seed, dtype)
+                healing = Healing(replace(cfg.train, steps=steps), cfg.heal, dtype,
+                                  warm_start=cfg.warm_starts)
+                _, stats = heal(done.model, tokenizer, train, probed, healing, done.record.kept_layers)
                 costs.append((ratio, parts(record, seconds), stats["seconds_per_step"]))
                 skipped[ratio] = "; ".join(skipped_parts(record))
             del done

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_warm_start.py --tasks arc_easy,sst2 --ratio 0.25 --steps 20
 
-Per task, the recipe that `run` runs (`gradpruner.recipe`): the training examples split
+Per task, the recipe that `run` runs (`gradpruner.workflows.recipe`): the training examples split
 (`split_heldout`), one probe (its LoRA adapters kept), one cut (the `--criterion`, default
 `auto`, merge `auto`, within `--selection-budget` of the fine-tune), then the same cut model
 healed twice (`heal`), once with the adapters of the kept layers starting from the probe's
@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-from dataclasses import replace
 from pathlib import Path
 
 from gradpruner.config import RecipeConfig
-from gradpruner.models import load_model
+from gradpruner.model.loading import load_model, resolve_device, resolve_dtype
 from gradpruner.tasks import resolve_task
-from gradpruner.recipe import cut, evaluate, heal, probe, recipe_dtype, split_heldout
-from gradpruner.train import TrainConfig
+from gradpruner.workflows.recipe import Healing, cut, evaluate, heal, probe, split_heldout
+from gradpruner.training.trainer import TrainConfig
 
 
 def fraction_or_none(text: str) -> float | None:
@@ -33,7 +32,7 @@ def fraction_or_none(text: str) -> float | None:
 def one_task(task_name: str, args) -> dict:
     """Probe, cut, then cold and warm heals of the same cut model, evaluated."""
     train_cfg = TrainConfig(steps=args.steps, batch_size=8, lr=args.lr, seed=args.seed,
-                            progress=False, logging_steps=10_000)
+                            logging_steps=10_000)
     cfg = RecipeConfig(model=args.model, task=None if args.data else task_name, data=args.data,
                        criterion=args.criterion, ratio=args.ratio,
                        merge="auto" if args.criterion == "auto" else None,
@@ -43,16 +42,16 @@ def one_task(task_name: str, args) -> dict:
     task = resolve_task(cfg.task, cfg.data)
     train, held = split_heldout(task.train_examples(), cfg.heldout)
     master, tokenizer, _ = load_model(cfg.model, "float32", cfg.device)
-    dtype = recipe_dtype(cfg)
+    dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
     probed = probe(copy.deepcopy(master).to(dtype), tokenizer, train, cfg.train, cfg.probe_steps,
                    cfg.train.planned_steps(len(train)))
-    done = cut(copy.deepcopy(master), tokenizer, train, held, probed, cfg, cfg.criterion, cfg.merge,
-               cfg.ratio, cfg.train.seed)
+    done = cut(copy.deepcopy(master), tokenizer, train, held, probed, cfg.cut_settings(len(train)))
     record = done.record
     out = {"removed_layers": record.removed_layers, "merged": record.merged}
     for arm, warm in (("cold", False), ("warm", True)):
-        tuned, stats = heal(copy.deepcopy(done.model), tokenizer, train, probed,
-                            replace(cfg, warm_start=warm), record.kept_layers, cfg.train.seed, dtype)
+        healing = Healing(cfg.train, cfg.heal, dtype, warm_start=warm and cfg.warm_starts)
+        tuned, stats = heal(copy.deepcopy(done.model), tokenizer, train, probed, healing,
+                            record.kept_layers)
         metrics = evaluate(tuned, tokenizer, task, cfg.eval_limit)
         out[arm] = {"accuracy": metrics["acc"], "train_seconds": stats["train_seconds"],
                     "train_loss": stats["train_loss"],

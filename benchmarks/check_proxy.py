@@ -29,17 +29,17 @@ from pathlib import Path
 
 import torch
 
-from gradpruner.apply import apply
-from gradpruner.compare_report import spearman
+from gradpruner.merging import apply
+from gradpruner.reports.compare_report import spearman
 from gradpruner.criteria import ScoreContext
-from gradpruner.evaluate import choice_logprobs
-from gradpruner.igia import IGIA
-from gradpruner.models import load_model
+from gradpruner.evaluation.scoring import choice_logprobs
+from gradpruner.training.igia import IGIA
+from gradpruner.model.loading import load_model
 from gradpruner.tasks import resolve_task
 from gradpruner.plan import PrunePlan
-from gradpruner.recipe import split_heldout
+from gradpruner.workflows.recipe import split_heldout
 from gradpruner.search.auto import AutoSettings, heldout_scoring
-from gradpruner.search.judge import choice_loss, task_batches, task_loss
+from gradpruner.evaluation.judge import choice_loss, task_batches, task_loss
 
 
 def rebuild(dense, sidecar: dict, folder: Path, seed: int = 0) -> torch.nn.Module:

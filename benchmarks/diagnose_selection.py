@@ -21,15 +21,15 @@ from dataclasses import replace
 
 import torch
 
-from gradpruner.compare_report import spearman
+from gradpruner.reports.compare_report import spearman
 from gradpruner.criteria import ScoreContext, get_criterion
-from gradpruner.models import load_model
-from gradpruner.recipe import probe, split_heldout
+from gradpruner.model.loading import load_model
+from gradpruner.workflows.recipe import probe, split_heldout
 from gradpruner.search.auto import AutoSettings, heldout_scoring
-from gradpruner.search.judge import Judge
-from gradpruner.selection import lowest_scored
+from gradpruner.evaluation.judge import Judge
+from gradpruner.removal import lowest_scored
 from gradpruner.tasks import get_task
-from gradpruner.train import TrainConfig
+from gradpruner.training.trainer import TrainConfig
 
 LATE = range(21, 29)
 
@@ -75,7 +75,7 @@ def main() -> None:
     rows, reference = [], None
     for name, (steps, lr, full) in probes.items():
         start = time.perf_counter()
-        cfg = TrainConfig(steps=60, lr=lr, full=full, progress=False, logging_steps=1000)
+        cfg = TrainConfig(steps=60, lr=lr, full=full, logging_steps=1000)
         igia = probe(copy.deepcopy(model), tokenizer, train, cfg, steps, 60).igia
         seconds = time.perf_counter() - start
         ctx = replace(ctx, igia=igia)

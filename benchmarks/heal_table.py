@@ -15,7 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
-from gradpruner.compare_report import rows
+from gradpruner.reports.compare_report import rows
 
 
 def load(folder: str) -> tuple[str, list[dict], dict]:

@@ -19,7 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
-from gradpruner.compare_report import rows, spearman, write_comparison
+from gradpruner.reports.compare_report import rows, spearman, write_comparison
 
 SINGLE = ("gradpruner", "gradpruner_nomerge", "gradpruner_unsquared", "tail", "random",
           "block_influence", "angular", "taylor", "ppl", "laco")

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from gradpruner.evaluate import evaluate_examples
-from gradpruner.heal import HealConfig
-from gradpruner.models import load_model
-from gradpruner.recipe import ProbeResult, split_heldout, teacher_model
+from gradpruner.evaluation.scoring import evaluate_examples
+from gradpruner.training.healing import HealConfig
+from gradpruner.model.loading import load_model
+from gradpruner.workflows.recipe import ProbeResult, split_heldout, teacher_model
 from gradpruner.tasks import get_task
-from gradpruner.train import TrainConfig
+from gradpruner.training.trainer import TrainConfig
 
 
 def main() -> None:
@@ -33,8 +33,8 @@ def main() -> None:
         settings = json.loads((folder / "settings.json").read_text())
         task = get_task(settings["task"])
         probed = ProbeResult.load(folder / "probe-s0")
-        teacher = teacher_model(master, probed.adapters, HealConfig(distill=0.5),
-                                TrainConfig(**{**settings["train"], "progress": False}), torch.float32)
+        teacher = teacher_model(master, probed, HealConfig(distill=0.5),
+                                TrainConfig(**settings["train"]), torch.float32)
         _, held = split_heldout(task.train_examples(), settings["heldout"])
         test = evaluate_examples(teacher, tokenizer, task.eval_examples()[:args.limit], task.kind)
         heldout = evaluate_examples(teacher, tokenizer, held, task.kind)
