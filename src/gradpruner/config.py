@@ -33,13 +33,11 @@ LEGACY_KEYS = {"train": ("save_every", "checkpoint_dir", "resume", "progress"),
 MOVED_KEYS = ("save_every", "rounds", "round_steps")  # the rest is dropped
 
 
-@dataclass(frozen=True)
-class CutSettings:
-    """What decides a cut: the criterion, its size (`ratio`, `count` or an explicit `remove`),
-    the merge (`merge`, the paper's `density`), the share of the `heal_steps`-step fine-tune that
-    follows which the selection may take (`selection_budget`; None for either: no limit), the
-    criteria's settings dataclasses by name, the seed, and iterative pruning's `rounds` with
-    `round_steps` of healing between them."""
+@dataclass
+class CutFields:
+    """The settings of a cut that a user gives: the criterion, its size (`ratio`, `count` or an
+    explicit `remove`), the merge (`merge`, the paper's `density`) and the share of the
+    fine-tune after it that the selection may take (`selection_budget`; None: no limit)."""
 
     criterion: str = "auto"
     ratio: float | None = None
@@ -48,6 +46,15 @@ class CutSettings:
     merge: int | str | None = "auto"
     density: float = DEFAULT_DENSITY
     selection_budget: float | None = 0.1
+
+
+@dataclass
+class CutSettings(CutFields):
+    """What decides a cut: the user's `CutFields`, the criteria's settings dataclasses by name,
+    the seed, the steps of the fine-tune that follows (`heal_steps`, whose time the selection
+    budget shares; None: no limit), and iterative pruning's `rounds` with `round_steps` of
+    healing between them."""
+
     criterion_settings: dict[str, object] = field(default_factory=dict)
     seed: int = 0
     heal_steps: int | None = None
@@ -87,7 +94,7 @@ class HarnessSettings:
 
 
 @dataclass
-class RecipeConfig:
+class RecipeConfig(CutFields):
     """What the prune-and-heal recipe needs: the model, data, cut, merge, probe and healing.
 
     `heldout` training examples are set apart, never trained on, to judge cuts; `selection_budget`
@@ -99,13 +106,7 @@ class RecipeConfig:
     data: str | None = None
     eval_data: str | None = None
     chat_template: str = "auto"
-    criterion: str = "auto"
     ratio: float | None = 0.2
-    count: int | None = None
-    remove: list[int] | None = None
-    merge: int | str | None = "auto"
-    density: float = DEFAULT_DENSITY
-    selection_budget: float | None = 0.1
     settings: dict[str, dict] = field(default_factory=dict)
     probe_steps: int = 40
     heldout: int = 32
@@ -310,7 +311,7 @@ class ProbeConfig(StageConfig):
 
 
 @dataclass
-class PruneConfig(StageConfig):
+class PruneConfig(StageConfig, CutFields):
     """`gradpruner prune`: the cut of `model` (default: the probed one) by the probe in `scores`
     and / or the task's data, of which the last `heldout` examples judge cuts (default: as many
     as the probe left out, else 32); `heal_steps`: the fine-tune planned after, whose time the
@@ -319,13 +320,6 @@ class PruneConfig(StageConfig):
     scores: str | None = None
     heldout: int | None = None
     seed: int = 0
-    criterion: str = "auto"
-    ratio: float | None = None
-    count: int | None = None
-    remove: list[int] | None = None
-    merge: int | str | None = "auto"
-    density: float = DEFAULT_DENSITY
-    selection_budget: float | None = 0.1
     heal_steps: int | None = None
 
     def validate(self) -> None:
