@@ -124,13 +124,16 @@ def add_deltas(model: torch.nn.Module, deltas: dict[str, torch.Tensor], scale: f
 
 def _matrix_pairs(params: dict, prefix: str, donor: int, receiver: int,
                   mergeable: Collection[str] | None) -> list[tuple[str, str]]:
-    """(donor name, receiver name) of every mergeable 2-D weight of the donor layer."""
+    """(donor name, receiver name) of every mergeable 2-D weight of the donor layer that the
+    receiver has too (an MoE donor's router has no counterpart in a dense receiver)."""
     head = f"{prefix}.{donor}."
     pairs = []
     for name, param in params.items():
         if name.startswith(head) and param.dim() == 2 and (mergeable is None or name in mergeable):
             recv_name = f"{prefix}.{receiver}." + name[len(head):]
-            if recv_name not in params or params[recv_name].shape != param.shape:
-                raise GradPrunerError(f"cannot merge {name}: {recv_name} missing or of another shape")
+            if recv_name not in params:
+                continue
+            if params[recv_name].shape != param.shape:
+                raise GradPrunerError(f"cannot merge {name}: {recv_name} is of another shape")
             pairs.append((name, recv_name))
     return pairs
