@@ -1,6 +1,6 @@
 """Command line: arguments only; every command calls the library.
 
-    gradpruner probe | prune | finetune | eval | run | compare | tasks
+    gradpruner probe | prune | finetune | eval | run | compare | export | tasks
 
 Parsing, `--help`, argument errors and the checks of the settings finish before torch,
 transformers or peft are imported (the modules they need import none).
@@ -335,6 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "compare.HEALS)")
     _flags_only(p)
 
+    p = sub.add_parser("export", help="export a model folder to GGUF with llama.cpp's converter and "
+                                      "quantizer, each file checked against transformers")
+    p.add_argument("--model", default=None,
+                   help="local HF model folder (default: the offline SmolLM2-135M-Instruct)")
+    p.add_argument("--format", default="gguf", choices=["gguf"], help="output format (default gguf)")
+    p.add_argument("--quant", default="f16",
+                   help="comma-separated GGUF types, e.g. f16,q8_0,q4_k_m (default f16; also f32, "
+                        "bf16, q6_k, q5_k_m, q5_0, q4_0, q3_k_m, q2_k)")
+    p.add_argument("--llama-cpp", metavar="DIR",
+                   help="a llama.cpp checkout whose convert_hf_to_gguf.py to use (default: "
+                        "$GRADPRUNER_LLAMA_CPP, else llama-cpp-python's source package, fetched once)")
+    _add_output(p)
+
     sub.add_parser("tasks", help="list the built-in tasks")
     return parser
 
@@ -427,6 +440,13 @@ def _dispatch(args) -> int:
         _check_density(sel["density"])
     elif args.command == "eval":
         harness = _harness_spec(args)
+    elif args.command == "export":
+        from .export.llamacpp import parse_types, require_runtime
+        from .outputs import check_output_dir
+
+        file_types = parse_types(args.quant)
+        check_output_dir(args.out, args.overwrite)
+        require_runtime()
     elif args.command in ("probe", "finetune"):
         train = _train_config(args)
         if args.command == "finetune":
@@ -481,6 +501,12 @@ def _dispatch(args) -> int:
                                      args.batch_size, args.dtype, args.device, args.device_map,
                                      harness)
         print(json.dumps(result, indent=2))
+        return 0
+    if args.command == "export":
+        from .export.gguf import export_gguf
+
+        result = export_gguf(args.model, args.out, file_types, args.overwrite, args.llama_cpp)
+        print(json.dumps({"out": args.out, "files": [f.to_json() for f in result.files]}, indent=2))
         return 0
     if args.command == "compare":
         from .compare import compare

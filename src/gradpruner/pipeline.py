@@ -293,6 +293,24 @@ def eval_stage(model: str | None, task: Task | None, limit: int | None = None,
         raise GradPrunerError("give a task to evaluate (--task, --data or --harness)")
     if harness is not None:
         harness.validate()
+    if model is not None and model.endswith(".gguf"):  # scored through llama.cpp (export/scoring.py)
+        result = _eval_gguf(model, task, limit, protocol, harness)
+    else:
+        result = _eval_model(model, task, limit, protocol, batch_size, dtype, device, device_map,
+                             harness)
+    if out:
+        path = Path(out)
+        if path.exists() and path.is_dir():
+            raise GradPrunerError(f"--out {out} is a folder; give a file name such as metrics.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, result)
+    return result
+
+
+def _eval_model(model: str | None, task: Task | None, limit: int | None, protocol: str,
+                batch_size: int, dtype: str, device: str, device_map: str | None,
+                harness: HarnessSpec | None) -> dict:
+    """`eval_stage` of a Hugging Face model."""
     net, tokenizer, source = load_model(model, dtype, device, device_map)
     result = {}
     if task:
@@ -303,13 +321,24 @@ def eval_stage(model: str | None, task: Task | None, limit: int | None = None,
     if harness is not None:
         with stage("lm-evaluation-harness", ", ".join(harness.tasks)):
             result["harness"] = run_harness(net, tokenizer, harness, limit, batch_size)
-    if out:
-        path = Path(out)
-        if path.exists() and path.is_dir():
-            raise GradPrunerError(f"--out {out} is a folder; give a file name such as metrics.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, result)
     return result
+
+
+def _eval_gguf(path: str, task: Task | None, limit: int | None, protocol: str,
+               harness: HarnessSpec | None) -> dict:
+    """`eval_stage` of a GGUF file, through llama.cpp, on the same items and token ids."""
+    from .export.llamacpp import require_runtime
+    from .export.scoring import evaluate_gguf, gguf_file
+
+    if task is None or harness is not None:
+        raise GradPrunerError("a GGUF file is evaluated on a task (--task or --data), not with --harness")
+    require_runtime()
+    gguf_file(path)
+    examples = task.eval_examples()[:limit] if limit else task.eval_examples()
+    with stage("evaluation", f"{task.name}, {protocol}, through llama.cpp") as st:
+        result = evaluate_gguf(path, examples, task.kind, protocol)
+        st.result = metric_summary(result)
+    return {**result, "model": path, "task": task.name, "protocol": protocol}
 
 
 def run(cfg: RunConfig) -> dict:
