@@ -96,6 +96,25 @@ def test_export_of_pruned_model_agrees_with_transformers(tmp_path, arch):
     print(arch, check.summary())
 
 
+@pytest.mark.slow
+def test_olmo2_with_the_default_models_tokenizer(tmp_path):
+    """OLMo 2's conversion takes only tokenizers llama.cpp knows by their pre-tokenizer (no
+    SentencePiece model): the default model's (SmolLM2, a known one), with the chat template."""
+    from transformers import AutoTokenizer
+
+    from gradpruner.assets import default_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+    model = tiny_model("olmo2", vocab_size=len(tokenizer), initializer_range=0.2,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    cut_layers(model, [3])
+    model.save_pretrained(tmp_path / "olmo2")
+    tokenizer.save_pretrained(tmp_path / "olmo2")
+    check = export_gguf(str(tmp_path / "olmo2"), str(tmp_path / "out"), ["f32"]).files[0].check
+    assert check.passed and [p.name for p in check.prompts][-2:] == ["chat", "long"]
+    assert check.top1_agreement >= 0.98
+
+
 def test_without_the_pattern_fix_the_check_refuses_gemma3(tmp_path):
     """The planted defect: llama.cpp left to guess Gemma 3's global layers after the cut."""
     folder = pruned_folder(tmp_path, "gemma3_text")

@@ -56,14 +56,15 @@ def _check_table(files: list[dict]) -> list[str]:
 
 
 def _serve_section(example: str) -> list[str]:
+    name = example.removesuffix(".gguf").lower()
     return ["## How to serve", "",
             "llama.cpp's server (OpenAI-compatible API on port 8080):", "", "```sh",
             f"llama-server -m {example} --host 127.0.0.1 --port 8080", "```", "",
             "llama-cpp-python's server (`pip install 'gradpruner[serve]'` installs it):", "", "```sh",
             f"python -m llama_cpp.server --model {example} --host 127.0.0.1 --port 8000", "```", "",
             "Ollama: a `Modelfile` beside the file, then `ollama create` and `ollama run`:", "",
-            "```sh", f"echo 'FROM ./{example}' > Modelfile", "ollama create pruned -f Modelfile",
-            "ollama run pruned", "```", "",
+            "```sh", f"echo 'FROM ./{example}' > Modelfile", f"ollama create {name} -f Modelfile",
+            f"ollama run {name}", "```", "",
             "Accuracy of a file on a task, scored as the Hugging Face model is:", "", "```sh",
             f"gradpruner eval --model {example} --task arc_easy", "```", ""]
 

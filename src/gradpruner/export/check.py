@@ -18,10 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .llamacpp import quiet_llama_cpp
+
 # Largest |logit difference| a float file may show, as a fraction of the largest |logit| the
-# Hugging Face model gives on the prompts (its scale). Measured in fp32 against transformers: f32
-# files differ by about 1e-4 of the scale (summation order), f16 by about 2e-3 (SmolLM2-135M:
-# 0.015 and 0.05 on logits of about 28); a wrong attention pattern differs by 5-25 %.
+# Hugging Face model gives on the prompts (its scale). Measured on the tests' pruned tiny models
+# (cache in f32): f32 files differ by 3e-6 of the scale (Llama, Mistral, Qwen3) to 1e-3 (Gemma's
+# approximated GELU); without the per-layer pattern a pruned Gemma 3 differs by 0.48 of it and a
+# Gemma 2 by 0.97.
 TOLERANCE = {"f32": 0.005, "f16": 0.02, "bf16": 0.05}
 
 PLAIN_PROMPTS = (
@@ -152,10 +155,14 @@ def open_gguf(path: Path, n_ctx: int):
     f16 cache would add its own rounding to the file's)."""
     from llama_cpp import GGML_TYPE_F32, Llama
 
-    threads = os.cpu_count() or 1
-    return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-                 swa_full=True, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, n_threads=threads,
-                 n_threads_batch=threads, verbose=False)
+    # llama-cpp-python's default for generation, also for batches: one thread per physical core
+    # (its default of every logical CPU for batches spins threads against each other on a busy
+    # machine: 4-8 s instead of 0.3 s for 60 tokens of the default model, measured on 2 cores)
+    threads = max(1, (os.cpu_count() or 2) // 2)
+    with quiet_llama_cpp():
+        return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
+                     logits_all=True, swa_full=True, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32,
+                     n_threads=threads, n_threads_batch=threads, verbose=False)
 
 
 def gguf_logits(llm, ids: list[int]) -> np.ndarray:

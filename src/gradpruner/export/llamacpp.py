@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import re
 import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,7 +153,21 @@ def quantize(source: Path, outfile: Path, file_type: str, threads: int | None = 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_TYPES[file_type]
     params.nthread = threads or os.cpu_count() or 1
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(outfile).encode(),
-                                            ctypes.byref(params))
+    with quiet_llama_cpp():
+        status = llama_cpp.llama_model_quantize(str(source).encode(), str(outfile).encode(),
+                                                ctypes.byref(params))
     if status != 0 or not outfile.is_file():
         raise GradPrunerError(f"llama.cpp's quantizer failed ({status}) making {file_type} from {source.name}")
+
+
+@contextmanager
+def quiet_llama_cpp() -> Iterator[None]:
+    """Keep llama.cpp's log to its errors meanwhile (llama-cpp-python prints it to stderr
+    through the "llama-cpp-python" logger's level)."""
+    log = logging.getLogger("llama-cpp-python")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)

@@ -61,9 +61,8 @@ def _pair_logprob(llm, ids: list[int], labels: list[int]) -> float:
     shared = next((k for k, (a, b) in enumerate(zip(cached, ids)) if a != b), min(len(cached), len(ids)))
     llm.n_tokens = min(shared, len(ids) - 1)  # at least one token runs, so the cache is cut there
     llm.eval(ids[llm.n_tokens:])
-    logits = np.asarray(llm.scores[:len(ids) - 1], dtype=np.float64)
     rows = [t for t in range(1, len(ids)) if labels[t] != -100]
-    picked = logits[[t - 1 for t in rows]]
+    picked = np.asarray(llm.scores[[t - 1 for t in rows]], dtype=np.float64)  # predicting rows
     top = picked.max(axis=1, keepdims=True)
     log_norm = top[:, 0] + np.log(np.exp(picked - top).sum(axis=1))
     return float((picked[np.arange(len(rows)), [ids[t] for t in rows]] - log_norm).sum())
