@@ -2,7 +2,8 @@
 
     python benchmarks/bench_serving_speed.py DENSE.gguf PRUNED.gguf [--prompt 512] [--gen 128]
 
-Both files stay loaded (llama-cpp-python, default settings: f16 cache, every core); each repeat
+Both files stay loaded (llama-cpp-python: f16 cache, --threads threads, default one per physical
+core, for prompts too: more spin against each other on a busy machine); each repeat
 times one prompt of --prompt tokens in one batch, then --gen single-token steps on it, for one
 file and then the other, so that a slower or faster moment of the machine hits both. Prints the
 median tokens/s of each and the pruned / dense ratio, beside the ideal speed-up of the pruned
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -48,10 +50,13 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=512, help="prompt tokens (default 512)")
     parser.add_argument("--gen", type=int, default=128, help="generated tokens (default 128)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats (default 5)")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                        help="threads (default: half the logical CPUs)")
     args = parser.parse_args()
     n_ctx = args.prompt + args.gen + 8
     models = {name: Llama(model_path=str(path), n_ctx=n_ctx, n_batch=args.prompt,
-                          n_ubatch=args.prompt, verbose=False)
+                          n_ubatch=args.prompt, n_threads=args.threads,
+                          n_threads_batch=args.threads, verbose=False)
               for name, path in (("dense", args.dense), ("pruned", args.pruned))}
     prompt = [(17 * i + 100) % 1000 + 100 for i in range(args.prompt)]  # ordinary token ids
     for llm in models.values():
@@ -66,6 +71,7 @@ def main() -> None:
     result["ratio"] = {key: result["pruned"][key] / result["dense"][key] for key in result["dense"]}
     result["ideal_speedup"] = ideal_speedup(args.pruned)
     result["settings"] = {"prompt": args.prompt, "gen": args.gen, "repeats": args.repeats,
+                          "threads": args.threads,
                           "dense": str(args.dense), "pruned": str(args.pruned)}
     print(json.dumps(result, indent=2))
     for llm in models.values():
