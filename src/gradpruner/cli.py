@@ -24,9 +24,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"gradpruner: error: {message} (see --help)\n")
 
 
-def _add_model(p: argparse.ArgumentParser, device_map: bool = False) -> None:
+def _add_model(p: argparse.ArgumentParser, device_map: bool = False, gguf: bool = False) -> None:
+    also = "; or a .gguf file of `gradpruner export`, scored through llama.cpp" if gguf else ""
     p.add_argument("--model", default=None,
-                   help="local HF folder or Hub id (default: the offline SmolLM2-135M-Instruct)")
+                   help=f"local HF folder or Hub id (default: the offline SmolLM2-135M-Instruct){also}")
     p.add_argument("--dtype", default="auto",
                    help="auto (default: bf16 on CUDA, else fp32) | float32 | bfloat16 | float16")
     p.add_argument("--device", default="auto", help="auto (default: CUDA when present) | cpu | cuda[:N]")
@@ -298,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(p)
 
     p = sub.add_parser("eval", help="evaluate a model on a task")
-    _add_model(p, device_map=True)
+    _add_model(p, device_map=True, gguf=True)
     _add_data(p)
     p.add_argument("--limit", type=int, default=None, help="first N evaluation items")
     p.add_argument("--protocol", default="loglik", choices=["loglik", "generate"],
