@@ -21,8 +21,8 @@ LAYERS = [
     {"search"},
     {"config"},
     {"reports"},
-    {"workflows"},
     {"export"},
+    {"workflows"},
     {"cli", "interrupt", "__init__"},
 ]
 

@@ -40,6 +40,12 @@ MERGE_WORDS = ("auto", "none", "all", "fold")  # --merge's words; or a number of
 MERGE_RULES = ("gradpruner", "laco", "fold")  # the rules a plan merges by (`merging.RULES`)
 DEFAULT_DENSITY = 0.2  # the kept fraction of each donor matrix in the paper's merge
 
+# `export --quant`: GGUF file types, by llama.cpp's names, with llama.cpp's file-type ids
+GGUF_FLOAT_TYPES = {"f32": 0, "f16": 1, "bf16": 32}
+GGUF_QUANT_TYPES = {"q8_0": 7, "q6_k": 18, "q5_k_m": 17, "q5_0": 8, "q4_k_m": 15, "q4_0": 2,
+                    "q3_k_m": 12, "q2_k": 10}
+GGUF_TYPES = {**GGUF_FLOAT_TYPES, **GGUF_QUANT_TYPES}
+
 HEALINGS = ("lora", "full", "partial")  # --heal (`training.healing.HEALERS`)
 TEACHER_CACHES = ("auto", "on", "off")  # --teacher-cache
 

@@ -1,6 +1,6 @@
 """Command line: arguments only; every command calls the library.
 
-    gradpruner probe | prune | finetune | eval | run | compare | tasks
+    gradpruner probe | prune | finetune | eval | run | compare | export | tasks
 
 Parsing, `--help`, argument errors and the checks of the settings finish before torch,
 transformers or peft are imported (the modules they need import none).
@@ -24,9 +24,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"gradpruner: error: {message} (see --help)\n")
 
 
-def _add_model(p: argparse.ArgumentParser, device_map: bool = False) -> None:
+def _add_model(p: argparse.ArgumentParser, device_map: bool = False, gguf: bool = False) -> None:
+    also = "; or a .gguf file of `gradpruner export`, scored through llama.cpp" if gguf else ""
     p.add_argument("--model", default=None,
-                   help="local HF folder or Hub id (default: the offline SmolLM2-135M-Instruct)")
+                   help=f"local HF folder or Hub id (default: the offline SmolLM2-135M-Instruct){also}")
     p.add_argument("--dtype", default="auto",
                    help="auto (default: bf16 on CUDA, else fp32) | float32 | bfloat16 | float16")
     p.add_argument("--device", default="auto", help="auto (default: CUDA when present) | cpu | cuda[:N]")
@@ -243,7 +244,8 @@ def command_config(args, check: bool = True):
 
     classes = {"probe": config.ProbeConfig, "prune": config.PruneConfig,
                "finetune": config.FinetuneConfig, "eval": config.EvalConfig,
-               "run": config.RunConfig, "compare": config.CompareConfig}
+               "run": config.RunConfig, "compare": config.CompareConfig,
+               "export": config.ExportConfig}
     base = config.read_config_file(args.config) if getattr(args, "config", None) else {}
     cfg = classes[args.command].from_dict(config.merge_config(base, config_values(args)))
     if check:
@@ -304,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flags_only(p)
 
     p = sub.add_parser("eval", help="evaluate a model on a task")
-    _add_model(p, device_map=True)
+    _add_model(p, device_map=True, gguf=True)
     _add_data(p)
     p.add_argument("--limit", type=int, default=None, help="first N evaluation items")
     p.add_argument("--protocol", default="loglik", choices=["loglik", "generate"],
@@ -343,6 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "catalog.HEALS)")
     _flags_only(p)
 
+    p = sub.add_parser("export", help="export a model folder to GGUF with llama.cpp's converter and "
+                                      "quantizer, each file checked against transformers")
+    p.add_argument("--model", default=None,
+                   help="local HF model folder (default: the offline SmolLM2-135M-Instruct)")
+    p.add_argument("--format", default="gguf", choices=["gguf"], help="output format (default gguf)")
+    p.add_argument("--quant", default="f16",
+                   help="comma-separated GGUF types, e.g. f16,q8_0,q4_k_m (default f16; also f32, "
+                        "bf16, q6_k, q5_k_m, q5_0, q4_0, q3_k_m, q2_k)")
+    p.add_argument("--llama-cpp", metavar="DIR",
+                   help="a llama.cpp checkout whose convert_hf_to_gguf.py to use (default: "
+                        "$GRADPRUNER_LLAMA_CPP, else llama-cpp-python's source package, fetched once)")
+    _add_output(p)
+    _flags_only(p)
+
     sub.add_parser("tasks", help="list the built-in tasks")
     return parser
 
@@ -372,6 +388,12 @@ def _dispatch(args) -> int:
             print(f"{task.name:<16}{task.kind:<6}{train}{held}  {task.description}")
         return 0
     cfg = command_config(args)
+    if args.command == "export":  # the output folder, then the serve extra, before any work
+        from .export.llamacpp import require_runtime
+        from .outputs import check_output_dir
+
+        check_output_dir(cfg.out, cfg.overwrite)
+        require_runtime()
     stage_task = None
     if args.command in ("probe", "prune", "finetune", "eval"):
         optional = args.command == "prune" or (args.command == "eval" and bool(cfg.harness))
@@ -399,6 +421,9 @@ def _dispatch(args) -> int:
         print(json.dumps({"out": cfg.out, "train_loss": done.stats["train_loss"]}))
     elif args.command == "eval":
         print(json.dumps(stages.eval_stage(cfg, stage_task), indent=2))
+    elif args.command == "export":
+        exported = stages.export_stage(cfg)
+        print(json.dumps({"out": cfg.out, "files": [f.to_json() for f in exported.files]}, indent=2))
     elif args.command == "compare":
         from .workflows.compare import compare
 

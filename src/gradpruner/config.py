@@ -14,8 +14,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .catalog import (CRITERIA, CRITERION_NAMES, DATA_FREE_CRITERIA, DEFAULT_DENSITY, HEALS,
-                      MERGE_WORDS, METHODS, PROBE_CRITERIA)
+from .catalog import (CRITERIA, CRITERION_NAMES, DATA_FREE_CRITERIA, DEFAULT_DENSITY, GGUF_TYPES,
+                      HEALS, MERGE_WORDS, METHODS, PROBE_CRITERIA)
 from .errors import GradPrunerError
 from .evaluation.harness import HarnessSpec, parse_task_names
 from .outputs import plain_json
@@ -386,6 +386,43 @@ class EvalConfig(StageConfig, HarnessSettings):
         self.check_harness()
         if not (self.task or self.data or self.harness):
             raise GradPrunerError("give a task to evaluate (--task, --data or --harness)")
+
+
+@dataclass
+class ExportConfig:
+    """`gradpruner export`: the model folder as GGUF files of the `quant` types (comma-separated),
+    converted by llama.cpp's converter (from the `llama_cpp` checkout, else llama-cpp-python's
+    source package) and each checked against transformers, into `out`."""
+
+    model: str | None = None
+    format: str = "gguf"
+    quant: str = "f16"
+    llama_cpp: str | None = None
+    out: str | None = None
+    overwrite: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return config_from_dict(cls, data)
+
+    @property
+    def file_types(self) -> list[str]:
+        return parse_gguf_types(self.quant)
+
+    def validate(self) -> None:
+        if self.format != "gguf":
+            raise GradPrunerError(f"--format must be gguf, got {self.format!r}")
+        parse_gguf_types(self.quant)  # an unknown type is the error
+
+
+def parse_gguf_types(text: str) -> list[str]:
+    """The GGUF file types of a comma-separated `--quant` list, checked, in the given order."""
+    names = list(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip()))
+    unknown = [n for n in names if n not in GGUF_TYPES]
+    if unknown or not names:
+        raise GradPrunerError(f"unknown GGUF type {', '.join(unknown) or repr(text)}: use any of "
+                              f"{', '.join(GGUF_TYPES)}, comma-separated")
+    return names
 
 
 def all_methods() -> list[str]:

@@ -270,7 +270,15 @@ def _load_section(cut: PruneRecord | None) -> list[str]:
             'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")',
             'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")', "```", "",
             f"`gradpruner.json` beside the weights is the full record: {record}the settings, the "
-            "training statistics and the library versions.", ""]
+            "training statistics and the library versions.", "",
+            "## How to serve", "",
+            "vLLM (OpenAI-compatible API) and transformers serve the folder as it is:", "",
+            "```sh", "vllm serve path/to/this/folder", "transformers serve  # then ask for the "
+            "model path/to/this/folder", "```", "",
+            "For llama.cpp and Ollama, export GGUF files, each checked against this folder "
+            "(`pip install 'gradpruner[serve]'`); the export's own card has the serving commands:", "",
+            "```sh", "gradpruner export --model path/to/this/folder --format gguf "
+            "--quant f16,q8_0,q4_k_m --out gguf/", "```", ""]
 
 
 def _citation_section() -> list[str]:

@@ -18,10 +18,12 @@ from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
-from ..config import EvalConfig, FinetuneConfig, ProbeConfig, PruneConfig, task_data_need
+from ..config import (EvalConfig, ExportConfig, FinetuneConfig, ProbeConfig, PruneConfig,
+                      task_data_need)
 from ..distributed import is_main_process, main_process_output, refuse_sharded_probe
 from ..errors import GradPrunerError
 from ..evaluation.harness import run_harness
+from ..export.gguf import ExportResult, export_gguf
 from ..merging.fold import check_foldable
 from ..model.costs import cut_costs
 from ..model.loading import load_config, load_model, resolve_device, resolve_dtype, resolve_model
@@ -265,6 +267,18 @@ def eval_stage(cfg: EvalConfig, task: Task | None = None) -> dict:
     task = task or cfg.resolve_task(optional=bool(cfg.harness))
     if cfg.out and Path(cfg.out).is_dir():
         raise GradPrunerError(f"--out {cfg.out} is a folder; give a file name such as metrics.json")
+    if cfg.model is not None and cfg.model.endswith(".gguf"):
+        result = _evaluate_gguf(cfg, task)
+    else:
+        result = _evaluate_model(cfg, task)
+    if cfg.out:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        write_json(cfg.out, result)
+    return result
+
+
+def _evaluate_model(cfg: EvalConfig, task: Task | None) -> dict:
+    """`eval_stage` of a Hugging Face model: the task's metrics and / or lm-eval's."""
     net, tokenizer, source = load_model(cfg.model, cfg.dtype, cfg.device, cfg.device_map)
     result = {}
     if task:
@@ -276,10 +290,31 @@ def eval_stage(cfg: EvalConfig, task: Task | None = None) -> dict:
     if harness is not None:
         with stage("lm-evaluation-harness", ", ".join(harness.tasks)):
             result["harness"] = run_harness(net, tokenizer, harness, cfg.eval_limit, cfg.batch_size)
-    if cfg.out:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        write_json(cfg.out, result)
     return result
+
+
+def _evaluate_gguf(cfg: EvalConfig, task: Task | None) -> dict:
+    """`eval_stage` of a GGUF file of `export`, through llama.cpp, on the same items and token
+    ids as the Hugging Face path (`export.scoring`)."""
+    from ..export.llamacpp import require_runtime
+    from ..export.scoring import evaluate_gguf, gguf_file
+
+    if task is None or cfg.harness:
+        raise GradPrunerError("a GGUF file is evaluated on a task (--task or --data), not with --harness")
+    require_runtime()
+    gguf_file(cfg.model)
+    examples = task.eval_examples()[:cfg.eval_limit] if cfg.eval_limit else task.eval_examples()
+    with stage("evaluation", f"{task.name}, {cfg.protocol}, through llama.cpp") as st:
+        result = evaluate_gguf(cfg.model, examples, task.kind, cfg.protocol)
+        st.result = metric_summary(result)
+    return {**result, "model": cfg.model, "task": task.name, "protocol": cfg.protocol}
+
+
+def export_stage(cfg: ExportConfig) -> ExportResult:
+    """Export the model folder as GGUF files with llama.cpp's own tools, each checked against
+    the Hugging Face model (`export.gguf.export_gguf`)."""
+    cfg.validate()
+    return export_gguf(cfg.model, cfg.out, cfg.file_types, cfg.overwrite, cfg.llama_cpp)
 
 
 def metric_summary(result: dict) -> str:
