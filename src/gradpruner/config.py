@@ -33,6 +33,15 @@ LEGACY_KEYS = {"train": ("save_every", "checkpoint_dir", "resume", "progress"),
 MOVED_KEYS = ("save_every", "rounds", "round_steps")  # the rest is dropped
 
 
+class FromDict:
+    """A command's config built from plain values (a parsed file, the flags) by
+    `config_from_dict`; unknown keys are an error."""
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return config_from_dict(cls, data)
+
+
 @dataclass
 class CutFields:
     """The settings of a cut that a user gives: the criterion, its size (`ratio`, `count` or an
@@ -94,7 +103,7 @@ class HarnessSettings:
 
 
 @dataclass
-class RecipeConfig(CutFields):
+class RecipeConfig(CutFields, FromDict):
     """What the prune-and-heal recipe needs: the model, data, cut, merge, probe and healing.
 
     `heldout` training examples are set apart, never trained on, to judge cuts; `selection_budget`
@@ -196,11 +205,6 @@ class RecipeConfig(CutFields):
         return plain_json(asdict(self))
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RecipeConfig":
-        """A config from plain values (a parsed file, flags); unknown keys are an error."""
-        return config_from_dict(cls, data)
-
-    @classmethod
     def from_file(cls, path: str, overrides: dict | None = None) -> "RecipeConfig":
         """The config in a YAML or JSON file (a report.json's `config` too), `overrides` on top."""
         data = read_config_file(path)
@@ -256,7 +260,7 @@ class CompareConfig(RecipeConfig):
 
 
 @dataclass
-class StageConfig:
+class StageConfig(FromDict):
     """What every stage command (`probe`, `prune`, `finetune`, `eval`) is given: the model, the
     data (a built-in task or the user's files, and how the chat template applies), where it runs
     and where it writes. Built from the flags by `config_from_dict` and checked by `validate`
@@ -272,10 +276,6 @@ class StageConfig:
     device_map: str | None = None
     out: str | None = None
     overwrite: bool = False
-
-    @classmethod
-    def from_dict(cls, data: dict):
-        return config_from_dict(cls, data)
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
@@ -389,7 +389,7 @@ class EvalConfig(StageConfig, HarnessSettings):
 
 
 @dataclass
-class ExportConfig:
+class ExportConfig(FromDict):
     """`gradpruner export`: the model folder as GGUF files of the `quant` types (comma-separated),
     converted by llama.cpp's converter (from the `llama_cpp` checkout, else llama-cpp-python's
     source package) and each checked against transformers, into `out`."""
@@ -400,10 +400,6 @@ class ExportConfig:
     llama_cpp: str | None = None
     out: str | None = None
     overwrite: bool = False
-
-    @classmethod
-    def from_dict(cls, data: dict):
-        return config_from_dict(cls, data)
 
     @property
     def file_types(self) -> list[str]:
