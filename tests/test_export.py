@@ -198,3 +198,64 @@ def test_gguf_choice_logprobs_equal_transformers(tmp_path):
     served = np.array(choice_logprobs(llm, examples, pairs))
     llm.close()
     assert np.allclose(served, hf, atol=1e-3)
+
+
+def test_gguf_generation_equals_the_hugging_face_generation(tmp_path):
+    """Greedy generation through llama.cpp (f32) gives the Hugging Face path's texts, so the
+    generation tasks' ROUGE-L and the answer-letter protocol score the same."""
+    from gradpruner.evaluation.scoring import (evaluate_exact_match, evaluate_generation,
+                                               generate_texts)
+    from gradpruner.export.check import open_gguf
+    from gradpruner.export.scoring import evaluate_gguf, generate_gguf, gguf_tokenizer
+    from gradpruner.model.loading import load_model
+    from gradpruner.tasks.examples import GenExample
+    folder = pruned_folder(tmp_path, "llama")
+    export = export_gguf(str(folder), str(tmp_path / "out"), ["f32"])
+    path = tmp_path / "out" / export.files[0].name
+    model, tokenizer, _ = load_model(str(folder), dtype="float32", device="cpu")
+    prompts = [tokenizer(f"Question: color {i}? Answer:")["input_ids"] for i in range(6)]
+    llm = open_gguf(path, 256)
+    served = generate_gguf(llm, gguf_tokenizer(path), prompts, 12)
+    llm.close()
+    assert served == generate_texts(model, tokenizer, prompts, 12)
+    assert len(set(served)) > 1 and all(served)  # the texts differ between prompts
+    examples = [GenExample(f"Question: color {i}? Answer:", "blue green red") for i in range(6)]
+    hf = evaluate_generation(model, tokenizer, examples)
+    gguf = evaluate_gguf(str(path), examples, "gen")
+    assert gguf["n"] == hf["n"] == 6 and abs(gguf["rouge_l"] - hf["rouge_l"]) <= 0.005
+    questions = color_task(tmp_path, 8)
+    letters = evaluate_gguf(str(path), questions, "mc", "generate")
+    assert letters["exact_match"] == evaluate_exact_match(model, tokenizer, questions)["exact_match"]
+
+
+def test_run_export_scores_every_file_beside_transformers(tmp_path):
+    """`run --export gguf`: the healed model's files in OUT/gguf, each file of it and of the dense
+    reference scored through llama.cpp; at f32 the accuracies equal the Hugging Face path's, and
+    the report shows them side by side; the dense scratch files are gone."""
+    from gradpruner.cli import main
+    model = tiny_model("llama", vocab_size=VOCAB_SIZE, initializer_range=0.2)
+    model.save_pretrained(tmp_path / "model")
+    save_spm_tokenizer(tmp_path / "model")
+    write_color_questions(tmp_path / "data.jsonl", 96, choices=3)
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data.jsonl"),
+                 "--out", str(out), "--probe-steps", "2", "--layers", "1", "--heldout", "8",
+                 "--limit", "16", "--selection-budget", "none", "--steps", "4", "--batch-size", "4",
+                 "--device", "cpu", "--dtype", "float32", "--export", "gguf",
+                 "--quant", "f32,q8_0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    served = report["gguf"]
+    for name in ("pruned", "dense"):
+        f32 = served[name]["metrics"]["f32"]
+        assert f32["n"] == report[f"{name}_finetuned"]["n"] >= 5
+        assert abs(f32["acc"] - report[f"{name}_finetuned"]["acc"]) <= 0.005
+        assert [f["file_type"] for f in served[name]["files"]] == ["f32", "q8_0"]
+        assert all(f["check"]["passed"] is not False for f in served[name]["files"])
+    assert sorted(p.name for p in (out / "gguf").glob("*.gguf")) == ["model-f32.gguf", "model-q8_0.gguf"]
+    assert not (out / "dense").exists() and not (out / "dense.gguf").exists()
+    assert (out / "model" / "tokenizer.model").is_file()  # the SentencePiece file, kept
+    text = (out / "report.md").read_text()
+    assert "| model | transformers | GGUF f32 | GGUF q8_0 |" in text
+    assert f"| pruned, fine-tuned | {report['pruned_finetuned']['acc']:.3f}" in text
+    sidecar = json.loads((out / "gguf" / "gradpruner.json").read_text())
+    assert sidecar["removed_layers"] == report["prune"]["removed_layers"]

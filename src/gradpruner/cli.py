@@ -139,6 +139,16 @@ def _add_heal(p: argparse.ArgumentParser, rounds: bool = True) -> None:
                        help="healing steps between rounds (default 10)")
 
 
+def _add_gguf(p: argparse.ArgumentParser) -> None:
+    """The GGUF files of an export (`config.GGUFSettings`)."""
+    p.add_argument("--quant",
+                   help="comma-separated GGUF types, e.g. f16,q8_0,q4_k_m (default f16; also f32, "
+                        "bf16, q6_k, q5_k_m, q5_0, q4_0, q3_k_m, q2_k)")
+    p.add_argument("--llama-cpp", metavar="DIR",
+                   help="a llama.cpp checkout whose convert_hf_to_gguf.py to use (default: "
+                        "$GRADPRUNER_LLAMA_CPP, else llama-cpp-python's source package, fetched once)")
+
+
 def _add_harness(p: argparse.ArgumentParser, models: str) -> None:
     """lm-evaluation-harness tasks (`evaluation/harness.py`)."""
     p.add_argument("--harness", metavar="TASKS",
@@ -331,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "and checkpoint (default off: a run over an interrupted one is refused, "
                         "unless --overwrite)")
     _add_harness(p, "the dense and the pruned fine-tuned models, in the report")
+    p.add_argument("--export", choices=["gguf"],
+                   help="also export the healed model to OUT/gguf with llama.cpp's tools (the "
+                        "serve extra) and score each file, and the dense model's, on the task "
+                        "through llama.cpp, in the report")
+    _add_gguf(p)
     _flags_only(p)
 
     p = sub.add_parser("compare", help="pruning methods side by side: same model, data, budget, seeds")
@@ -350,12 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="local HF model folder (default: the offline SmolLM2-135M-Instruct)")
     p.add_argument("--format", default="gguf", choices=["gguf"], help="output format (default gguf)")
-    p.add_argument("--quant", default="f16",
-                   help="comma-separated GGUF types, e.g. f16,q8_0,q4_k_m (default f16; also f32, "
-                        "bf16, q6_k, q5_k_m, q5_0, q4_0, q3_k_m, q2_k)")
-    p.add_argument("--llama-cpp", metavar="DIR",
-                   help="a llama.cpp checkout whose convert_hf_to_gguf.py to use (default: "
-                        "$GRADPRUNER_LLAMA_CPP, else llama-cpp-python's source package, fetched once)")
+    _add_gguf(p)
     _add_output(p)
     _flags_only(p)
 

@@ -103,6 +103,19 @@ class HarnessSettings:
 
 
 @dataclass
+class GGUFSettings:
+    """The GGUF files an export writes: the `quant` types (comma-separated), converted by
+    llama.cpp's converter from the `llama_cpp` checkout, else llama-cpp-python's source package."""
+
+    quant: str = "f16"
+    llama_cpp: str | None = None
+
+    @property
+    def file_types(self) -> list[str]:
+        return parse_gguf_types(self.quant)
+
+
+@dataclass
 class RecipeConfig(CutFields, FromDict):
     """What the prune-and-heal recipe needs: the model, data, cut, merge, probe and healing.
 
@@ -212,20 +225,26 @@ class RecipeConfig(CutFields, FromDict):
 
 
 @dataclass
-class RunConfig(RecipeConfig, HarnessSettings):
-    """Settings of `gradpruner run`; the defaults finish in about 15 minutes on 2 CPU cores."""
+class RunConfig(RecipeConfig, HarnessSettings, GGUFSettings):
+    """Settings of `gradpruner run`; the defaults finish in about 15 minutes on 2 CPU cores.
+    `export` ("gguf") adds the healed model's GGUF files (`GGUFSettings`), each scored on the
+    task through llama.cpp beside the dense reference's."""
 
     out: str = "runs/default"
     dense: bool = True
     overwrite: bool = False
     resume: bool = False  # continue the interrupted run in OUT.partial (`journal.py`)
     save_every: int | None = None  # checkpoint the fine-tunes (default: five times in each)
+    export: str | None = None
 
     def validate(self) -> None:
         super().validate()
         if self.save_every is not None:
             _at_least(1, save_every=self.save_every)
         self.check_harness()
+        if self.export is not None:
+            _check_format(self.export)
+            parse_gguf_types(self.quant)
 
     def fingerprint(self) -> dict:
         """The settings a resumed run must share with the interrupted one: all but where it
@@ -389,26 +408,23 @@ class EvalConfig(StageConfig, HarnessSettings):
 
 
 @dataclass
-class ExportConfig(FromDict):
-    """`gradpruner export`: the model folder as GGUF files of the `quant` types (comma-separated),
-    converted by llama.cpp's converter (from the `llama_cpp` checkout, else llama-cpp-python's
-    source package) and each checked against transformers, into `out`."""
+class ExportConfig(GGUFSettings, FromDict):
+    """`gradpruner export`: the model folder as GGUF files (`GGUFSettings`), each checked against
+    transformers, into `out`."""
 
     model: str | None = None
     format: str = "gguf"
-    quant: str = "f16"
-    llama_cpp: str | None = None
     out: str | None = None
     overwrite: bool = False
 
-    @property
-    def file_types(self) -> list[str]:
-        return parse_gguf_types(self.quant)
-
     def validate(self) -> None:
-        if self.format != "gguf":
-            raise GradPrunerError(f"--format must be gguf, got {self.format!r}")
+        _check_format(self.format)
         parse_gguf_types(self.quant)  # an unknown type is the error
+
+
+def _check_format(name: str) -> None:
+    if name != "gguf":
+        raise GradPrunerError(f"--export / --format must be gguf, got {name!r}")
 
 
 def parse_gguf_types(text: str) -> list[str]:

@@ -16,7 +16,8 @@ import inspect
 import re
 import string
 from contextlib import contextmanager
-from typing import Iterator
+from functools import partial
+from typing import Callable, Iterator
 
 import torch
 
@@ -380,17 +381,25 @@ def rouge_l(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def evaluate_generation(model, tokenizer, examples: list[GenExample | ChatExample],
-                        max_new_tokens: int = 128, batch_size: int = 8,
-                        max_prompt_tokens: int = 1024) -> dict:
-    """Mean ROUGE-L of greedy generations against the reference completions: {"rouge_l", "n"}.
+Generate = Callable[[list[list[int]], int], list[str]]  # prompts' ids, max new tokens -> texts
 
-    Prompts are tokenised as in training (plain prompts with special tokens, conversations in
-    the chat template up to their last assistant turn) and cut from the left to
-    `max_prompt_tokens`.
-    """
+
+def evaluate_generation(model, tokenizer, examples: list[GenExample | ChatExample],
+                        max_new_tokens: int = 128, batch_size: int = 8) -> dict:
+    """Mean ROUGE-L of the model's greedy generations against the reference completions:
+    {"rouge_l", "n"} (`score_generations`)."""
+    generate = partial(generate_texts, model, tokenizer, batch_size=batch_size)
+    return score_generations(tokenizer, examples, generate, max_new_tokens)
+
+
+def score_generations(tokenizer, examples: list[GenExample | ChatExample], generate: Generate,
+                      max_new_tokens: int = 128, max_prompt_tokens: int = 1024) -> dict:
+    """Mean ROUGE-L of `generate`'s greedy continuations against the reference completions:
+    {"rouge_l", "n"}. Prompts are tokenised as in training (plain prompts with special tokens,
+    conversations in the chat template up to their last assistant turn) and cut from the left
+    to `max_prompt_tokens`."""
     prompts = [generation_prompt(tokenizer, ex, max_prompt_tokens) for ex in examples]
-    predictions = generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size)
+    predictions = generate(prompts, max_new_tokens)
     scores = [rouge_l(p, reference_text(ex)) for p, ex in zip(predictions, examples)]
     return {"rouge_l": _mean(scores), "n": len(examples)}
 
@@ -445,9 +454,17 @@ def predicted_choice(response: str, options: list[str]) -> int | None:
 
 def evaluate_exact_match(model, tokenizer, examples: list[MCExample], batch_size: int = 16,
                          max_new_tokens: int = 8) -> dict:
-    """Share of greedy answers that name the gold option by letter or text: {"exact_match", "n"}."""
+    """Share of the model's greedy answers that name the gold option (`score_letter_answers`)."""
+    generate = partial(generate_texts, model, tokenizer, batch_size=batch_size)
+    return score_letter_answers(tokenizer, examples, generate, max_new_tokens)
+
+
+def score_letter_answers(tokenizer, examples: list[MCExample], generate: Generate,
+                         max_new_tokens: int = 8) -> dict:
+    """Share of `generate`'s greedy answers to the lettered questions that name the gold option
+    by letter or text: {"exact_match", "n"}."""
     prompts = [_letter_prompt(tokenizer, ex) for ex in examples]
-    responses = generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size)
+    responses = generate(prompts, max_new_tokens)
     hits = [
         float(predicted_choice(response, _question_and_options(ex)[1]) == ex.gold)
         for response, ex in zip(responses, examples)

@@ -106,17 +106,26 @@ def _plan(model: str | None, out: str, overwrite: bool, llama_cpp: str | None,
         raise GradPrunerError(f"export needs a local model folder, got {model} (download it with "
                               "save_pretrained or huggingface-cli first)")
     check_output_dir(out, overwrite, source)
-    runtime = llamacpp.require_runtime()
     config = load_config(source)
+    runtime, conv = check_exportable(config, llama_cpp, model or source)
+    return _Plan(Path(source).resolve(), config, conv, runtime,
+                 swa_pattern(config) if swa_fix else None)
+
+
+def check_exportable(config, llama_cpp: str | None, name: str) -> tuple[str, llamacpp.Converter]:
+    """The llama-cpp-python version and the converter that export a model of `config` (named
+    `name` in errors); one clear error when the serve extra or the converter is missing, or
+    llama.cpp cannot run the architecture as transformers does. `run --export` checks its model
+    here before any training."""
+    runtime = llamacpp.require_runtime()
     conv = llamacpp.converter(llama_cpp)
     architecture = (getattr(config, "architectures", None) or ["?"])[0]
     if not conv.supports(architecture):
         raise GradPrunerError(f"llama.cpp's converter ({conv.origin}) cannot convert {architecture}")
     reason = refusal(config)
     if reason:
-        raise GradPrunerError(f"cannot export {model or source} to GGUF: {reason}")
-    return _Plan(Path(source).resolve(), config, conv, runtime,
-                 swa_pattern(config) if swa_fix else None)
+        raise GradPrunerError(f"cannot export {name} to GGUF: {reason}")
+    return runtime, conv
 
 
 def _convert_all(plan: _Plan, folder: Path, file_types: list[str]) -> dict[str, Path]:

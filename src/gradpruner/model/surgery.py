@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -242,10 +243,23 @@ def save_pretrained_atomic(
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+            _copy_vocab_files(tokenizer, tmp)
         write_json(tmp / SIDECAR_NAME, sidecar)
         if card is not None:
             (tmp / "README.md").write_text(card, encoding="utf-8")
     return Path(out_dir)
+
+
+def _copy_vocab_files(tokenizer, folder: Path) -> None:
+    """Copy the vocabulary files of the tokenizer's own folder that its `save_pretrained` left
+    out: transformers 5 saves a SentencePiece tokenizer's `tokenizer.json` but not its
+    `tokenizer.model`, which llama.cpp's converter (and slow tokenizers) read."""
+    source = Path(getattr(tokenizer, "name_or_path", "") or "")
+    if not source.is_dir():
+        return
+    for name in getattr(tokenizer, "vocab_files_names", {}).values():
+        if (source / name).is_file() and not (folder / name).exists():
+            shutil.copy2(source / name, folder / name)
 
 
 def returns_tuple(model) -> bool:

@@ -171,6 +171,42 @@ def _harness(results: dict) -> list[str]:
     return ["lm-evaluation-harness (zero-shot; lm-eval's prompts and metrics):", "", *table, ""]
 
 
+def _served(results: dict) -> list[str]:
+    """With `run --export gguf`: the fine-tuned models through transformers and through llama.cpp
+    at each exported GGUF type, side by side, with the files' sizes and checks."""
+    served = results.get("gguf")
+    if not served:
+        return []
+    types = list(dict.fromkeys(f["file_type"] for entry in served.values()
+                               for f in entry.get("files", [])))
+    lines = ["Served through llama.cpp (`gguf/` holds the pruned model's files; each scored on the "
+             "same items):", "",
+             "| model | transformers | " + " | ".join(f"GGUF {t}" for t in types) + " |",
+             "|---" * (2 + len(types)) + "|"]
+    for name in ("dense", "pruned"):
+        entry = served.get(name)
+        if entry is None:
+            continue
+        metrics = entry.get("metrics", {})
+        cells = [_metric(metrics.get(t)) for t in types]
+        lines.append(f"| {name}, fine-tuned | {_metric(results.get(name + '_finetuned'))} | "
+                     + " | ".join(cells) + " |")
+        sizes = {f["file_type"]: f["bytes"] / 2**20 for f in entry.get("files", [])}
+        lines.append(f"| {name}: file MiB | - | "
+                     + " | ".join(f"{sizes[t]:.1f}" if t in sizes else "-" for t in types) + " |")
+    lines.append("")
+    for name, entry in served.items():
+        if "refused" in entry:
+            lines += [f"No GGUF export of the {name} model: {entry['refused']}", ""]
+        for f in entry.get("files", []):
+            check = f["check"]
+            verdict = {True: "passed", False: "FAILED", None: "reported"}[check["passed"]]
+            lines.append(f"- {name} `{f['file']}` against transformers: top-1 agreement "
+                         f"{check['top1_agreement']:.1%}, max |dlogit| "
+                         f"{check['max_abs_logit_diff']:.3g}: {verdict}")
+    return [*lines, ""]
+
+
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.3f}" if a and b else "-"
 
@@ -329,6 +365,7 @@ def run_markdown(results: dict) -> str:
         f"| pruned, fine-tuned | {_metric(results['pruned_finetuned'])} |",
         "",
         *_harness(results),
+        *_served(results),
         "| cost | dense | pruned | pruned / dense |",
         "|---|---|---|---|",
         f"| fine-tuning seconds ({pruned_ft.get('steps', '-')} steps) | "

@@ -81,6 +81,10 @@ def run(cfg: RunConfig) -> dict:
     check_output_dir(cfg.out, cfg.overwrite)
     if cfg.merge == "fold":
         check_foldable(load_config(resolve_model(cfg.model)))
+    if cfg.export:
+        from ..export.gguf import check_exportable
+
+        check_exportable(load_config(resolve_model(cfg.model)), cfg.llama_cpp, cfg.model or "the model")
     task = resolve_task(cfg.task, cfg.data, cfg.eval_data, cfg.chat_template)
     train, held = split_heldout(task.train_examples(), cfg.heldout)
     refuse_sharded_run()
@@ -153,6 +157,8 @@ def _run(cfg: RunConfig, task: Task, train: list, held: list, journal: Journal,
                           everywhere=True)
         harness = {**results.get("harness", {}), **finished.pop("harness", {})}
         results.update(finished, **({"harness": harness} if harness else {}))
+    if cfg.export:
+        results["gguf"] = stage_("export", lambda: _export(cfg, task, folder))
     dense = tuned[0] if tuned else None
     return on_main(partial(_finish, cfg, models, results, pruned(), dense, journal, started))
 
@@ -286,7 +292,48 @@ def _evaluate_dense(cfg: RunConfig, models: Models, task: Task, dense, stats: di
     checkpoints removed."""
     result = {"dense_finetune": stats,
               **_measure(cfg, models, task, "dense model", "dense_finetuned", dense)}
+    if cfg.export:  # the export stage scores its GGUF files beside the pruned model's
+        save_pretrained_atomic(dense, models.tokenizer, folder / "dense", {}, overwrite=True,
+                               source_dir=models.source)
     shutil.rmtree(folder / "dense.checkpoints", ignore_errors=True)
+    return result
+
+
+def _export(cfg: RunConfig, task: Task, folder: Path) -> dict:
+    """The healed model's GGUF files in `gguf/` (`export.gguf.export_gguf`) and, where the run
+    has one, the dense reference's in a scratch folder, each scored on the task's evaluation
+    items through llama.cpp; the dense files and folder are removed after. An export that
+    llama.cpp refuses is recorded, not fatal: the healed model stands."""
+    from ..errors import GradPrunerError
+    from ..export.gguf import export_gguf
+
+    examples = task.eval_examples()[:cfg.eval_limit] if cfg.eval_limit else task.eval_examples()
+    served: dict = {}
+    for name, model, out in (("pruned", "model", "gguf"), ("dense", "dense", "dense.gguf")):
+        if not (folder / model).is_dir():
+            continue
+        try:
+            exported = export_gguf(str(folder / model), str(folder / out), cfg.file_types,
+                                   overwrite=True, llama_cpp=cfg.llama_cpp)
+        except GradPrunerError as err:
+            say(f"no GGUF export of the {name} model: {err}")
+            served[name] = {"refused": str(err)}
+            continue
+        served[name] = {"files": [f.to_json() for f in exported.files],
+                        "metrics": {f.file_type: _served(exported.out / f.name, name, examples, task)
+                                    for f in exported.files}}
+    for scratch in ("dense", "dense.gguf"):
+        shutil.rmtree(folder / scratch, ignore_errors=True)
+    return served
+
+
+def _served(path: Path, name: str, examples: list, task: Task) -> dict:
+    """The metrics of one GGUF file on `examples`, through llama.cpp."""
+    from ..export.scoring import evaluate_gguf
+
+    with stage(f"{name} {path.name} through llama.cpp", f"{task.name}, {len(examples)} items") as st:
+        result = evaluate_gguf(str(path), examples, task.kind)
+        st.result = metric_summary(result)
     return result
 
 
