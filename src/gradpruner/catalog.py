@@ -48,6 +48,7 @@ GGUF_TYPES = {**GGUF_FLOAT_TYPES, **GGUF_QUANT_TYPES}
 
 HEALINGS = ("lora", "full", "partial")  # --heal (`training.healing.HEALERS`)
 TEACHER_CACHES = ("auto", "on", "off")  # --teacher-cache
+DISTILL_POSITIONS = ("answer", "all")  # --distill-positions: where the KL term compares
 
 # method -> (criterion, merge donors or "auto"/None)
 METHODS: dict[str, tuple[str, int | str | None]] = {
@@ -80,4 +81,8 @@ HEALS: dict[str, dict] = {
     "lora_lr3": {"lr": 3e-4},
     "partial_lr10": {"method": "partial", "lr": 1e-3},
     "distill_lr3": {"distill": 0.5, "lr": 3e-4},
+    "distill_all": {"distill": 0.5, "distill_positions": "all"},
+    "distill_align": {"distill": 0.5, "distill_positions": "all", "align": 1.0},
+    "full_distill_align": {"method": "full", "distill": 0.5, "distill_positions": "all",
+                           "align": 1.0},
 }

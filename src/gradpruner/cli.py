@@ -112,7 +112,7 @@ def _add_merge_options(p: argparse.ArgumentParser) -> None:
 
 def _add_heal(p: argparse.ArgumentParser, rounds: bool = True) -> None:
     """How the cut model is healed (`training.healing.HealConfig`)."""
-    from .catalog import HEALINGS, TEACHER_CACHES
+    from .catalog import DISTILL_POSITIONS, HEALINGS, TEACHER_CACHES
 
     p.add_argument("--heal", choices=HEALINGS, default="lora",
                    help="lora (default): LoRA on every linear module; full: every weight; partial: "
@@ -123,6 +123,12 @@ def _add_heal(p: argparse.ArgumentParser, rounds: bool = True) -> None:
                    help="learning rate of the healing (default: --lr)")
     p.add_argument("--distill", type=float, default=0.0, metavar="W",
                    help="weight of the teacher's KL term in the healing loss, 0-1 (default 0: none)")
+    p.add_argument("--distill-positions", choices=DISTILL_POSITIONS, default="answer",
+                   help="where the KL term compares the teacher's and the model's distributions: "
+                        "the answer tokens (default) or every token of each example")
+    p.add_argument("--align", type=float, default=0.0, metavar="W",
+                   help="weight of the hidden-state alignment: each kept layer's output matched to "
+                        "the dense layer it stands for, by cosine distance (default 0: none)")
     p.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (default 2)")
     p.add_argument("--teacher", metavar="DIR",
                    help="the distillation teacher (default: the dense model with the probe's adapters)")
@@ -199,7 +205,8 @@ TRAIN_FLAGS = ("steps", "epochs", "batch_size", "grad_accum", "lr", "lora_rank",
                "full", "max_length", "seed", "gradient_checkpointing", "load_in_bits")
 HEAL_FLAGS = {"heal": "method", "heal_layers": "layers", "heal_lm_head": "lm_head", "heal_lr": "lr",
               "distill": "distill", "temperature": "temperature", "teacher": "teacher",
-              "teacher_cache": "teacher_cache", "teacher_top_k": "top_k"}
+              "teacher_cache": "teacher_cache", "teacher_top_k": "top_k",
+              "distill_positions": "distill_positions", "align": "align"}
 RENAMED = {"layers": "count", "limit": "eval_limit"}  # flag -> config field
 FLAGLESS = {"command", "version", "config", "no_dense", "cold_start", "heals", "methods"}
 

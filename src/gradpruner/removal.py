@@ -96,3 +96,15 @@ def select_layers(
             raise GradPrunerError("give either an explicit removal list or a ratio/count, not both")
         return validate_removal(remove, len(scores))
     return lowest_scored(scores, removal_count(len(scores), ratio, count))
+
+
+def matched_teacher_layers(kept: Sequence[int], num_layers: int) -> list[int]:
+    """For each kept layer (original indices, in order), the dense model's layer whose output it
+    stands for: the last layer before the next kept one (the whole removed span after it), the
+    dense model's last layer for the last kept layer. The mapping depends only on which layers
+    are kept, so merges and folds, which change weights, and rounds, whose records give the
+    original indices, all map this way."""
+    kept = sorted(kept)
+    if not kept or kept[0] < 0 or kept[-1] >= num_layers:
+        raise GradPrunerError(f"kept layers {list(kept)} do not fit a model of {num_layers} layers")
+    return [following - 1 for following in kept[1:]] + [num_layers - 1]

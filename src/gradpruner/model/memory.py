@@ -30,7 +30,7 @@ def training_bytes(config, dtype: torch.dtype, batch: int, seq_len: int, full: b
                    lora_rank: int = 8, checkpointing: bool = False, teacher: bool = False,
                    load_in_bits: int | None = None) -> dict[str, int]:
     """Estimated bytes by part (`weights`, `training_state`, `activations`, `logits`, and with a
-    distillation `teacher` the teacher's weights and logits) and `total`; `load_in_bits` (4 or
+    distillation `teacher` the teacher's weights, logits and layer outputs) and `total`; `load_in_bits` (4 or
     8): the decoder layers' weights quantized."""
     width = torch.empty((), dtype=dtype).element_size()
     params = parameter_count(config)
@@ -56,8 +56,10 @@ def training_bytes(config, dtype: torch.dtype, batch: int, seq_len: int, full: b
     logits = tokens * config.vocab_size * 4
     parts = {"weights": weights, "training_state": state, "activations": activations,
              "logits": logits}
-    if teacher:  # the dense teacher beside the student, its logits kept for the KL term
-        parts["teacher"] = params * width + logits
+    if teacher:  # the dense teacher beside the student: its weights, its logits and the KL's two
+        # fp32 log-softmaxes (every position, as the all-position KL takes them), and its layers'
+        # outputs kept for the hidden-state alignment
+        parts["teacher"] = params * width + 3 * logits + layers * tokens * hidden * width
     return {**parts, "total": sum(parts.values())}
 
 

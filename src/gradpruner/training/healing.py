@@ -7,8 +7,9 @@
              `lm_head` the LM head; where it is tied to the input embeddings, those too),
              everything else frozen (Lu et al. 2024, "Reassessing Layer Pruning in LLMs")
 
-Any of them can distil from a teacher (`distill` > 0, `training.distill`; its logits on the fly or,
-with `teacher_cache`, its top-k cached per example). Iterative pruning (rounds with healing in
+Any of them can distil from a teacher (`training.distill`): its token distributions (`distill` > 0)
+on the answer positions or on every position (`distill_positions`), its layers' outputs (`align`
+> 0), its logits on the fly or, with `teacher_cache`, its top-k cached per example. Iterative pruning (rounds with healing in
 between) is the cut's schedule (`config.CutSettings`), not a way of healing.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..catalog import HEALINGS, TEACHER_CACHES
+from ..catalog import DISTILL_POSITIONS, HEALINGS, TEACHER_CACHES
 from ..errors import GradPrunerError
 from .train_config import TrainConfig
 
@@ -26,7 +27,9 @@ class HealConfig:
     """How the cut model is healed; `lr` None: the training config's learning rate;
     `teacher_cache`: auto | on | off, whether the teacher's `top_k` tokens per answer position are
     kept from each example's first visit (auto: when the healing visits its examples more than
-    once) instead of running the teacher on every batch."""
+    once) instead of running the teacher on every batch; `distill_positions`: answer | all, where
+    the KL term compares the distributions; `align`: the weight of the kept layers' cosine
+    distance to the teacher's matched layers (0: none)."""
 
     method: str = "lora"
     layers: int = 4
@@ -37,6 +40,8 @@ class HealConfig:
     teacher: str | None = None
     teacher_cache: str = "auto"
     top_k: int = 64
+    distill_positions: str = "answer"
+    align: float = 0.0
 
     def validate(self) -> None:
         if self.method not in HEALERS:
@@ -49,6 +54,11 @@ class HealConfig:
             raise GradPrunerError(f"--distill must be a weight in [0, 1], got {self.distill!r}")
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
             raise GradPrunerError(f"--temperature must be positive, got {self.temperature!r}")
+        if self.distill_positions not in DISTILL_POSITIONS:
+            raise GradPrunerError(f"--distill-positions must be one of {', '.join(DISTILL_POSITIONS)}, "
+                                  f"got {self.distill_positions!r}")
+        if isinstance(self.align, bool) or not (isinstance(self.align, (int, float)) and self.align >= 0):
+            raise GradPrunerError(f"--align must be a weight >= 0, got {self.align!r}")
         if self.teacher_cache not in TEACHER_CACHES:
             raise GradPrunerError(f"--teacher-cache must be one of {', '.join(TEACHER_CACHES)}, "
                                   f"got {self.teacher_cache!r}")
@@ -57,22 +67,26 @@ class HealConfig:
 
     @property
     def distils(self) -> bool:
-        return self.distill > 0
+        """Whether the healing learns from a teacher (its distributions or its layers)."""
+        return self.distill > 0 or self.align > 0
 
     def summary(self, teacher: str | None, train: TrainConfig, top_k: int | None = None) -> dict:
         """What the sidecar records of a healing: these options, the teacher it distilled from
         (None without distillation), the top-k its logits were cached to (None: on the fly) and
         the training settings it ran with."""
         return {"method": self.method, "describe": self.describe(), "distill": self.distill,
-                "temperature": self.temperature, "teacher": teacher if self.distils else None,
+                "temperature": self.temperature, "distill_positions": self.distill_positions,
+                "align": self.align, "teacher": teacher if self.distils else None,
                 "teacher_top_k": top_k if self.distils else None, "lr": train.lr, "full": train.full}
 
     def describe(self) -> str:
         """A short name of the options, for logs and tables."""
         parts = [self.method if self.method != "partial" else f"partial{self.layers}"
                  + ("+head" if self.lm_head else "")]
-        if self.distils:
-            parts.append(f"distill{self.distill:g}")
+        if self.distill:
+            parts.append(f"distill{self.distill:g}" + ("-all" if self.distill_positions == "all" else ""))
+        if self.align:
+            parts.append(f"align{self.align:g}")
         return "+".join(parts)
 
 

@@ -98,9 +98,10 @@ class _ScheduledTrainer(Trainer):
         if self.distillation is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         indices = inputs.pop("example_index", None)
-        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        with self.distillation.student_states(model) as states:
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         tokens = num_items_in_batch if self.model_accepts_loss_kwargs else None
-        loss = self.distillation.loss(loss, outputs.logits, inputs, tokens, indices)
+        loss = self.distillation.loss(loss, outputs.logits, inputs, tokens, indices, states)
         return (loss, outputs) if return_outputs else loss
 
 
@@ -157,7 +158,8 @@ def make_trainer(model, tokenizer, examples: list[Example], cfg: TrainConfig, ou
         model=model,
         args=args,
         train_dataset=features,
-        data_collator=PadCollator(pad_id(tokenizer), answer_logits=takes_logits_to_keep(model)),
+        data_collator=PadCollator(pad_id(tokenizer), answer_logits=takes_logits_to_keep(model)
+                                  and not (distill is not None and distill.all_positions)),
         callbacks=[*(callbacks or []), TrainingProgress()],
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout

@@ -182,7 +182,7 @@ def heal(model, tokenizer, train_examples: list, probed: ProbeResult | None, hea
     if options.distils:
         if healing.teacher is None:
             raise GradPrunerError("distillation needs a teacher model: give --teacher DIR")
-        distill = distillation(healing.teacher, options, train, len(train_examples))
+        distill = distillation(healing.teacher, options, train, len(train_examples), kept)
     tuned, stats = qlora_finetune(prepared, tokenizer, train_examples, train,
                                   full_precision=healing.full_precision, warm=warm,
                                   distill=distill, checkpoints=healing.checkpoints)
