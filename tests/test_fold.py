@@ -1,4 +1,5 @@
-"""The least-squares linear fold: the solver, planted blocks, the plan, replay and the merge search."""
+"""The linear fold: the least-squares and cosine solvers, planted blocks, the plan, replay and the
+merge search."""
 
 import copy
 
@@ -6,8 +7,9 @@ import pytest
 import torch
 
 from gradpruner.merging import apply
-from gradpruner.merging.fold import (Calibration, FoldSettings, block_sums, fold_blocks, fold_steps,
-                                   least_squares_map)
+from gradpruner.merging.fold import (Calibration, FoldSettings, block_sums, block_states,
+                                     cosine_distance, cosine_map, fit_map, fold_blocks, fold_steps,
+                                     least_squares_map)
 from gradpruner.errors import GradPrunerError
 from gradpruner.plan import MergeStep, PrunePlan
 from gradpruner.search.select import select
@@ -144,3 +146,49 @@ def test_the_merge_search_tries_the_fold_and_keeps_the_lowest_loss(tokenizer):
     best = min(trials, key=lambda t: t["loss"])
     assert (plan.merge_rule == "fold") == bool(best.get("fold"))
     assert all(torch.isfinite(torch.tensor(t["loss"])) for t in trials)
+
+
+def test_the_cosine_distance_equals_a_hand_computation():
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    before = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    end = torch.tensor([[1.0, 1.0], [2.0, 0.0]])
+    # h' + M T with T = I: [1, 1] (along its target: 0) and [1, 1] against [2, 0] (1 - 1/sqrt 2)
+    found = cosine_distance(x, before, end, torch.eye(2))
+    assert float(found) == pytest.approx((1 - 2 ** -0.5) / 2, rel=1e-6)
+
+
+def test_the_cosine_fit_lowers_the_cosine_distance_of_the_least_squares_map(tokenizer):
+    """On a real block, starting from the least-squares map, the cosine fit ends closer in
+    direction to the block's output on the calibration tokens, and the fold replays exactly."""
+    model = tiny_model("llama", seed=1)
+    step = fold_steps([2, 3], 6)[0]
+    batches = Calibration(tokenizer, _examples()).batches()
+    x, out, end = (torch.cat(t).float() for t in zip(*block_states(model, step, batches, [])))
+    before = out - x
+    lstsq = fit_map(model, step, batches, [], 1e-4)
+    cosine = fit_map(model, step, batches, [], 1e-4, "cosine")
+    torch.testing.assert_close(lstsq, least_squares_map(*block_sums(model, step, batches, []), 1e-4))
+    assert float(cosine_distance(x, before, end, cosine.float())) < \
+        float(cosine_distance(x, before, end, lstsq.float()))
+    assert not torch.equal(cosine, lstsq)
+    torch.testing.assert_close(cosine_map(x, before, end, lstsq, steps=0), lstsq, rtol=1e-6, atol=1e-6)
+    plan = PrunePlan(6, (2, 3), (step,), "fold", ridge=1e-4, calibration=24, fit="cosine")
+    assert PrunePlan.from_json(plan.to_json()) == plan
+    first, second = copy.deepcopy(model), copy.deepcopy(model)
+    apply(first, plan, calibration=Calibration(tokenizer, _examples()))
+    apply(second, PrunePlan.from_json(plan.to_json()), calibration=Calibration(tokenizer, _examples()))
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(GradPrunerError, match="fit"):
+        FoldSettings(fit="svd")
+
+
+def test_fold_fit_flag_sets_the_fold_setting_beside_a_config_files_others(tmp_path):
+    from gradpruner.cli import build_parser, command_config
+    config = tmp_path / "run.yaml"
+    config.write_text("settings:\n  fold:\n    examples: 64\n")
+    args = build_parser().parse_args(["run", "--config", str(config), "--fold-fit", "cosine"])
+    assert command_config(args).criterion_settings()["fold"] == FoldSettings(examples=64, fit="cosine")
+    args = build_parser().parse_args(["prune", "--model", "m", "--remove", "3", "--merge", "fold",
+                                      "--fold-fit", "cosine", "--out", str(tmp_path / "o")])
+    assert command_config(args, check=False).cut_settings().criterion_settings["fold"].fit == "cosine"

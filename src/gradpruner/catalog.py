@@ -39,6 +39,7 @@ DATA_FREE_CRITERIA = tuple(n for n in CRITERION_NAMES
 MERGE_WORDS = ("auto", "none", "all", "fold")  # --merge's words; or a number of donors
 MERGE_RULES = ("gradpruner", "laco", "fold")  # the rules a plan merges by (`merging.RULES`)
 DEFAULT_DENSITY = 0.2  # the kept fraction of each donor matrix in the paper's merge
+FOLD_FITS = ("lstsq", "cosine")  # how the linear fold fits its map (`merging.fold`)
 
 # `export --quant`: GGUF file types, by llama.cpp's names, with llama.cpp's file-type ids
 GGUF_FLOAT_TYPES = {"f32": 0, "f16": 1, "bf16": 32}

@@ -100,10 +100,13 @@ def _add_selection(p: argparse.ArgumentParser, ratio: float | None) -> None:
 
 def _add_merge_options(p: argparse.ArgumentParser) -> None:
     """The merge's density and the selection budget."""
-    from .catalog import DEFAULT_DENSITY
+    from .catalog import DEFAULT_DENSITY, FOLD_FITS
 
     p.add_argument("--density", type=float, default=DEFAULT_DENSITY,
                    help=f"kept fraction of each donor matrix (default {DEFAULT_DENSITY})")
+    p.add_argument("--fold-fit", choices=FOLD_FITS, default="lstsq",
+                   help="how the linear fold fits its map: least squares (default) or cosine "
+                        "distance from there (ReplaceMe's two objectives)")
     p.add_argument("--selection-budget", type=_budget, default=0.1, metavar="F",
                    help="auto's search and the merge search take at most this fraction of the "
                         "pruned model's fine-tune (timed by the probe), skipping the parts that do "
@@ -241,6 +244,8 @@ def config_values(args) -> dict:
         out["warm_start"] = False
     if "merge" in given:
         out["merge"] = parse_merge_count(given["merge"])
+    if "fold_fit" in out:  # a setting of the fold, beside a config file's others
+        out["settings"] = {"fold": {"fit": out.pop("fold_fit")}}
     if given.get("remove") is not None:
         out["remove"] = parse_layer_list(given["remove"])
     if "heals" in vars(args):

@@ -116,7 +116,22 @@ class GGUFSettings:
 
 
 @dataclass
-class RecipeConfig(CutFields, FromDict):
+class CriterionSettings:
+    """The criteria's (and the linear fold's) own settings, by name: {name: {field: value}}."""
+
+    settings: dict[str, dict] = field(default_factory=dict)
+
+    def check_settings(self) -> None:
+        for name, values in self.settings.items():
+            settings_class(name)(**values)  # unknown criteria or fields are the error
+
+    def criterion_settings(self) -> dict[str, object]:
+        """The settings dataclasses of the criteria the file configures."""
+        return {name: settings_class(name)(**values) for name, values in self.settings.items()}
+
+
+@dataclass
+class RecipeConfig(CutFields, CriterionSettings, FromDict):
     """What the prune-and-heal recipe needs: the model, data, cut, merge, probe and healing.
 
     `heldout` training examples are set apart, never trained on, to judge cuts; `selection_budget`
@@ -129,7 +144,6 @@ class RecipeConfig(CutFields, FromDict):
     eval_data: str | None = None
     chat_template: str = "auto"
     ratio: float | None = 0.2
-    settings: dict[str, dict] = field(default_factory=dict)
     probe_steps: int = 40
     heldout: int = 32
     eval_limit: int | None = 300
@@ -176,7 +190,7 @@ class RecipeConfig(CutFields, FromDict):
             self._check_rounds()
         if self.heal.teacher and not Path(self.heal.teacher).is_dir():
             raise GradPrunerError(f"teacher model folder not found: {self.heal.teacher}")
-        self._check_settings()
+        self.check_settings()
 
     def _check_rounds(self) -> None:
         """Iterative pruning re-scores the healed model, which has no probe of its own."""
@@ -195,14 +209,6 @@ class RecipeConfig(CutFields, FromDict):
         if len(given) != 1:
             raise GradPrunerError("give exactly one of ratio (--ratio), count (--layers) or remove (--remove)")
         _check_size(self.ratio, self.count)
-
-    def _check_settings(self) -> None:
-        for name, values in self.settings.items():
-            settings_class(name)(**values)  # unknown criteria or fields are the error
-
-    def criterion_settings(self) -> dict[str, object]:
-        """The settings dataclasses of the criteria the file configures."""
-        return {name: settings_class(name)(**values) for name, values in self.settings.items()}
 
     def cut_settings(self, train_examples: int) -> CutSettings:
         """The cut's settings, its budget a share of the fine-tune of `train_examples` examples
@@ -330,7 +336,7 @@ class ProbeConfig(StageConfig):
 
 
 @dataclass
-class PruneConfig(StageConfig, CutFields):
+class PruneConfig(StageConfig, CutFields, CriterionSettings):
     """`gradpruner prune`: the cut of `model` (default: the probed one) by the probe in `scores`
     and / or the task's data, of which the last `heldout` examples judge cuts (default: as many
     as the probe left out, else 32); `heal_steps`: the fine-tune planned after, whose time the
@@ -359,10 +365,12 @@ class PruneConfig(StageConfig, CutFields):
             missing = prune_inputs_error(self.criterion, self.merge, self.remove)
             if missing:
                 raise GradPrunerError(missing)
+        self.check_settings()
 
     def cut_settings(self) -> CutSettings:
         return CutSettings(self.criterion, self.ratio, self.count, self.remove, self.merge,
-                           self.density, self.selection_budget, {}, self.seed, self.heal_steps)
+                           self.density, self.selection_budget, self.criterion_settings(),
+                           self.seed, self.heal_steps)
 
 
 @dataclass
@@ -601,9 +609,14 @@ def _nested(key: str, given, default):
 
 
 def merge_config(base: dict, overrides: dict) -> dict:
-    """`base` with `overrides` on top (`train`, `heal` and `settings` merged key by key)."""
+    """`base` with `overrides` on top (`train`, `heal` and `settings` merged key by key, and
+    each criterion's settings field by field)."""
     out = {**base, **overrides}
     for key in ("train", "heal", "settings"):
         if key in base and key in overrides:
             out[key] = {**base[key], **overrides[key]}
+    if "settings" in base and "settings" in overrides:  # and each criterion's field by field
+        given = base["settings"]
+        out["settings"] = {**given, **{name: {**given.get(name, {}), **values}
+                                       for name, values in overrides["settings"].items()}}
     return out

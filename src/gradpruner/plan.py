@@ -28,8 +28,8 @@ class MergeStep:
 class PrunePlan:
     """Remove `removed` of `num_layers` layers after folding `merges` by `merge_rule`, with the
     settings that rule reads (`merging.rules`: `density` and `scale` for the paper's merge,
-    `ridge` and `calibration` for the linear fold, none for LaCo's collapse); the rule checks
-    the plan when it applies it."""
+    `ridge`, `calibration` and `fit` for the linear fold, none for LaCo's collapse); the rule
+    checks the plan when it applies it."""
 
     num_layers: int
     removed: tuple[int, ...]
@@ -39,6 +39,7 @@ class PrunePlan:
     scale: float | None = None
     ridge: float | None = None
     calibration: int | None = None
+    fit: str | None = None
 
     def __post_init__(self):
         if self.merges and self.merge_rule not in MERGE_RULES:
@@ -65,13 +66,14 @@ class PrunePlan:
     def key(self) -> tuple:
         """Plans with equal keys give the same weights."""
         return (self.removed, self.merges, self.merge_rule, self.density, self.scale, self.ridge,
-                self.calibration)
+                self.calibration, self.fit)
 
     def to_json(self) -> dict:
         return {"num_layers": self.num_layers, "removed": list(self.removed),
                 "merges": [{"receiver": s.receiver, "donors": list(s.donors)} for s in self.merges],
                 "merge_rule": self.merge_rule, "density": self.density, "scale": self.scale,
-                "ridge": self.ridge, "calibration": self.calibration}
+                "ridge": self.ridge, "calibration": self.calibration,
+                **({"fit": self.fit} if self.fit else {})}
 
     @classmethod
     def from_json(cls, data: dict) -> "PrunePlan":
@@ -79,7 +81,7 @@ class PrunePlan:
                        for s in data.get("merges", []))
         return cls(int(data["num_layers"]), tuple(int(i) for i in data["removed"]), merges,
                    data.get("merge_rule"), data.get("density"), data.get("scale"), data.get("ridge"),
-                   data.get("calibration"))
+                   data.get("calibration"), data.get("fit"))
 
 
 def paper_merge_plan(num_layers: int, removed, merged: dict[int, list[int]], density: float,

@@ -1,5 +1,5 @@
-"""The linear fold: a least-squares linear map carries the hidden state around a removed block of
-layers, folded into the MLP down projection of the last kept layer before the block.
+"""The linear fold: a linear map carries the hidden state around a removed block of layers, folded
+into the MLP down projection of the last kept layer before the block.
 
 In kept layer r (just before the block b..e): h' = h + attention, out = h' + M with M = MLP(h'),
 the MLP's output (its down projection's). With the block removed, out should be what the block
@@ -7,7 +7,11 @@ gave, L_e. Find T minimising ||M T - (L_e - h')||^2 + ridge * ||T||^2 over the c
 and let layer r output h' + M T: the down projection W (out x in, M = a W^T) becomes T^T W, so the
 model stays a plain Hugging Face model with no new module.
 
-This is ReplaceMe's least-squares transform (Shopkhoev et al. 2025). Differences here: padding
+This is ReplaceMe's least-squares transform (Shopkhoev et al. 2025). `fit="cosine"` is ReplaceMe's
+other objective: T minimising the mean cosine distance 1 - cos(h' + M T, L_e) over the tokens (the
+direction of the state the next layer normalises), by Adam on every calibration token at once,
+started from the least-squares map (ReplaceMe starts from the identity) for `COSINE_STEPS` steps;
+it keeps every token's states in memory (3 x tokens x hidden fp32). Differences here: padding
 positions are left out of the sums; the ridge term is relative (`ridge` times the mean of the
 diagonal of M^T M, so one value fits every model's scale; ReplaceMe's `alpha` is absolute and 0 by
 default); several blocks are fitted one after the other, each on the model with the blocks before
@@ -20,10 +24,12 @@ the map into a weight and are refused.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
+from ..catalog import FOLD_FITS
 from ..errors import GradPrunerError
 from ..model.surgery import decoder_layers, get_adapter, layer_prefix, skipping
 from ..plan import MergeStep
@@ -31,20 +37,26 @@ from ..progress import track
 from ..tasks.examples import PadCollator, pad_id, training_features
 
 DEFAULT_RIDGE = 1e-4
+COSINE_STEPS = 200
+COSINE_LR = 1e-4
 
 
 @dataclass(frozen=True)
 class FoldSettings:
-    """The fold's calibration: the first `examples` training examples, and the relative ridge."""
+    """The fold's calibration: the first `examples` training examples, the relative ridge, and
+    the fit: least squares ("lstsq") or cosine distance ("cosine")."""
 
     examples: int = 128
     ridge: float = DEFAULT_RIDGE
+    fit: str = "lstsq"
 
     def __post_init__(self):
         if isinstance(self.examples, bool) or not isinstance(self.examples, int) or self.examples < 1:
             raise GradPrunerError(f"fold examples must be a positive integer, got {self.examples!r}")
         if not isinstance(self.ridge, (int, float)) or not self.ridge >= 0:
             raise GradPrunerError(f"fold ridge must be at least 0, got {self.ridge!r}")
+        if self.fit not in FOLD_FITS:
+            raise GradPrunerError(f"fold fit must be one of {', '.join(FOLD_FITS)}, got {self.fit!r}")
 
 
 @dataclass(frozen=True)
@@ -115,10 +127,11 @@ def least_squares_map(gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> 
     return torch.linalg.solve(gram + lam * eye, cross)
 
 
-def block_sums(model, step: MergeStep, batches: list[dict], skipped) -> tuple[torch.Tensor, torch.Tensor]:
-    """X^T X and X^T Y (float64) over the non-padding tokens of `batches`, X the MLP output of
-    the receiver and Y what the block adds after it (its output minus the receiver's state
-    before the MLP), with the `skipped` layers passing their input through."""
+def block_states(model, step: MergeStep, batches: list[dict], skipped
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per batch, over its non-padding tokens: the receiver's MLP output M, the receiver's output
+    h' + M and the block's output L_e (each [tokens, hidden], as computed), with the `skipped`
+    layers passing their input through."""
     layers = decoder_layers(model)
     receiver, last = layers[step.receiver], layers[step.donors[-1]]
     seen: dict[str, torch.Tensor] = {}
@@ -130,32 +143,75 @@ def block_sums(model, step: MergeStep, batches: list[dict], skipped) -> tuple[to
 
     handles = [receiver.mlp.register_forward_hook(keep("mlp")), receiver.register_forward_hook(keep("out")),
                last.register_forward_hook(keep("end"))]
-    hidden = model.config.hidden_size
-    gram = torch.zeros(hidden, hidden, dtype=torch.float64)
-    cross = torch.zeros(hidden, hidden, dtype=torch.float64)
     device = next(model.parameters()).device
     try:
-        with skipping(model, skipped), torch.inference_mode():
+        with skipping(model, skipped):
             for batch in batches:
-                mask = batch["attention_mask"].bool()
-                model(input_ids=batch["input_ids"].to(device),
-                      attention_mask=batch["attention_mask"].to(device), use_cache=False,
-                      logits_to_keep=1)
-                x = seen["mlp"][mask.to(device)].double().cpu()
-                y = (seen["end"] - seen["out"])[mask.to(device)].double().cpu() + x
-                gram += x.T @ x
-                cross += x.T @ y
+                mask = batch["attention_mask"].bool().to(device)
+                with torch.inference_mode():
+                    model(input_ids=batch["input_ids"].to(device),
+                          attention_mask=batch["attention_mask"].to(device), use_cache=False,
+                          logits_to_keep=1)
+                # indexed outside inference mode: plain tensors
+                yield seen["mlp"][mask], seen["out"][mask], seen["end"][mask]
     finally:
         for handle in handles:
             handle.remove()
+
+
+def block_sums(model, step: MergeStep, batches: list[dict], skipped) -> tuple[torch.Tensor, torch.Tensor]:
+    """X^T X and X^T Y (float64) over the non-padding tokens of `batches`, X the MLP output of
+    the receiver and Y what the block adds after it (its output minus the receiver's state
+    before the MLP), with the `skipped` layers passing their input through."""
+    hidden = model.config.hidden_size
+    gram = torch.zeros(hidden, hidden, dtype=torch.float64)
+    cross = torch.zeros(hidden, hidden, dtype=torch.float64)
+    for mlp, out, end in block_states(model, step, batches, skipped):
+        x = mlp.double().cpu()
+        y = (end - out).double().cpu() + x
+        gram += x.T @ x
+        cross += x.T @ y
     return gram, cross
 
 
+def cosine_distance(x: torch.Tensor, before: torch.Tensor, end: torch.Tensor,
+                    transform: torch.Tensor) -> torch.Tensor:
+    """The mean over tokens of 1 - cos(h' + M T, L_e) (`x` = M, `before` = h', `end` = L_e)."""
+    return (1 - torch.nn.functional.cosine_similarity(before + x @ transform, end, dim=-1)).mean()
+
+
+def cosine_map(x: torch.Tensor, before: torch.Tensor, end: torch.Tensor, start: torch.Tensor,
+               steps: int = COSINE_STEPS, lr: float = COSINE_LR) -> torch.Tensor:
+    """T minimising `cosine_distance` by `steps` full-batch Adam steps from `start` (fp32)."""
+    transform = start.float().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([transform], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            cosine_distance(x, before, end, transform).backward()
+            optimizer.step()
+    return transform.detach().double()
+
+
+def fit_map(model, step: MergeStep, batches: list[dict], skipped, ridge: float,
+            fit: str = "lstsq") -> torch.Tensor:
+    """The block's linear map by `fit`: least squares, or cosine distance from there."""
+    if fit == "lstsq":
+        return least_squares_map(*block_sums(model, step, batches, skipped), ridge)
+    x, out, end = (torch.cat(parts).float().cpu() for parts in
+                   zip(*block_states(model, step, batches, skipped)))
+    start = least_squares_map(*block_sums(model, step, batches, skipped), ridge)
+    return cosine_map(x, out - x, end, start)
+
+
 def fold_blocks(model, steps: tuple[MergeStep, ...], calibration: Calibration,
-                ridge: float = DEFAULT_RIDGE) -> dict[str, int]:
+                ridge: float = DEFAULT_RIDGE, fit: str = "lstsq") -> dict[str, int]:
     """Fold every step's block into its receiver's down projection, in place, one block after
-    the other; returns the changed entries per weight (every entry of each down projection)."""
+    the other (each map fitted by `fit`); returns the changed entries per weight (every entry of
+    each down projection)."""
     check_foldable(model)
+    if fit not in FOLD_FITS:
+        raise GradPrunerError(f"fold fit must be one of {', '.join(FOLD_FITS)}, got {fit!r}")
     layers = decoder_layers(model)
     for step in steps:
         down_projection(layers[step.receiver])
@@ -163,8 +219,7 @@ def fold_blocks(model, steps: tuple[MergeStep, ...], calibration: Calibration,
     changed: dict[str, int] = {}
     folded: list[int] = []
     for step in track(steps, "blocks folded"):
-        gram, cross = block_sums(model, step, batches, folded)
-        transform = least_squares_map(gram, cross, ridge)
+        transform = fit_map(model, step, batches, folded, ridge, fit)
         proj = down_projection(layers[step.receiver])
         with torch.no_grad():
             weight = transform.T.float().to(proj.weight.device) @ proj.weight.float()

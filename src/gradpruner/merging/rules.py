@@ -3,7 +3,8 @@ receivers, declares the plan settings it reads (`settings`), and checks a plan's
 
     gradpruner  the paper's sparsified merge (`merge.py`): density, scale
     laco        LaCo's collapse (`collapse.py`): no settings
-    fold        the least-squares linear fold (`fold.py`): ridge, calibration examples
+    fold        the linear fold (`fold.py`): ridge, calibration examples, fit (least squares or
+                cosine distance)
 
 `catalog.MERGE_RULES` lists their names without importing them; the registry checks itself
 against it.
@@ -21,7 +22,7 @@ from .collapse import collapse_into
 from .fold import Calibration, fold_blocks
 from .merge import merge_layers
 
-SETTINGS = ("density", "scale", "ridge", "calibration")  # every rule's settings, as a plan holds them
+SETTINGS = ("density", "scale", "ridge", "calibration", "fit")  # every rule's settings, as a plan holds them
 
 
 class MergeRule:
@@ -89,12 +90,13 @@ class Collapse(MergeRule):
 
 @register
 class LinearFold(MergeRule):
-    """Each step's block (consecutive donors right after the receiver) replaced by the
-    least-squares linear map fitted on the first `calibration` training examples with `ridge`,
-    folded into the receiver's MLP down projection, step after step in order."""
+    """Each step's block (consecutive donors right after the receiver) replaced by the linear map
+    fitted (`fit`: least squares with `ridge`, or cosine distance from there; None, as plans
+    before the cosine fit: least squares) on the first `calibration` training examples, folded
+    into the receiver's MLP down projection, step after step in order."""
 
     name = "fold"
-    settings = ("ridge", "calibration")
+    settings = ("ridge", "calibration", "fit")
 
     def check(self, plan: PrunePlan) -> None:
         super().check(plan)
@@ -108,7 +110,7 @@ class LinearFold(MergeRule):
             raise GradPrunerError("this plan folds blocks fitted on training examples: give the calibration examples")
         used = Calibration(calibration.tokenizer, calibration.examples[:plan.calibration],
                            calibration.batch_size, calibration.max_length)
-        return fold_blocks(model, plan.merges, used, plan.ridge)
+        return fold_blocks(model, plan.merges, used, plan.ridge, plan.fit or "lstsq")
 
 
 if tuple(RULES) != MERGE_RULES:

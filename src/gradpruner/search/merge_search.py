@@ -24,10 +24,11 @@ from ..plan import PrunePlan, paper_merge_plan
 
 @dataclass(frozen=True)
 class FoldTrial:
-    """The linear fold as a trial of the merge search: its calibration examples and ridge."""
+    """The linear fold as a trial of the merge search: its calibration examples, ridge and fit."""
 
     calibration: Calibration
     ridge: float
+    fit: str = "lstsq"
 
 
 def search_merge(judge: Judge, igia, removed: list[int], kept: list[int], donor_scores: list[float],
@@ -78,7 +79,7 @@ def search_merge(judge: Judge, igia, removed: list[int], kept: list[int], donor_
               "seconds": round(time.perf_counter() - start, 2)}
     if "fold" in best:
         return PrunePlan(total, tuple(removed), steps, "fold", ridge=fold.ridge,
-                         calibration=len(fold.calibration.examples)), report
+                         calibration=len(fold.calibration.examples), fit=fold.fit), report
     merged = plan_merge(removed, kept, donor_scores, best["donors"])
     return paper_merge_plan(total, removed, merged, density, best["scale"]), report
 
@@ -88,7 +89,7 @@ def _fold_loss(judge: Judge, removed: list[int], steps, fold: FoldTrial) -> floa
     model = judge.model
     saved = _snapshot(model, {s.receiver: [] for s in steps})
     try:
-        fold_blocks(model, steps, fold.calibration, fold.ridge)
+        fold_blocks(model, steps, fold.calibration, fold.ridge, fold.fit)
         return judge.loss(removed, cached=False, changed_from=min(s.receiver for s in steps))
     finally:
         _restore(model, saved)

@@ -78,7 +78,8 @@ def select(model, tokenizer=None, examples: list | None = None, *, heldout: list
         check_foldable(model)
         folding = settings.get("fold") or FoldSettings()
         plan = PrunePlan(total, tuple(removed), fold_steps(removed, total), "fold",
-                         ridge=folding.ridge, calibration=min(folding.examples, len(ctx.examples)))
+                         ridge=folding.ridge, calibration=min(folding.examples, len(ctx.examples)),
+                         fit=folding.fit)
         if not ctx.examples:
             raise GradPrunerError("--merge fold needs task data to fit the fold: pass --task NAME or "
                                   "--data FILE, or use --merge none")
@@ -123,7 +124,8 @@ def _merge_search(ctx: ScoreContext, selection: Selection, chosen, budget: Selec
     donor_scores = selection.scores or chosen.layer_scores(ctx)
     fold = None
     if settings.merge_fold and ctx.examples and fold_steps(removed, total) and fold_refusal(ctx.model) is None:
-        fold = FoldTrial(Calibration(ctx.tokenizer, ctx.examples[:folding.examples]), folding.ridge)
+        fold = FoldTrial(Calibration(ctx.tokenizer, ctx.examples[:folding.examples]), folding.ridge,
+                         folding.fit)
     plan, report = search_merge(judge, ctx.igia, removed, kept, donor_scores, density,
                                 settings.merge_donors, settings.merge_scales, trials, fold)
     report["skipped"] = [asdict(p) for p in skipped]
