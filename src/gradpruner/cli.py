@@ -254,7 +254,7 @@ def config_values(args) -> dict:
         out["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.command == "compare" and "ratio" in out:
         out["ratios"] = _floats(out.pop("ratio"), "--ratio")
-    elif any(k in out for k in ("ratio", "count", "remove")):
+    elif any(k in out for k in ("ratio", "count", "remove", "keep")):
         out = {"ratio": None, "count": None, "remove": None, **out}  # one size replaces another
     return out
 
@@ -344,6 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="probe, prune, fine-tune and evaluate, beside the dense model")
     _add_recipe(p, "runs/default")
     _add_selection(p, ratio=0.2)
+    p.add_argument("--keep", type=float, metavar="S",
+                   help="size the cut by the accuracy to keep: remove as many layers as possible "
+                        "while the healed model keeps at least this share of the dense fine-tuned "
+                        "model's accuracy on held-out training examples (e.g. 0.95; at least "
+                        "256 held out); replaces --ratio")
+    p.add_argument("--keep-steps", type=int, metavar="N",
+                   help="healing steps of each cut --keep tries (default: a third of the heal's, "
+                        "at least 10)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense reference fine-tune")
     p.add_argument("--save-every", type=int, default=None, metavar="N",
                    help="checkpoint the fine-tunes every N steps into OUT.partial, for --resume "

@@ -42,6 +42,10 @@ class FromDict:
         return config_from_dict(cls, data)
 
 
+DEFAULT_RATIO = 0.2  # `run`'s cut when none is given
+KEEP_HELDOUT = 256  # held-out examples with --keep: a share's standard error about 0.06 near 0.5
+
+
 @dataclass
 class CutFields:
     """The settings of a cut that a user gives: the criterion, its size (`ratio`, `count` or an
@@ -143,7 +147,7 @@ class RecipeConfig(CutFields, CriterionSettings, FromDict):
     data: str | None = None
     eval_data: str | None = None
     chat_template: str = "auto"
-    ratio: float | None = 0.2
+    ratio: float | None = DEFAULT_RATIO
     probe_steps: int = 40
     heldout: int = 32
     eval_limit: int | None = 300
@@ -242,6 +246,19 @@ class RunConfig(RecipeConfig, HarnessSettings, GGUFSettings):
     resume: bool = False  # continue the interrupted run in OUT.partial (`journal.py`)
     save_every: int | None = None  # checkpoint the fine-tunes (default: five times in each)
     export: str | None = None
+    keep: float | None = None  # the cut's size: the held-out share of dense accuracy to keep
+    keep_steps: int | None = None  # healing steps of each candidate (default: a third of the heal's)
+
+    def __post_init__(self):
+        if self.keep is not None and self.ratio == DEFAULT_RATIO and self.count is None \
+                and self.remove is None:
+            self.ratio = None  # --keep sizes the cut in place of the default ratio
+
+    @property
+    def heldout_count(self) -> int:
+        """The training examples held out: `heldout`, at least `KEEP_HELDOUT` with `keep` (whose
+        shares they estimate)."""
+        return self.heldout if self.keep is None else max(self.heldout, KEEP_HELDOUT)
 
     def validate(self) -> None:
         super().validate()
@@ -251,6 +268,25 @@ class RunConfig(RecipeConfig, HarnessSettings, GGUFSettings):
         if self.export is not None:
             _check_format(self.export)
             parse_gguf_types(self.quant)
+        if self.keep is not None:
+            self._check_keep()
+
+    def _validate_cut(self) -> None:
+        if self.keep is None:
+            return super()._validate_cut()
+        if any(getattr(self, k) is not None for k in ("ratio", "count", "remove")):
+            raise GradPrunerError("--keep chooses the size of the cut: give no --ratio, --layers or --remove")
+
+    def _check_keep(self) -> None:
+        if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)) \
+                or not 0 < self.keep <= 1:
+            raise GradPrunerError(f"--keep must be a share in (0, 1], e.g. 0.95, got {self.keep!r}")
+        if not self.dense:
+            raise GradPrunerError("--keep measures shares of the dense fine-tuned model: drop --no-dense")
+        if self.rounds > 1:
+            raise GradPrunerError("--keep searches one-shot cuts: drop --rounds")
+        if self.keep_steps is not None:
+            _at_least(1, keep_steps=self.keep_steps)
 
     def fingerprint(self) -> dict:
         """The settings a resumed run must share with the interrupted one: all but where it

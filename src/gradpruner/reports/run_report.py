@@ -171,6 +171,34 @@ def _harness(results: dict) -> list[str]:
     return ["lm-evaluation-harness (zero-shot; lm-eval's prompts and metrics):", "", *table, ""]
 
 
+def _keep_section(results: dict) -> list[str]:
+    """With `run --keep`: the held-out accuracy against the layers removed that chose the cut,
+    how sure the choice is, and the held-out and test shares the healed cut then got."""
+    found = results.get("keep")
+    if not found:
+        return []
+    dense = found["dense_accuracy"]
+    lines = [f"The cut's size was chosen by `--keep {found['keep']:g}`: the most layers removed "
+             f"whose healed model keeps that share of the dense fine-tuned model's accuracy on "
+             f"{found['items']} held-out training examples (dense: {dense:.3f}). Each candidate "
+             "is a cut of the dense model healed briefly; bisection over the sizes:", "",
+             "| layers removed | removed | held-out accuracy | share of dense (± s.e.) |",
+             "|---|---|---|---|"]
+    for point in found["points"]:
+        mark = " **chosen**" if point["removed"] == found["chosen"] else ""
+        lines.append(f"| {point['removed']}{mark} | {point['removed_layers']} | "
+                     f"{point['accuracy']:.3f} | {point['share']:.3f} ± {point['share_se']:.3f} |")
+    lines += ["", f"Probability that the chosen cut's held-out share is at least {found['keep']:g}: "
+              f"{found['confidence']:.0%} (normal approximation).", ""]
+    pruned, dense_test = results.get("pruned_heldout"), results.get("dense_finetuned")
+    if pruned:
+        share = primary_metric(pruned) / dense if dense else None
+        test = _ratio(primary_metric(results.get("pruned_finetuned")), primary_metric(dense_test))
+        lines += [f"After the full heal: held-out share {share:.3f} (predicted above from the "
+                  f"short heal), test share {test}.", ""]
+    return lines
+
+
 def _served(results: dict) -> list[str]:
     """With `run --export gguf`: the fine-tuned models through transformers and through llama.cpp
     at each exported GGUF type, side by side, with the files' sizes and checks."""
@@ -365,6 +393,7 @@ def run_markdown(results: dict) -> str:
         f"| pruned, fine-tuned | {_metric(results['pruned_finetuned'])} |",
         "",
         *_harness(results),
+        *_keep_section(results),
         *_served(results),
         "| cost | dense | pruned | pruned / dense |",
         "|---|---|---|---|",

@@ -21,23 +21,27 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
+from ..errors import GradPrunerError
+from ..evaluation.scoring import evaluate_examples
 from ..distributed import (is_main_process, join_processes, on_main, refuse_sharded_run,
                            several_processes, world_size)
 from ..evaluation.harness import run_harness
 from ..evaluation.timing import compare_prefill
 from ..merging.fold import check_foldable
 from ..model.loading import load_config, load_model, resolve_device, resolve_dtype, resolve_model
-from ..model.surgery import save_pretrained_atomic
+from ..model.surgery import num_layers, save_pretrained_atomic
 from ..outputs import atomic_output_dir, check_output_dir, last_complete_checkpoint
 from ..plan import PruneRecord
 from ..progress import say, stage
 from ..provenance import versions
 from ..reports.model_card import CARD_NAME, Measured, model_card
+from ..reports.run_report import primary_metric
 from ..tasks import Task, resolve_task
 from ..training.train_config import Checkpoints
 from .journal import Journal, open_journal
 from .recipe import (Healing, ProbeResult, cut, evaluate, finetune_dense, heal, probe,
                      split_heldout, teacher_model)
+from .keep import KeepPoint, keep_search, share_of
 from .stages import (check_memory, cut_summary, describe, metric_summary, probe_summary,
                      read_sidecar, training_summary)
 
@@ -86,7 +90,7 @@ def run(cfg: RunConfig) -> dict:
 
         check_exportable(load_config(resolve_model(cfg.model)), cfg.llama_cpp, cfg.model or "the model")
     task = resolve_task(cfg.task, cfg.data, cfg.eval_data, cfg.chat_template)
-    train, held = split_heldout(task.train_examples(), cfg.heldout)
+    train, held = split_heldout(task.train_examples(), cfg.heldout_count)
     refuse_sharded_run()
     # the run keeps its full-precision model beside the quantized copies that QLoRA trains
     check_memory(cfg.model, replace(cfg.train, load_in_bits=None), cfg.dtype, cfg.device, None,
@@ -141,7 +145,16 @@ def _run(cfg: RunConfig, task: Task, train: list, held: list, journal: Journal,
         return teacher_model(models.master, probed, cfg.heal, cfg.train, models.dtype)
 
     healing = partial(_healing, cfg, models, train, teacher, folder)
-    made = stage_("cut", lambda: _cut(cfg, models, train, held, probed, healing, folder))
+    tuned: list = []  # this session's dense model, for the timing (a resumed run has none)
+    dense_stage = partial(stage_, "dense", lambda: _dense(cfg, models, task, train, held, probed,
+                                                          folder, tuned), everywhere=True)
+    settings = cfg.cut_settings(len(train))
+    if cfg.keep is not None:  # the dense reference first: the cut's size is a share of it
+        _add_dense(results, dense_stage())
+        results["keep"] = stage_("keep", lambda: _keep(cfg, models, task, train, held, probed,
+                                                       healing, results["dense_heldout"]))
+        settings = _kept_cut(settings, results["keep"])
+    made = stage_("cut", lambda: _cut(cfg, models, train, held, probed, settings, healing, folder))
     record = PruneRecord.from_json(made["record"])
     results["pruned_finetune"] = stage_("pruned_finetune", lambda: _heal_cut(
         models, task, train, probed, record, made["heal_seconds"], healing("pruned"), folder),
@@ -150,17 +163,58 @@ def _run(cfg: RunConfig, task: Task, train: list, held: list, journal: Journal,
     results["prune"] = read_sidecar(str(folder / "model"))
     pruned = cache(lambda: models.saved(folder / "model"))
     results.update(stage_("pruned_eval", lambda: _measure(
-        cfg, models, task, "pruned model", "pruned_finetuned", pruned())))
-    tuned: list = []  # this session's dense model, for the timing (a resumed run has none)
-    if cfg.dense:
-        finished = stage_("dense", lambda: _dense(cfg, models, task, train, probed, folder, tuned),
-                          everywhere=True)
-        harness = {**results.get("harness", {}), **finished.pop("harness", {})}
-        results.update(finished, **({"harness": harness} if harness else {}))
+        cfg, models, task, "pruned model", "pruned_finetuned", pruned(), held)))
+    if cfg.dense and cfg.keep is None:
+        _add_dense(results, dense_stage())
     if cfg.export:
         results["gguf"] = stage_("export", lambda: _export(cfg, task, folder))
     dense = tuned[0] if tuned else None
     return on_main(partial(_finish, cfg, models, results, pruned(), dense, journal, started))
+
+
+def _add_dense(results: dict, finished: dict) -> None:
+    """The dense stage's results into the run's (lm-eval's beside the pruned model's)."""
+    harness = {**results.get("harness", {}), **finished.pop("harness", {})}
+    results.update(finished, **({"harness": harness} if harness else {}))
+
+
+def _keep(cfg: RunConfig, models: Models, task: Task, train: list, held: list,
+          probed: ProbeResult, healing, dense_heldout: dict) -> dict:
+    """`--keep`: the largest cut whose healed model keeps the share `cfg.keep` of the dense
+    fine-tuned model's held-out accuracy (`keep.keep_search`); each candidate cut of the dense
+    model healed for `keep_steps` steps and scored on the held-out examples."""
+    total = num_layers(models.master)
+    steps = cfg.keep_steps or max(10, cfg.train.planned_steps(len(train)) // 3)
+    dense = primary_metric(dense_heldout)
+    settings = cfg.cut_settings(len(train))
+
+    def score(count: int) -> KeepPoint:
+        with stage(f"--keep {cfg.keep:g}: a cut of {count} of {total} layers",
+                   f"{steps} healing steps, {len(held)} held-out items") as st:
+            done = cut(copy.deepcopy(models.master), models.tokenizer, train, held, probed,
+                       replace(settings, ratio=None, count=count, remove=None))
+            healed, _ = heal(done.model, models.tokenizer, train, probed, healing(),
+                             done.record.kept_layers, steps)
+            accuracy = primary_metric(evaluate_examples(healed, models.tokenizer, held, task.kind))
+            share, error = share_of(accuracy, dense, len(held))
+            st.result = f"held-out {accuracy:.3f}: {share:.3f} ± {error:.3f} of dense"
+        return KeepPoint(count, list(done.record.removed_layers), accuracy, len(held), share, error)
+
+    found = keep_search(score, total, cfg.keep, dense, len(held))
+    if not found.chosen:
+        smallest = found.points[0]
+        raise GradPrunerError(f"no cut keeps {cfg.keep:g} of the dense model's held-out accuracy "
+                              f"({dense:.3f} on {len(held)} items): removing one layer keeps "
+                              f"{smallest.share:.3f} ± {smallest.share_se:.3f}; ask for less with --keep")
+    say(f"--keep {cfg.keep:g}: {found.chosen} of {total} layers removed, held-out share "
+        f"{next(p.share for p in found.points if p.removed == found.chosen):.3f} "
+        f"(probability {found.confidence:.0%} that it is at least {cfg.keep:g})")
+    return found.to_json()
+
+
+def _kept_cut(settings, found: dict):
+    """The cut settings of the size `--keep` chose."""
+    return replace(settings, ratio=None, count=found["chosen"], remove=None)
 
 
 def _evaluation(label: str, model, tokenizer, task: Task, limit: int | None) -> dict:
@@ -219,13 +273,13 @@ def _healing(cfg: RunConfig, models: Models, train: list, teacher, folder: Path,
 
 
 def _cut(cfg: RunConfig, models: Models, train: list, held: list, probed: ProbeResult,
-         healing, folder: Path) -> dict:
+         settings, healing, folder: Path) -> dict:
     """Select and apply the cut; the cut model (in the recipe's dtype) goes to `cut/` until it
     is healed. Returns its record and seconds."""
     shutil.rmtree(folder / "pruned.checkpoints", ignore_errors=True)
     with stage("pruning", f"criterion {cfg.criterion}, merge {cfg.merge}") as st:
         done = cut(copy.deepcopy(models.master), models.tokenizer, train, held, probed,
-                   cfg.cut_settings(len(train)), healing() if cfg.rounds > 1 else None)
+                   settings, healing() if cfg.rounds > 1 else None)
         record = describe(done.record, models.master.config, models.source,
                           f"{cfg.out}/probe", cfg.to_json())
         st.result = cut_summary(record)
@@ -258,11 +312,18 @@ def _save_healed(models: Models, pruned, record: PruneRecord, folder: Path) -> N
         shutil.rmtree(folder / name)
 
 
-def _measure(cfg: RunConfig, models: Models, task: Task, name: str, key: str, model) -> dict:
+def _measure(cfg: RunConfig, models: Models, task: Task, name: str, key: str, model,
+             held: list) -> dict:
     """{key: the metrics of `model` (the `name`) on the task}, with lm-eval's under "harness"
-    when `--harness` names tasks."""
+    when `--harness` names tasks, and with `--keep` its metrics on the `held` out examples
+    under "<name>_heldout"."""
     result = {key: _evaluation(f"{name} evaluation", model, models.tokenizer, task,
                                cfg.eval_limit)}
+    if cfg.keep is not None:
+        with stage(f"{name} on the held-out examples", f"{len(held)} items") as st:
+            result[key.replace("_finetuned", "_heldout")] = scored = evaluate_examples(
+                model, models.tokenizer, held, task.kind)
+            st.result = metric_summary(scored)
     harness = cfg.harness_spec()
     if harness:
         with stage(f"lm-evaluation-harness on the {name}", ", ".join(harness.tasks)):
@@ -270,8 +331,8 @@ def _measure(cfg: RunConfig, models: Models, task: Task, name: str, key: str, mo
     return result
 
 
-def _dense(cfg: RunConfig, models: Models, task: Task, train: list, probed: ProbeResult,
-           folder: Path, tuned: list) -> dict:
+def _dense(cfg: RunConfig, models: Models, task: Task, train: list, held: list,
+           probed: ProbeResult, folder: Path, tuned: list) -> dict:
     """The dense reference, fine-tuned (continuing from the probe's checkpoint when it is the
     first steps of the same run) and evaluated on rank 0; its checkpoints are kept until it is
     evaluated, so that a resumed run redoes at most the steps after the last one. The model is
@@ -283,15 +344,15 @@ def _dense(cfg: RunConfig, models: Models, task: Task, train: list, probed: Prob
                                       probed, checkpoints, continues)
         st.result = training_summary(stats)
     tuned.append(dense)
-    return on_main(partial(_evaluate_dense, cfg, models, task, dense, stats, folder))
+    return on_main(partial(_evaluate_dense, cfg, models, task, dense, stats, held, folder))
 
 
-def _evaluate_dense(cfg: RunConfig, models: Models, task: Task, dense, stats: dict,
+def _evaluate_dense(cfg: RunConfig, models: Models, task: Task, dense, stats: dict, held: list,
                     folder: Path) -> dict:
     """The dense reference's statistics and metrics (and lm-eval's, with `--harness`); its
     checkpoints removed."""
     result = {"dense_finetune": stats,
-              **_measure(cfg, models, task, "dense model", "dense_finetuned", dense)}
+              **_measure(cfg, models, task, "dense model", "dense_finetuned", dense, held)}
     if cfg.export:  # the export stage scores its GGUF files beside the pruned model's
         save_pretrained_atomic(dense, models.tokenizer, folder / "dense", {}, overwrite=True,
                                source_dir=models.source)
@@ -304,7 +365,6 @@ def _export(cfg: RunConfig, task: Task, folder: Path) -> dict:
     has one, the dense reference's in a scratch folder, each scored on the task's evaluation
     items through llama.cpp; the dense files and folder are removed after. An export that
     llama.cpp refuses is recorded, not fatal: the healed model stands."""
-    from ..errors import GradPrunerError
     from ..export.gguf import export_gguf
 
     examples = task.eval_examples()[:cfg.eval_limit] if cfg.eval_limit else task.eval_examples()

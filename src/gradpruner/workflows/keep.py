@@ -1,0 +1,96 @@
+"""`run --keep S`: the largest cut whose healed model keeps at least the share S of the dense
+fine-tuned model's accuracy on the held-out training examples.
+
+Each candidate size is a whole one-shot cut of the dense model (the criterion, the merge), healed
+for `steps` steps and scored on the held-out examples; the share is its accuracy over the dense
+fine-tuned model's on the same items. The sizes are searched by bisection over 1 .. layers - 1,
+taking the share to fall as the cut grows: about log2(layers) candidates (5 for 30 layers).
+Short heals score a cut below what the full heal gives it, so the choice errs towards keeping
+layers. Each share comes with its standard error (binomial, the two accuracies taken as
+independent: a bound, as both models answer the same items), and the choice with how sure it
+is: the normal probability that the share is at least S.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from ..errors import GradPrunerError
+
+
+@dataclass(frozen=True)
+class KeepPoint:
+    """One candidate cut: how many layers it removes, which, its held-out accuracy (of `items`
+    items) and its share of the dense model's with the share's standard error."""
+
+    removed: int
+    removed_layers: list[int]
+    accuracy: float
+    items: int
+    share: float
+    share_se: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class KeepSearch:
+    """The search's outcome: the share asked for, the dense model's held-out accuracy, every
+    candidate scored (by size), the chosen size (0: no cut keeps the share) and the
+    probability that its share is at least the one asked for."""
+
+    keep: float
+    dense_accuracy: float
+    items: int
+    points: list[KeepPoint]
+    chosen: int
+    confidence: float | None
+
+    def to_json(self) -> dict:
+        return {"keep": self.keep, "dense_accuracy": self.dense_accuracy, "items": self.items,
+                "points": [p.to_json() for p in sorted(self.points, key=lambda p: p.removed)],
+                "chosen": self.chosen, "confidence": self.confidence}
+
+
+def share_of(accuracy: float, dense: float, items: int) -> tuple[float, float]:
+    """The share `accuracy` / `dense` of two accuracies on `items` items, and its standard error
+    (delta method, each accuracy binomial)."""
+    if dense <= 0:
+        raise GradPrunerError("the dense fine-tuned model answers no held-out item: no share to keep")
+    share = accuracy / dense
+    relative = [math.sqrt(a * (1 - a) / items) / a for a in (accuracy, dense) if a > 0]
+    return share, share * math.sqrt(sum(r * r for r in relative)) if accuracy > 0 else 0.0
+
+
+def search_cut_size(score: Callable[[int], KeepPoint], total: int, keep: float) -> tuple[int, list[KeepPoint]]:
+    """The largest number of layers to remove (0 .. total - 1) whose candidate `score`s a share
+    of at least `keep`, by bisection; and every point scored."""
+    points: dict[int, KeepPoint] = {}
+    low, high = 0, total  # low keeps the share (0: the dense model); high does not, or is out of range
+    while high - low > 1:
+        middle = (low + high) // 2
+        points[middle] = score(middle)
+        if points[middle].share >= keep:
+            low = middle
+        else:
+            high = middle
+    return low, [points[n] for n in sorted(points)]
+
+
+def confidence(point: KeepPoint, keep: float) -> float:
+    """The normal probability that the share of `point` is at least `keep`."""
+    if point.share_se == 0:
+        return 1.0 if point.share >= keep else 0.0
+    return 0.5 * (1 + math.erf((point.share - keep) / (point.share_se * math.sqrt(2))))
+
+
+def keep_search(score: Callable[[int], KeepPoint], total: int, keep: float, dense_accuracy: float,
+                items: int) -> KeepSearch:
+    """`search_cut_size` as a `KeepSearch` record."""
+    chosen, points = search_cut_size(score, total, keep)
+    picked = next((p for p in points if p.removed == chosen), None)
+    return KeepSearch(keep, dense_accuracy, items, points, chosen,
+                      confidence(picked, keep) if picked else None)

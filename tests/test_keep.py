@@ -1,0 +1,96 @@
+"""`run --keep S`: the search for the largest cut that keeps a share of the dense accuracy on
+held-out examples, on planted accuracy curves, and through `run`."""
+
+import json
+import math
+
+import pytest
+
+import gradpruner.workflows.run as pipeline
+from gradpruner.cli import build_parser, command_config, main
+from gradpruner.config import KEEP_HELDOUT, RunConfig
+from gradpruner.errors import GradPrunerError
+from gradpruner.model.surgery import num_layers
+from gradpruner.workflows.keep import KeepPoint, confidence, search_cut_size, share_of
+from tiny_models import save_tiny_model, write_color_questions
+
+
+def planted(shares: list[float]):
+    """A candidate scorer whose share at n layers removed is `shares[n]`; it counts its calls."""
+    calls = []
+
+    def score(n: int) -> KeepPoint:
+        calls.append(n)
+        return KeepPoint(n, list(range(n)), 0.5 * shares[n], 100, shares[n], 0.02)
+    return score, calls
+
+
+@pytest.mark.parametrize("keep, expected", [(0.95, 5), (0.999, 0), (0.5, 29), (0.9, 10)])
+def test_the_search_stops_at_the_largest_cut_that_keeps_the_share(keep, expected):
+    shares = [1.0 - 0.01 * n for n in range(30)]  # falls by 0.01 a layer
+    score, calls = planted(shares)
+    chosen, points = search_cut_size(score, 30, keep)
+    assert chosen == expected
+    assert len(calls) <= math.ceil(math.log2(30)) and len(set(calls)) == len(calls)
+    assert [p.removed for p in points] == sorted(calls)
+    if expected:
+        assert expected in calls and shares[expected] >= keep  # the chosen size was measured
+
+
+def test_the_share_and_its_standard_error_by_hand():
+    share, error = share_of(0.45, 0.6, 100)
+    assert share == pytest.approx(0.75)
+    relative = math.sqrt(0.45 * 0.55 / 100) / 0.45, math.sqrt(0.6 * 0.4 / 100) / 0.6
+    assert error == pytest.approx(0.75 * math.hypot(*relative))
+    assert confidence(KeepPoint(3, [], 0.45, 100, 0.75, error), 0.75) == pytest.approx(0.5)
+    assert confidence(KeepPoint(3, [], 0.45, 100, 0.75, error), 0.75 - 2 * error) > 0.97
+    with pytest.raises(GradPrunerError, match="no held-out item"):
+        share_of(0.3, 0.0, 100)
+
+
+def test_keep_settings_are_checked_before_any_model_loads():
+    def config(*flags):
+        return command_config(build_parser().parse_args(["run", *flags]))
+
+    cfg = config("--keep", "0.95")
+    assert cfg.ratio is None and cfg.keep == 0.95 and cfg.heldout_count == KEEP_HELDOUT
+    assert RunConfig.from_dict({"keep": 0.9}).ratio is None  # a config file's keep, too
+    for flags, message in [(["--keep", "0.95", "--layers", "3"], "give no --ratio"),
+                           (["--keep", "0"], "share in"), (["--keep", "0.9", "--no-dense"], "dense"),
+                           (["--keep", "0.9", "--rounds", "2", "--criterion", "block_influence"],
+                            "rounds"),
+                           (["--keep", "0.9", "--keep-steps", "0"], "keep-steps")]:
+        with pytest.raises(GradPrunerError, match=message):
+            config(*flags)
+
+
+def test_run_keep_chooses_the_cut_on_a_planted_accuracy_curve(tmp_path, monkeypatch):
+    """The held-out accuracy is planted: 0.8 for the dense model, 4 % less for each layer
+    removed. With --keep 0.9 the run removes 2 layers (0.92 of dense), not 3 (0.88), and its
+    report shows the curve, the prediction and the shares after the full heal."""
+    save_tiny_model(tmp_path / "model", "llama")
+    write_color_questions(tmp_path / "data.jsonl", KEEP_HELDOUT + 64, choices=3)
+    real = pipeline.evaluate_examples
+
+    def planted_accuracy(model, tokenizer, examples, kind, **kwargs):
+        result = real(model, tokenizer, examples, kind, **kwargs)
+        if len(examples) == KEEP_HELDOUT:  # the held-out items: the planted curve
+            result["acc"] = 0.8 * (1 - 0.04 * (6 - num_layers(model)))
+        return result
+
+    monkeypatch.setattr(pipeline, "evaluate_examples", planted_accuracy)
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data.jsonl"),
+                 "--out", str(out), "--keep", "0.9", "--keep-steps", "1", "--probe-steps", "2",
+                 "--limit", "8", "--selection-budget", "none", "--steps", "2", "--batch-size", "4",
+                 "--criterion", "block_influence", "--merge", "none", "--device", "cpu"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    found = report["keep"]
+    assert found["chosen"] == 2 and found["dense_accuracy"] == pytest.approx(0.8)
+    assert {p["removed"]: round(p["share"], 3) for p in found["points"]} == \
+        {3: 0.88, 1: 0.96, 2: 0.92}
+    assert len(report["prune"]["removed_layers"]) == 2
+    assert report["pruned_heldout"]["acc"] == pytest.approx(0.8 * 0.92)
+    assert {"dense_finetuned", "pruned_finetuned"} <= set(report)
+    text = (out / "report.md").read_text()
+    assert "`--keep 0.9`" in text and "| 2 **chosen** |" in text and "After the full heal" in text
