@@ -105,8 +105,8 @@ def _add_merge_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--density", type=float, default=DEFAULT_DENSITY,
                    help=f"kept fraction of each donor matrix (default {DEFAULT_DENSITY})")
     p.add_argument("--fold-fit", choices=FOLD_FITS, default="lstsq",
-                   help="how the linear fold fits its map: least squares (default) or cosine "
-                        "distance from there (ReplaceMe's two objectives)")
+                   help="how the linear fold fits its map: lstsq, least squares (default lstsq), "
+                        "or cosine, cosine distance from there (ReplaceMe's two objectives)")
     p.add_argument("--selection-budget", type=_budget, default=0.1, metavar="F",
                    help="auto's search and the merge search take at most this fraction of the "
                         "pruned model's fine-tune (timed by the probe), skipping the parts that do "
@@ -375,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="N seeds for every cell: --seed, --seed + 1, ... (default 1)")
     p.add_argument("--heals", help="comma-separated healing variants for every method (default lora; "
                                    "also full, partial, partial_head, distill, partial_distill, "
-                                   "rounds, and lora_lr3, partial_lr10, distill_lr3, full_lr1 "
+                                   "rounds, distill_all, distill_align, full_distill_align, and "
+                                   "lora_lr3, partial_lr10, distill_lr3, full_lr1 "
                                    "with the healing learning rate set to 3e-4 / 1e-3 / 1e-4; "
                                    "catalog.HEALS)")
     _flags_only(p)
