@@ -259,3 +259,4 @@ def test_run_export_scores_every_file_beside_transformers(tmp_path):
     assert f"| pruned, fine-tuned | {report['pruned_finetuned']['acc']:.3f}" in text
     sidecar = json.loads((out / "gguf" / "gradpruner.json").read_text())
     assert sidecar["removed_layers"] == report["prune"]["removed_layers"]
+    assert sidecar["export"]["source_model"] == str(out / "model")  # the finished run's folder

@@ -77,10 +77,11 @@ class _Plan:
 
 def export_gguf(model: str | None, out: str, file_types: list[str] | tuple[str, ...] = ("f16",),
                 overwrite: bool = False, llama_cpp: str | None = None,
-                swa_fix: bool = True) -> ExportResult:
+                swa_fix: bool = True, source_name: str | None = None) -> ExportResult:
     """Export `model` (a folder; None: the default model) as GGUF files of `file_types` into
     the folder `out`, each checked (`check.check_gguf`). `swa_fix=False` leaves out the
-    per-layer attention array (to show what the check catches without it)."""
+    per-layer attention array (to show what the check catches without it); `source_name`: what
+    the record calls the source (default its path; `run` names the folder the run becomes)."""
     file_types = parse_gguf_types(",".join(file_types))
     plan = _plan(model, out, overwrite, llama_cpp, swa_fix)
     with atomic_output_dir(out, overwrite, plan.source) as tmp:
@@ -88,7 +89,7 @@ def export_gguf(model: str | None, out: str, file_types: list[str] | tuple[str, 
         checks = _check_all(plan, paths)
         files = tuple(ExportedFile(t, paths[t].name, paths[t].stat().st_size, checks[t])
                       for t in file_types)
-        result = ExportResult(Path(out), str(plan.source), files, plan.swa_pattern,
+        result = ExportResult(Path(out), source_name or str(plan.source), files, plan.swa_pattern,
                               plan.converter.origin, plan.runtime)
         _copy_tokenizer(plan.source, tmp)
         sidecar = {**_source_sidecar(plan.source), "export": result.to_json()}

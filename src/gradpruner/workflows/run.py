@@ -374,7 +374,8 @@ def _export(cfg: RunConfig, task: Task, folder: Path) -> dict:
             continue
         try:
             exported = export_gguf(str(folder / model), str(folder / out), cfg.file_types,
-                                   overwrite=True, llama_cpp=cfg.llama_cpp)
+                                   overwrite=True, llama_cpp=cfg.llama_cpp,
+                                   source_name=str(Path(cfg.out) / model))
         except GradPrunerError as err:
             say(f"no GGUF export of the {name} model: {err}")
             served[name] = {"refused": str(err)}

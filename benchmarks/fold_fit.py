@@ -1,0 +1,52 @@
+"""The linear fold's two fits side by side, before any healing: the cut model with each removed
+block dropped, folded by least squares, and folded by cosine distance, scored on the comparison
+protocol's held-out training examples and test items (the fold repairs the cut; healing follows).
+
+    python benchmarks/fold_fit.py --task arc_easy --remove 12-17,25,26 --remove 3-5,12-18,25,26
+
+The cuts are given (docs/RESULTS.md: `auto`'s cuts of the default model at 25 % and 40 %), so
+that every fit folds the same blocks. Prints one Markdown row per cut and fit, and the fit's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+from gradpruner.evaluation.scoring import evaluate_examples
+from gradpruner.merging.fold import FoldSettings
+from gradpruner.model.loading import load_model
+from gradpruner.removal import parse_layer_list
+from gradpruner.tasks import get_task
+from gradpruner.workflows.recipe import prune_model, split_heldout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--task", default="arc_easy")
+    parser.add_argument("--remove", action="append", required=True, help="a cut, e.g. 12-17,25,26")
+    parser.add_argument("--heldout", type=int, default=128)
+    parser.add_argument("--limit", type=int, default=200)
+    args = parser.parse_args()
+    master, tokenizer, _ = load_model(None, "float32", "cpu")
+    task = get_task(args.task)
+    train, held = split_heldout(task.train_examples(), args.heldout)
+    test = task.eval_examples()[:args.limit]
+    print(f"| task | cut | fold | held-out acc | test acc | fit seconds |")
+    print("|---|---|---|---|---|---|")
+    for text in args.remove:
+        for merge, fit in (("none", None), ("fold", "lstsq"), ("fold", "cosine")):
+            model = copy.deepcopy(master)
+            start = time.perf_counter()
+            settings = {"fold": FoldSettings(fit=fit)} if fit else {}
+            prune_model(model, None, tokenizer, train, remove=parse_layer_list(text), merge=merge,
+                        settings=settings)
+            seconds = time.perf_counter() - start
+            scores = [evaluate_examples(model, tokenizer, items, task.kind)["acc"] for items in (held, test)]
+            print(f"| {args.task} | {text} | {fit or 'none (dropped)'} | {scores[0]:.3f} | "
+                  f"{scores[1]:.3f} | {seconds:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
