@@ -33,10 +33,10 @@ def main() -> None:
     task = get_task(args.task)
     train, held = split_heldout(task.train_examples(), args.heldout)
     test = task.eval_examples()[:args.limit]
-    print(f"| task | cut | fold | held-out acc | test acc | fit seconds |")
+    print("| task | cut | fold | held-out acc | test acc | fit seconds |")
     print("|---|---|---|---|---|---|")
     for text in args.remove:
-        for merge, fit in (("none", None), ("fold", "lstsq"), ("fold", "cosine")):
+        for merge, fit in ((None, None), ("fold", "lstsq"), ("fold", "cosine")):
             model = copy.deepcopy(master)
             start = time.perf_counter()
             settings = {"fold": FoldSettings(fit=fit)} if fit else {}

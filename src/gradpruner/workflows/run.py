@@ -153,7 +153,7 @@ def _run(cfg: RunConfig, task: Task, train: list, held: list, journal: Journal,
         _add_dense(results, dense_stage())
         results["keep"] = stage_("keep", lambda: _keep(cfg, models, task, train, held, probed,
                                                        healing, results["dense_heldout"]))
-        settings = _kept_cut(settings, results["keep"])
+        settings = replace(settings, ratio=None, count=results["keep"]["chosen"], remove=None)
     made = stage_("cut", lambda: _cut(cfg, models, train, held, probed, settings, healing, folder))
     record = PruneRecord.from_json(made["record"])
     results["pruned_finetune"] = stage_("pruned_finetune", lambda: _heal_cut(
@@ -210,11 +210,6 @@ def _keep(cfg: RunConfig, models: Models, task: Task, train: list, held: list,
         f"{next(p.share for p in found.points if p.removed == found.chosen):.3f} "
         f"(probability {found.confidence:.0%} that it is at least {cfg.keep:g})")
     return found.to_json()
-
-
-def _kept_cut(settings, found: dict):
-    """The cut settings of the size `--keep` chose."""
-    return replace(settings, ratio=None, count=found["chosen"], remove=None)
 
 
 def _evaluation(label: str, model, tokenizer, task: Task, limit: int | None) -> dict:
