@@ -192,3 +192,56 @@ def test_fold_fit_flag_sets_the_fold_setting_beside_a_config_files_others(tmp_pa
     args = build_parser().parse_args(["prune", "--model", "m", "--remove", "3", "--merge", "fold",
                                       "--fold-fit", "cosine", "--out", str(tmp_path / "o")])
     assert command_config(args, check=False).cut_settings().criterion_settings["fold"].fit == "cosine"
+
+
+def test_a_replacement_of_an_identity_block_changes_nothing(tokenizer):
+    """A block whose removed layers compute nothing is already reproduced by its first layer:
+    the trained replacement keeps every weight and the cut model's output equals the dense one's."""
+    from gradpruner.merging.replace import block_loss, block_pairs
+    model = tiny_model("llama", seed=3)
+    for i in (3, 4):
+        _make_identity(decoder_layers(model)[i])
+    dense = copy.deepcopy(model)
+    step = fold_steps([3, 4], 6)[0]
+    batches = Calibration(tokenizer, _examples()).batches()
+    assert block_loss(decoder_layers(model)[2], block_pairs(model, step, batches, [])) < 1e-10
+    plan = PrunePlan(6, (3, 4), (step,), "replace", calibration=24)
+    apply(model, plan, calibration=Calibration(tokenizer, _examples()))
+    batch = _ids(tokenizer)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(**batch).logits, dense(**batch).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_the_replacement_trains_only_its_layer_and_carries_the_block(tokenizer):
+    """On a real block (2-3 after layer 1), only layer 1 changes, its output comes closer to the
+    block's, the plan replays to the same weights, and --merge replace plans it."""
+    from gradpruner.merging.replace import block_loss, block_pairs
+    model = tiny_model("llama", seed=1)
+    examples = _examples()
+    batches = Calibration(tokenizer, examples).batches()
+    step = fold_steps([2, 3], 6)[0]
+    pairs = block_pairs(model, step, batches, [])
+    before = block_loss(decoder_layers(model)[1], pairs)
+    plan, _ = select(model, tokenizer, examples, remove=[2, 3], merge="replace")
+    assert plan.merge_rule == "replace" and plan.merges == (step,) and plan.calibration == 24
+    assert PrunePlan.from_json(plan.to_json()) == plan
+    first, second = copy.deepcopy(model), copy.deepcopy(model)
+    _, entries = apply(first, plan, calibration=Calibration(tokenizer, examples))
+    apply(second, PrunePlan.from_json(plan.to_json()), calibration=Calibration(tokenizer, examples))
+    assert set(entries) == {f"model.layers.1.{name}" for name, _ in decoder_layers(model)[1].named_parameters()}
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name  # replays exactly
+    original = model.state_dict()
+    for name, value in first.state_dict().items():
+        if name.startswith("model.layers.1."):
+            assert not torch.equal(value, original[name])  # the replacement trained
+        elif name.startswith("model.layers."):
+            index = int(name.split(".")[2])
+            source = f"model.layers.{index if index < 2 else index + 2}.{name.split('.', 3)[3]}"
+            assert torch.equal(value, original[source]), name
+        else:
+            assert torch.equal(value, original[name]), name
+    trained = copy.deepcopy(model)
+    replaced = decoder_layers(first)[1]
+    decoder_layers(trained)[1].load_state_dict(replaced.state_dict())
+    assert block_loss(decoder_layers(trained)[1], pairs) < 0.9 * before  # closer to the block

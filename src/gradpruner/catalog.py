@@ -36,8 +36,8 @@ PROBE_CRITERIA = tuple(n for n in CRITERION_NAMES if CRITERIA[n].needs_probe)
 DATA_FREE_CRITERIA = tuple(n for n in CRITERION_NAMES
                            if not CRITERIA[n].needs_probe and not CRITERIA[n].needs_data)
 
-MERGE_WORDS = ("auto", "none", "all", "fold")  # --merge's words; or a number of donors
-MERGE_RULES = ("gradpruner", "laco", "fold")  # the rules a plan merges by (`merging.RULES`)
+MERGE_WORDS = ("auto", "none", "all", "fold", "replace")  # --merge's words; or a number of donors
+MERGE_RULES = ("gradpruner", "laco", "fold", "replace")  # the rules a plan merges by (`merging.RULES`)
 DEFAULT_DENSITY = 0.2  # the kept fraction of each donor matrix in the paper's merge
 FOLD_FITS = ("lstsq", "cosine")  # how the linear fold fits its map (`merging.fold`)
 
@@ -65,6 +65,7 @@ METHODS: dict[str, tuple[str, int | str | None]] = {
     "ppl": ("ppl", None),
     "laco": ("laco", None),
     "auto_fold": ("auto", "fold"),
+    "auto_replace": ("auto", "replace"),
     "auto_nomerge": ("auto", None),
 }
 

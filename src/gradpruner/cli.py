@@ -94,7 +94,9 @@ def _add_selection(p: argparse.ArgumentParser, ratio: float | None) -> None:
     p.add_argument("--merge", default="auto",
                    help="donor layers to merge by the paper's rule: a number (the paper: 3), 'all', "
                         "'none'; 'fold': replace each removed block by a least-squares linear map "
-                        "folded into the layer before; or 'auto' (default: no merge, the fold, and "
+                        "folded into the layer before; 'replace': train the layer before each "
+                        "removed block alone to reproduce the block (LLM-Streamline); or 'auto' "
+                        "(default: no merge, the fold, and "
                         "donors 1-3 at scales 1, 0.5, 0.25, judged on held-out loss)")
 
 

@@ -205,7 +205,7 @@ class RecipeConfig(CutFields, CriterionSettings, FromDict):
         if self.remove:
             raise GradPrunerError("--rounds removes by a criterion, not an explicit --remove list")
         if isinstance(self.merge, int) or self.merge == "all":
-            raise GradPrunerError("--rounds merges by 'auto', 'fold' or 'none' (the paper's merge "
+            raise GradPrunerError("--rounds merges by 'auto', 'fold', 'replace' or 'none' (the paper's merge "
                                   "reads the dense model's probe)")
 
     def _validate_cut(self) -> None:
@@ -484,7 +484,7 @@ def parse_gguf_types(text: str) -> list[str]:
 def all_methods() -> list[str]:
     """The methods of `--methods all`: every criterion's own (the `auto` merge variants are
     asked for by name)."""
-    return [m for m in METHODS if m not in ("auto_fold", "auto_nomerge")]
+    return [m for m in METHODS if m not in ("auto_fold", "auto_nomerge", "auto_replace")]
 
 
 def _check_cut(criterion: str, merge: object, density: object) -> None:
@@ -511,8 +511,8 @@ def check_ratio(ratio: object) -> None:
 
 
 def parse_merge_count(value: str | int | None) -> int | str | None:
-    """`--merge` as an int, "all", "fold" (the linear fold), "auto" (held-out search) or None
-    ("none")."""
+    """`--merge` as an int, "all", "fold" (the linear fold), "replace" (the replacement layer),
+    "auto" (held-out search) or None ("none")."""
     if value is None or value == "none":
         return None
     if value in MERGE_WORDS:
@@ -520,7 +520,8 @@ def parse_merge_count(value: str | int | None) -> int | str | None:
     try:
         count = int(value)
     except (TypeError, ValueError):
-        raise GradPrunerError(f"--merge takes a number of donor layers, 'all', 'fold', 'auto' or 'none', got {value!r}") from None
+        raise GradPrunerError(f"--merge takes a number of donor layers, 'all', 'fold', 'replace', "
+                              f"'auto' or 'none', got {value!r}") from None
     if count < 0:
         raise GradPrunerError(f"--merge must not be negative, got {count}")
     return count or None
@@ -534,8 +535,9 @@ def task_data_need(criterion: str, merge: int | str | None, remove: list[int] | 
     ranks = remove is None or isinstance(merge, int) or merge == "all"
     if ranks and CRITERIA[criterion].needs_data and not (criterion == "auto" and remove is not None):
         return "auto can judge cuts" if criterion == "auto" else f"{criterion} can score layers"
-    if merge in ("auto", "fold"):
-        return f"--merge {merge} can " + ("judge merges" if merge == "auto" else "fit the fold")
+    if merge in ("auto", "fold", "replace"):
+        return f"--merge {merge} can " + {"auto": "judge merges", "fold": "fit the fold",
+                                          "replace": "train the replacement layers"}[merge]
     return None
 
 
@@ -554,17 +556,19 @@ def prune_inputs_error(criterion: str, merge: int | str | None, remove: list[int
         return (f"--criterion {criterion} {does} on task data: pass --scores PROBE_DIR (a `gradpruner "
                 "probe` output; its task is used), --task NAME (see `gradpruner tasks`) or --data "
                 "FILE, or cut without either by --criterion tail (or random) --merge none")
-    if merge == "fold":
-        return ("--merge fold fits the fold on task data: pass --task NAME or --data FILE (or "
+    if merge in ("fold", "replace"):
+        does = "fits the fold" if merge == "fold" else "trains the replacement layers"
+        return (f"--merge {merge} {does} on task data: pass --task NAME or --data FILE (or "
                 "--scores PROBE_DIR of a built-in task), or use --merge none")
     return None
 
 
 def check_merge(merge: object) -> None:
-    if merge is None or merge in ("all", "auto", "fold"):
+    if merge is None or merge in MERGE_WORDS:
         return
     if isinstance(merge, bool) or not isinstance(merge, int) or merge < 1:
-        raise GradPrunerError(f"--merge takes a number of donor layers, 'all', 'fold', 'auto' or 'none', got {merge!r}")
+        raise GradPrunerError(f"--merge takes a number of donor layers, 'all', 'fold', 'replace', "
+                              f"'auto' or 'none', got {merge!r}")
 
 
 def changed_settings(previous: dict, current: dict) -> list[str]:

@@ -5,6 +5,7 @@ receivers, declares the plan settings it reads (`settings`), and checks a plan's
     laco        LaCo's collapse (`collapse.py`): no settings
     fold        the linear fold (`fold.py`): ridge, calibration examples, fit (least squares or
                 cosine distance)
+    replace     the replacement layer (`replace.py`): calibration examples
 
 `catalog.MERGE_RULES` lists their names without importing them; the registry checks itself
 against it.
@@ -20,6 +21,7 @@ from ..model.surgery import layer_prefix
 from ..plan import PrunePlan
 from .collapse import collapse_into
 from .fold import Calibration, fold_blocks
+from .replace import replace_blocks
 from .merge import merge_layers
 
 SETTINGS = ("density", "scale", "ridge", "calibration", "fit")  # every rule's settings, as a plan holds them
@@ -100,17 +102,44 @@ class LinearFold(MergeRule):
 
     def check(self, plan: PrunePlan) -> None:
         super().check(plan)
-        for step in plan.merges:
-            if list(step.donors) != list(range(step.receiver + 1, step.receiver + 1 + len(step.donors))):
-                raise GradPrunerError(f"a fold step's donors must be the layers right after its "
-                                      f"receiver, got {step.receiver} <- {list(step.donors)}")
+        _check_blocks(self.name, plan)
 
     def apply(self, model, plan, igia, calibration):
-        if calibration is None:
-            raise GradPrunerError("this plan folds blocks fitted on training examples: give the calibration examples")
-        used = Calibration(calibration.tokenizer, calibration.examples[:plan.calibration],
-                           calibration.batch_size, calibration.max_length)
+        used = _calibration(plan, calibration)
         return fold_blocks(model, plan.merges, used, plan.ridge, plan.fit or "lstsq")
+
+
+@register
+class Replacement(MergeRule):
+    """Each step's receiver trained alone to reproduce its block (itself and the consecutive
+    donors right after it) on the first `calibration` training examples, step after step."""
+
+    name = "replace"
+    settings = ("calibration",)
+
+    def check(self, plan: PrunePlan) -> None:
+        super().check(plan)
+        _check_blocks(self.name, plan)
+
+    def apply(self, model, plan, igia, calibration):
+        return replace_blocks(model, plan.merges, _calibration(plan, calibration))
+
+
+def _check_blocks(rule: str, plan: PrunePlan) -> None:
+    """Refuse a step whose donors are not the layers right after its receiver."""
+    for step in plan.merges:
+        if list(step.donors) != list(range(step.receiver + 1, step.receiver + 1 + len(step.donors))):
+            raise GradPrunerError(f"a {rule} step's donors must be the layers right after its "
+                                  f"receiver, got {step.receiver} <- {list(step.donors)}")
+
+
+def _calibration(plan: PrunePlan, calibration: Calibration | None) -> Calibration:
+    """The first `plan.calibration` of the calibration examples, which the rule fits on."""
+    if calibration is None:
+        raise GradPrunerError(f"this plan's {plan.merge_rule} is fitted on training examples: "
+                              "give the calibration examples")
+    return Calibration(calibration.tokenizer, calibration.examples[:plan.calibration],
+                       calibration.batch_size, calibration.max_length)
 
 
 if tuple(RULES) != MERGE_RULES:

@@ -40,6 +40,9 @@ _MERGE_RULES = {  # rule -> (name, what it does with the plan's settings)
     "fold": ("the linear fold", "the removed block replaced by the least-squares linear map fitted "
              "on {calibration} training examples (ridge {ridge:g}), folded into the receiver's MLP "
              "down projection"),
+    "replace": ("the replacement layer", "the receiver trained alone on {calibration} training "
+                "examples to reproduce the output of the block it starts (itself and the removed "
+                "layers after it)"),
 }
 _HEALERS = {
     "lora": "LoRA on every linear module (rank {lora_rank}, alpha {lora_alpha}), merged into the "

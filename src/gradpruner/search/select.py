@@ -13,6 +13,7 @@ from ..criteria import Criterion, ScoreContext, Selection, get_criterion
 from ..errors import GradPrunerError
 from ..evaluation.judge import Judge
 from ..merging.fold import Calibration, FoldSettings, check_foldable, fold_refusal, fold_steps
+from ..merging.replace import REPLACE_EXAMPLES
 from ..merging.merge import plan_merge
 from ..model.surgery import num_layers
 from ..plan import MergeStep, PrunePlan, paper_merge_plan
@@ -53,7 +54,7 @@ def select(model, tokenizer=None, examples: list | None = None, *, heldout: list
            settings: dict[str, object] | None = None) -> tuple[PrunePlan, SelectionReport]:
     """The plan for `model`: `remove` as given, or `count` (or `ratio`) layers by `criterion`;
     then the merge: `merge` donors by the paper's rule at `density`, "all", None, "fold" (the
-    least-squares linear fold, `settings["fold"]`), or "auto" (the held-out merge search over
+    linear fold, `settings["fold"]`), "replace" (the replacement layer), or "auto" (the held-out merge search over
     these). `heldout` are examples never trained on that judge cuts; `budget` limits `auto` and
     the merge search; `settings` maps a criterion's name (or "fold") to its settings."""
     start, settings = time.perf_counter(), settings or {}
@@ -83,6 +84,12 @@ def select(model, tokenizer=None, examples: list | None = None, *, heldout: list
         if not ctx.examples:
             raise GradPrunerError("--merge fold needs task data to fit the fold: pass --task NAME or "
                                   "--data FILE, or use --merge none")
+    elif merge == "replace":
+        if not ctx.examples:
+            raise GradPrunerError("--merge replace trains the replacement layers on task data: pass "
+                                  "--task NAME or --data FILE, or use --merge none")
+        plan = PrunePlan(total, tuple(removed), fold_steps(removed, total), "replace",
+                         calibration=min(REPLACE_EXAMPLES, len(ctx.examples)))
     elif merge == "auto":
         auto_settings = settings.get("auto") or AutoSettings()
         if igia is None and not (auto_settings.merge_fold and ctx.examples and fold_steps(removed, total)

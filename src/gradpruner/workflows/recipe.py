@@ -280,7 +280,7 @@ def cut_in_rounds(model_fp32, tokenizer, train_examples: list, heldout: list,
         merge = settings.merge
         this_round = replace(settings, ratio=None, count=count, remove=None, rounds=1,
                              seed=settings.seed + number,
-                             merge=(merge if merge in ("auto", "fold", None) else None) if later else merge)
+                             merge=(merge if merge in ("auto", "fold", "replace", None) else None) if later else merge)
         done = _cut_once(model, tokenizer, train_examples, heldout, None if later else probed,
                          this_round)
         plan, select_seconds = done.record.plan, select_seconds + done.select_seconds
