@@ -178,7 +178,7 @@ BAD_SETTINGS = [
     (["run", "--distill", "2"], "--distill must be a weight in [0, 1]"),
     (["run", "--heal-layers", "0", "--heal", "partial"], "heal layers must be a positive integer"),
     (["run", "--rounds", "2", "--criterion", "gradpruner"], "reads the dense model's probe"),
-    (["run", "--rounds", "2", "--merge", "3"], "--rounds merges by 'auto', 'fold' or 'none'"),
+    (["run", "--rounds", "2", "--merge", "3"], "--rounds merges by 'auto', 'fold', 'replace' or 'none'"),
     (["run", "--distill", "0.5", "--teacher", "missing"], "teacher model folder not found: missing"),
     (["run", "--merge", "blend"], "--merge takes a number of donor layers, 'all', 'fold'"),
 ]  # test_instant_cli also runs each without torch
