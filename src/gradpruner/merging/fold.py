@@ -199,8 +199,9 @@ def fit_map(model, step: MergeStep, batches: list[dict], skipped, ridge: float,
     if fit == "lstsq":
         return least_squares_map(*block_sums(model, step, batches, skipped), ridge)
     x, out, end = (torch.cat(parts).float().cpu() for parts in
-                   zip(*block_states(model, step, batches, skipped)))
-    start = least_squares_map(*block_sums(model, step, batches, skipped), ridge)
+                   zip(*block_states(model, step, batches, skipped)))  # one pass for both fits
+    xd = x.double()
+    start = least_squares_map(xd.T @ xd, xd.T @ ((end - out).double() + xd), ridge)
     return cosine_map(x, out - x, end, start)
 
 
