@@ -67,7 +67,8 @@ def test_keep_settings_are_checked_before_any_model_loads():
 def test_run_keep_chooses_the_cut_on_a_planted_accuracy_curve(tmp_path, monkeypatch):
     """The held-out accuracy is planted: 0.8 for the dense model, 4 % less for each layer
     removed. With --keep 0.9 the run removes 2 layers (0.92 of dense), not 3 (0.88), and its
-    report shows the curve, the prediction and the shares after the full heal."""
+    report shows the curve, the prediction and the shares after the full heal. The candidates
+    are healed as long as the final cut (the default of --keep-steps)."""
     save_tiny_model(tmp_path / "model", "llama")
     write_color_questions(tmp_path / "data.jsonl", KEEP_HELDOUT + 64, choices=3)
     real = pipeline.evaluate_examples
@@ -81,16 +82,18 @@ def test_run_keep_chooses_the_cut_on_a_planted_accuracy_curve(tmp_path, monkeypa
     monkeypatch.setattr(pipeline, "evaluate_examples", planted_accuracy)
     out = tmp_path / "run"
     assert main(["run", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data.jsonl"),
-                 "--out", str(out), "--keep", "0.9", "--keep-steps", "1", "--probe-steps", "2",
+                 "--out", str(out), "--keep", "0.9", "--probe-steps", "2",
                  "--limit", "8", "--selection-budget", "none", "--steps", "2", "--batch-size", "4",
                  "--criterion", "block_influence", "--merge", "none", "--device", "cpu"]) == 0
     report = json.loads((out / "report.json").read_text())
     found = report["keep"]
     assert found["chosen"] == 2 and found["dense_accuracy"] == pytest.approx(0.8)
+    assert found["steps"] == report["pruned_finetune"]["steps"] == 2
     assert {p["removed"]: round(p["share"], 3) for p in found["points"]} == \
         {3: 0.88, 1: 0.96, 2: 0.92}
     assert len(report["prune"]["removed_layers"]) == 2
     assert report["pruned_heldout"]["acc"] == pytest.approx(0.8 * 0.92)
     assert {"dense_finetuned", "pruned_finetuned"} <= set(report)
     text = (out / "report.md").read_text()
-    assert "`--keep 0.9`" in text and "| 2 **chosen** |" in text and "After the full heal" in text
+    assert "`--keep 0.9`" in text and "| 2 **chosen** |" in text and "healed for 2 steps" in text
+    assert "After the full heal: held-out share 0.920 (predicted 0.920)" in text

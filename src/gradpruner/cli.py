@@ -352,8 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "model's accuracy on held-out training examples (e.g. 0.95; at least "
                         "256 held out); replaces --ratio")
     p.add_argument("--keep-steps", type=int, metavar="N",
-                   help="healing steps of each cut --keep tries (default: a third of the heal's, "
-                        "at least 10)")
+                   help="healing steps of each cut --keep tries (default: as many as the final "
+                        "heal's, so the shares predict the final model's; fewer are cheaper but "
+                        "keep more layers than needed)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense reference fine-tune")
     p.add_argument("--save-every", type=int, default=None, metavar="N",
                    help="checkpoint the fine-tunes every N steps into OUT.partial, for --resume "

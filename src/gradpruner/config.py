@@ -247,7 +247,7 @@ class RunConfig(RecipeConfig, HarnessSettings, GGUFSettings):
     save_every: int | None = None  # checkpoint the fine-tunes (default: five times in each)
     export: str | None = None
     keep: float | None = None  # the cut's size: the held-out share of dense accuracy to keep
-    keep_steps: int | None = None  # healing steps of each candidate (default: a third of the heal's)
+    keep_steps: int | None = None  # healing steps of each candidate (default: the heal's)
 
     def __post_init__(self):
         if self.keep is not None and self.ratio == DEFAULT_RATIO and self.count is None \

@@ -181,7 +181,8 @@ def _keep_section(results: dict) -> list[str]:
     lines = [f"The cut's size was chosen by `--keep {found['keep']:g}`: the most layers removed "
              f"whose healed model keeps that share of the dense fine-tuned model's accuracy on "
              f"{found['items']} held-out training examples (dense: {dense:.3f}). Each candidate "
-             "is a cut of the dense model healed briefly; bisection over the sizes:", "",
+             f"is a cut of the dense model healed for {found.get('steps', '?')} steps; bisection "
+             "over the sizes:", "",
              "| layers removed | removed | held-out accuracy | share of dense (± s.e.) |",
              "|---|---|---|---|"]
     for point in found["points"]:
@@ -193,9 +194,10 @@ def _keep_section(results: dict) -> list[str]:
     pruned, dense_test = results.get("pruned_heldout"), results.get("dense_finetuned")
     if pruned:
         share = primary_metric(pruned) / dense if dense else None
+        predicted = next((p["share"] for p in found["points"] if p["removed"] == found["chosen"]), None)
         test = _ratio(primary_metric(results.get("pruned_finetuned")), primary_metric(dense_test))
-        lines += [f"After the full heal: held-out share {share:.3f} (predicted above from the "
-                  f"short heal), test share {test}.", ""]
+        lines += [f"After the full heal: held-out share {share:.3f} (predicted {predicted:.3f}), "
+                  f"test share {test}.", ""]
     return lines
 
 

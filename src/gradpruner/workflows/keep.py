@@ -5,8 +5,9 @@ Each candidate size is a whole one-shot cut of the dense model (the criterion, t
 for `steps` steps and scored on the held-out examples; the share is its accuracy over the dense
 fine-tuned model's on the same items. The sizes are searched by bisection over 1 .. layers - 1,
 taking the share to fall as the cut grows: about log2(layers) candidates (5 for 30 layers).
-Short heals score a cut below what the full heal gives it, so the choice errs towards keeping
-layers. Each share comes with its standard error (binomial, the two accuracies taken as
+By default each candidate is healed as long as the final cut will be, so its share predicts the
+final model's; shorter candidate heals (`--keep-steps`) are cheaper but score a cut below what
+the full heal gives it, so the choice then errs towards keeping layers. Each share comes with its standard error (binomial, the two accuracies taken as
 independent: a bound, as both models answer the same items), and the choice with how sure it
 is: the normal probability that the share is at least S.
 """
@@ -38,19 +39,21 @@ class KeepPoint:
 
 @dataclass(frozen=True)
 class KeepSearch:
-    """The search's outcome: the share asked for, the dense model's held-out accuracy, every
-    candidate scored (by size), the chosen size (0: no cut keeps the share) and the
-    probability that its share is at least the one asked for."""
+    """The search's outcome: the share asked for, the dense model's held-out accuracy, the
+    healing steps each candidate got, every candidate scored (by size), the chosen size (0: no
+    cut keeps the share) and the probability that its share is at least the one asked for."""
 
     keep: float
     dense_accuracy: float
     items: int
+    steps: int
     points: list[KeepPoint]
     chosen: int
     confidence: float | None
 
     def to_json(self) -> dict:
         return {"keep": self.keep, "dense_accuracy": self.dense_accuracy, "items": self.items,
+                "steps": self.steps,
                 "points": [p.to_json() for p in sorted(self.points, key=lambda p: p.removed)],
                 "chosen": self.chosen, "confidence": self.confidence}
 
@@ -88,9 +91,9 @@ def confidence(point: KeepPoint, keep: float) -> float:
 
 
 def keep_search(score: Callable[[int], KeepPoint], total: int, keep: float, dense_accuracy: float,
-                items: int) -> KeepSearch:
-    """`search_cut_size` as a `KeepSearch` record."""
+                items: int, steps: int) -> KeepSearch:
+    """`search_cut_size` as a `KeepSearch` record (`steps`: each candidate's healing steps)."""
     chosen, points = search_cut_size(score, total, keep)
     picked = next((p for p in points if p.removed == chosen), None)
-    return KeepSearch(keep, dense_accuracy, items, points, chosen,
+    return KeepSearch(keep, dense_accuracy, items, steps, points, chosen,
                       confidence(picked, keep) if picked else None)

@@ -182,9 +182,10 @@ def _keep(cfg: RunConfig, models: Models, task: Task, train: list, held: list,
           probed: ProbeResult, healing, dense_heldout: dict) -> dict:
     """`--keep`: the largest cut whose healed model keeps the share `cfg.keep` of the dense
     fine-tuned model's held-out accuracy (`keep.keep_search`); each candidate cut of the dense
-    model healed for `keep_steps` steps and scored on the held-out examples."""
+    model healed for `keep_steps` steps (default: as long as the final heal) and scored on the
+    held-out examples."""
     total = num_layers(models.master)
-    steps = cfg.keep_steps or max(10, cfg.train.planned_steps(len(train)) // 3)
+    steps = cfg.keep_steps or cfg.train.planned_steps(len(train))
     dense = primary_metric(dense_heldout)
     settings = cfg.cut_settings(len(train))
 
@@ -200,7 +201,7 @@ def _keep(cfg: RunConfig, models: Models, task: Task, train: list, held: list,
             st.result = f"held-out {accuracy:.3f}: {share:.3f} ± {error:.3f} of dense"
         return KeepPoint(count, list(done.record.removed_layers), accuracy, len(held), share, error)
 
-    found = keep_search(score, total, cfg.keep, dense, len(held))
+    found = keep_search(score, total, cfg.keep, dense, len(held), steps)
     if not found.chosen:
         smallest = found.points[0]
         raise GradPrunerError(f"no cut keeps {cfg.keep:g} of the dense model's held-out accuracy "
