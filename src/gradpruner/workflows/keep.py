@@ -7,9 +7,10 @@ fine-tuned model's on the same items. The sizes are searched by bisection over 1
 taking the share to fall as the cut grows: about log2(layers) candidates (5 for 30 layers).
 By default each candidate is healed as long as the final cut will be, so its share predicts the
 final model's; shorter candidate heals (`--keep-steps`) are cheaper but score a cut below what
-the full heal gives it, so the choice then errs towards keeping layers. Each share comes with its standard error (binomial, the two accuracies taken as
-independent: a bound, as both models answer the same items), and the choice with how sure it
-is: the normal probability that the share is at least S.
+the full heal gives it, so the choice then errs towards keeping layers. Each share comes with
+its standard error (binomial, the two accuracies taken as independent: a bound, as both models
+answer the same items), and the choice with how sure it is: the normal probability that the
+share is at least S.
 """
 
 from __future__ import annotations
