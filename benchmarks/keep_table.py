@@ -13,18 +13,19 @@ import json
 from pathlib import Path
 
 from gradpruner.reports.run_report import primary_metric
+from gradpruner.workflows.keep import KeepSearch
 
 
 def row(report: dict) -> str:
     """One table row of a `run --keep` report."""
-    found = report["keep"]
-    chosen = next(p for p in found["points"] if p["removed"] == found["chosen"])
-    steps = found.get("steps") or report["config"].get("keep_steps") or "-"
-    held = primary_metric(report["pruned_heldout"]) / found["dense_accuracy"]
+    found = KeepSearch.from_json(report["keep"])
+    chosen = found.chosen_point
+    steps = found.steps or report["config"].get("keep_steps") or "-"
+    held = primary_metric(report["pruned_heldout"]) / found.dense_accuracy
     test = primary_metric(report["pruned_finetuned"]) / primary_metric(report["dense_finetuned"])
-    return (f"| {report['task']} | {found['keep']:g} | {steps} | {found['chosen']} "
-            f"({chosen['removed_layers']}) | {chosen['share']:.3f} ± {chosen['share_se']:.3f} "
-            f"({found['confidence']:.0%}) | {held:.3f} | {test:.3f} | "
+    return (f"| {report['task']} | {found.keep:g} | {steps} | {found.chosen} "
+            f"({chosen.removed_layers}) | {chosen.share:.3f} ± {chosen.share_se:.3f} "
+            f"({found.confidence:.0%}) | {held:.3f} | {test:.3f} | "
             f"{report['total_seconds'] / 60:.1f} |")
 
 

@@ -64,36 +64,54 @@ def test_keep_settings_are_checked_before_any_model_loads():
             config(*flags)
 
 
-def test_run_keep_chooses_the_cut_on_a_planted_accuracy_curve(tmp_path, monkeypatch):
+@pytest.mark.parametrize("keep_steps", [None, 1])
+def test_run_keep_chooses_the_cut_on_a_planted_accuracy_curve(tmp_path, monkeypatch, keep_steps):
     """The held-out accuracy is planted: 0.8 for the dense model, 4 % less for each layer
     removed. With --keep 0.9 the run removes 2 layers (0.92 of dense), not 3 (0.88), and its
-    report shows the curve, the prediction and the shares after the full heal. The candidates
-    are healed as long as the final cut (the default of --keep-steps)."""
+    report shows the curve, the prediction and the shares of the model delivered. Candidates
+    healed as long as the final cut (the default of --keep-steps) are that heal: the chosen one
+    is delivered, not cut and healed again (3 heals); shorter ones are followed by the full heal
+    of the chosen size (4 heals)."""
     save_tiny_model(tmp_path / "model", "llama")
     write_color_questions(tmp_path / "data.jsonl", KEEP_HELDOUT + 64, choices=3)
-    real = pipeline.evaluate_examples
+    real_evaluate, real_heal = pipeline.evaluate_examples, pipeline.heal
+    heals = []
 
     def planted_accuracy(model, tokenizer, examples, kind, **kwargs):
-        result = real(model, tokenizer, examples, kind, **kwargs)
+        result = real_evaluate(model, tokenizer, examples, kind, **kwargs)
         if len(examples) == KEEP_HELDOUT:  # the held-out items: the planted curve
             result["acc"] = 0.8 * (1 - 0.04 * (6 - num_layers(model)))
         return result
 
+    def counted_heal(model, *args, **kwargs):
+        heals.append(num_layers(model))
+        return real_heal(model, *args, **kwargs)
+
     monkeypatch.setattr(pipeline, "evaluate_examples", planted_accuracy)
+    monkeypatch.setattr(pipeline, "heal", counted_heal)
     out = tmp_path / "run"
+    flags = ["--keep-steps", str(keep_steps)] if keep_steps else []
     assert main(["run", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data.jsonl"),
-                 "--out", str(out), "--keep", "0.9", "--probe-steps", "2",
+                 "--out", str(out), "--keep", "0.9", "--probe-steps", "2", *flags,
                  "--limit", "8", "--selection-budget", "none", "--steps", "2", "--batch-size", "4",
                  "--criterion", "block_influence", "--merge", "none", "--device", "cpu"]) == 0
     report = json.loads((out / "report.json").read_text())
     found = report["keep"]
     assert found["chosen"] == 2 and found["dense_accuracy"] == pytest.approx(0.8)
-    assert found["steps"] == report["pruned_finetune"]["steps"] == 2
+    assert found["steps"] == (keep_steps or 2) and report["pruned_finetune"]["steps"] == 2
     assert {p["removed"]: round(p["share"], 3) for p in found["points"]} == \
         {3: 0.88, 1: 0.96, 2: 0.92}
-    assert len(report["prune"]["removed_layers"]) == 2
+    chosen = next(p for p in found["points"] if p["removed"] == 2)
+    assert report["prune"]["removed_layers"] == chosen["removed_layers"]
+    assert report["prune"]["finetune"]["steps"] == 2
+    assert found["delivered"] is (keep_steps is None)
+    assert heals == ([3, 5, 4] if keep_steps is None else [3, 5, 4, 4])
+    assert (out / "model").is_dir() and not (out / "keep.chosen").exists()
     assert report["pruned_heldout"]["acc"] == pytest.approx(0.8 * 0.92)
     assert {"dense_finetuned", "pruned_finetuned"} <= set(report)
     text = (out / "report.md").read_text()
-    assert "`--keep 0.9`" in text and "| 2 **chosen** |" in text and "healed for 2 steps" in text
-    assert "After the full heal: held-out share 0.920 (predicted 0.920)" in text
+    assert "`--keep 0.9`" in text and "| 2 **chosen** |" in text
+    assert f"healed for {keep_steps or 2} steps" in text
+    lead = ("The model delivered is the chosen candidate itself (its heal was the full heal)"
+            if keep_steps is None else "After the full heal")
+    assert f"{lead}: held-out share 0.920 (predicted 0.920)" in text

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..search.budget import SkippedPart
+from ..workflows.keep import KeepSearch
 
 
 @dataclass(frozen=True)
@@ -173,30 +174,31 @@ def _harness(results: dict) -> list[str]:
 
 def _keep_section(results: dict) -> list[str]:
     """With `run --keep`: the held-out accuracy against the layers removed that chose the cut,
-    how sure the choice is, and the held-out and test shares the healed cut then got."""
-    found = results.get("keep")
-    if not found:
+    how sure the choice is, and the held-out and test shares the delivered model got."""
+    if not results.get("keep"):
         return []
-    dense = found["dense_accuracy"]
-    lines = [f"The cut's size was chosen by `--keep {found['keep']:g}`: the most layers removed "
+    found = KeepSearch.from_json(results["keep"])
+    lines = [f"The cut's size was chosen by `--keep {found.keep:g}`: the most layers removed "
              f"whose healed model keeps that share of the dense fine-tuned model's accuracy on "
-             f"{found['items']} held-out training examples (dense: {dense:.3f}). Each candidate "
-             f"is a cut of the dense model healed for {found.get('steps', '?')} steps; bisection "
-             "over the sizes:", "",
+             f"{found.items} held-out training examples (dense: {found.dense_accuracy:.3f}). Each "
+             f"candidate is a cut of the dense model healed for {found.steps or '?'} steps; "
+             "bisection over the sizes:", "",
              "| layers removed | removed | held-out accuracy | share of dense (± s.e.) |",
              "|---|---|---|---|"]
-    for point in found["points"]:
-        mark = " **chosen**" if point["removed"] == found["chosen"] else ""
-        lines.append(f"| {point['removed']}{mark} | {point['removed_layers']} | "
-                     f"{point['accuracy']:.3f} | {point['share']:.3f} ± {point['share_se']:.3f} |")
-    lines += ["", f"Probability that the chosen cut's held-out share is at least {found['keep']:g}: "
-              f"{found['confidence']:.0%} (normal approximation).", ""]
+    for point in found.points:
+        mark = " **chosen**" if point.removed == found.chosen else ""
+        lines.append(f"| {point.removed}{mark} | {point.removed_layers} | "
+                     f"{point.accuracy:.3f} | {point.share:.3f} ± {point.share_se:.3f} |")
+    lines += ["", f"Probability that the chosen cut's held-out share is at least {found.keep:g}: "
+              f"{found.confidence:.0%} (normal approximation).", ""]
     pruned, dense_test = results.get("pruned_heldout"), results.get("dense_finetuned")
     if pruned:
-        share = primary_metric(pruned) / dense if dense else None
-        predicted = next((p["share"] for p in found["points"] if p["removed"] == found["chosen"]), None)
+        share = primary_metric(pruned) / found.dense_accuracy
+        predicted = found.chosen_point.share
         test = _ratio(primary_metric(results.get("pruned_finetuned")), primary_metric(dense_test))
-        lines += [f"After the full heal: held-out share {share:.3f} (predicted {predicted:.3f}), "
+        heal = ("The model delivered is the chosen candidate itself (its heal was the full heal)"
+                if found.delivered else "After the full heal")
+        lines += [f"{heal}: held-out share {share:.3f} (predicted {predicted:.3f}), "
                   f"test share {test}.", ""]
     return lines
 

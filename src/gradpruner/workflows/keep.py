@@ -10,14 +10,15 @@ final model's; shorter candidate heals (`--keep-steps`) are cheaper but score a 
 the full heal gives it, so the choice then errs towards keeping layers. Each share comes with
 its standard error (binomial, the two accuracies taken as independent: a bound, as both models
 answer the same items), and the choice with how sure it is: the normal probability that the
-share is at least S.
+share is at least S. When the candidates are healed as long as the final cut, the run delivers
+the chosen candidate itself rather than cutting and healing it again.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from ..errors import GradPrunerError
 
@@ -34,6 +35,10 @@ class KeepPoint:
     share: float
     share_se: float
 
+    def keeps(self, keep: float) -> bool:
+        """Whether this cut keeps the share `keep` of the dense model's accuracy."""
+        return self.share >= keep
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -42,7 +47,9 @@ class KeepPoint:
 class KeepSearch:
     """The search's outcome: the share asked for, the dense model's held-out accuracy, the
     healing steps each candidate got, every candidate scored (by size), the chosen size (0: no
-    cut keeps the share) and the probability that its share is at least the one asked for."""
+    cut keeps the share), the probability that its share is at least the one asked for, and
+    whether the run delivers the chosen candidate itself (`delivered`) rather than a new cut
+    healed again."""
 
     keep: float
     dense_accuracy: float
@@ -51,12 +58,24 @@ class KeepSearch:
     points: list[KeepPoint]
     chosen: int
     confidence: float | None
+    delivered: bool = False
+
+    @property
+    def chosen_point(self) -> KeepPoint | None:
+        """The chosen candidate (None when no cut keeps the share)."""
+        return next((p for p in self.points if p.removed == self.chosen), None)
 
     def to_json(self) -> dict:
         return {"keep": self.keep, "dense_accuracy": self.dense_accuracy, "items": self.items,
                 "steps": self.steps,
                 "points": [p.to_json() for p in sorted(self.points, key=lambda p: p.removed)],
-                "chosen": self.chosen, "confidence": self.confidence}
+                "chosen": self.chosen, "confidence": self.confidence, "delivered": self.delivered}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "KeepSearch":
+        return cls(data["keep"], data["dense_accuracy"], data["items"], data.get("steps", 0),
+                   [KeepPoint(**p) for p in data["points"]], data["chosen"], data["confidence"],
+                   data.get("delivered", False))
 
 
 def share_of(accuracy: float, dense: float, items: int) -> tuple[float, float]:
@@ -77,7 +96,7 @@ def search_cut_size(score: Callable[[int], KeepPoint], total: int, keep: float) 
     while high - low > 1:
         middle = (low + high) // 2
         points[middle] = score(middle)
-        if points[middle].share >= keep:
+        if points[middle].keeps(keep):
             low = middle
         else:
             high = middle
@@ -87,14 +106,15 @@ def search_cut_size(score: Callable[[int], KeepPoint], total: int, keep: float) 
 def confidence(point: KeepPoint, keep: float) -> float:
     """The normal probability that the share of `point` is at least `keep`."""
     if point.share_se == 0:
-        return 1.0 if point.share >= keep else 0.0
+        return 1.0 if point.keeps(keep) else 0.0
     return 0.5 * (1 + math.erf((point.share - keep) / (point.share_se * math.sqrt(2))))
 
 
 def keep_search(score: Callable[[int], KeepPoint], total: int, keep: float, dense_accuracy: float,
-                items: int, steps: int) -> KeepSearch:
-    """`search_cut_size` as a `KeepSearch` record (`steps`: each candidate's healing steps)."""
+                items: int, steps: int, delivered: bool = False) -> KeepSearch:
+    """`search_cut_size` as a `KeepSearch` record (`steps`: each candidate's healing steps;
+    `delivered`: whether the run delivers the chosen candidate)."""
     chosen, points = search_cut_size(score, total, keep)
-    picked = next((p for p in points if p.removed == chosen), None)
-    return KeepSearch(keep, dense_accuracy, items, steps, points, chosen,
-                      confidence(picked, keep) if picked else None)
+    found = KeepSearch(keep, dense_accuracy, items, steps, points, chosen, None, delivered)
+    picked = found.chosen_point
+    return replace(found, confidence=confidence(picked, keep) if picked else None)

@@ -46,6 +46,9 @@ from .stages import (check_memory, cut_summary, describe, metric_summary, probe_
                      read_sidecar, training_summary)
 
 
+KEEP_CHOSEN = "keep.chosen"  # `--keep`'s chosen candidate, healed, until it becomes `model/`
+
+
 @dataclass
 class Models:
     """The models a run's steps share: the dense model in fp32 (loaded once; the cut is chosen
@@ -152,13 +155,17 @@ def _run(cfg: RunConfig, task: Task, train: list, held: list, journal: Journal,
     if cfg.keep is not None:  # the dense reference first: the cut's size is a share of it
         _add_dense(results, dense_stage())
         results["keep"] = stage_("keep", lambda: _keep(cfg, models, task, train, held, probed,
-                                                       healing, results["dense_heldout"]))
+                                                       healing, results["dense_heldout"], folder))
         settings = replace(settings, ratio=None, count=results["keep"]["chosen"], remove=None)
-    made = stage_("cut", lambda: _cut(cfg, models, train, held, probed, settings, healing, folder))
-    record = PruneRecord.from_json(made["record"])
-    results["pruned_finetune"] = stage_("pruned_finetune", lambda: _heal_cut(
-        models, task, train, probed, record, made["heal_seconds"], healing("pruned"), folder),
-        everywhere=True)
+    if cfg.keep is not None and results["keep"].get("delivered"):  # the chosen candidate, healed
+        results["pruned_finetune"] = stage_("pruned_finetune", lambda: _deliver_candidate(folder))
+    else:
+        made = stage_("cut", lambda: _cut(cfg, models, train, held, probed, settings, healing,
+                                          folder))
+        record = PruneRecord.from_json(made["record"])
+        results["pruned_finetune"] = stage_("pruned_finetune", lambda: _heal_cut(
+            models, task, train, probed, record, made["heal_seconds"], healing("pruned"), folder),
+            everywhere=True)
     teacher.cache_clear()  # the dense fine-tune needs no teacher
     results["prune"] = read_sidecar(str(folder / "model"))
     pruned = cache(lambda: models.saved(folder / "model"))
@@ -179,13 +186,16 @@ def _add_dense(results: dict, finished: dict) -> None:
 
 
 def _keep(cfg: RunConfig, models: Models, task: Task, train: list, held: list,
-          probed: ProbeResult, healing, dense_heldout: dict) -> dict:
+          probed: ProbeResult, healing, dense_heldout: dict, folder: Path) -> dict:
     """`--keep`: the largest cut whose healed model keeps the share `cfg.keep` of the dense
     fine-tuned model's held-out accuracy (`keep.keep_search`); each candidate cut of the dense
     model healed for `keep_steps` steps (default: as long as the final heal) and scored on the
-    held-out examples."""
+    held-out examples. Candidates healed as long as the final heal are that heal: each one that
+    keeps the share is saved (with its sidecar) to `keep.chosen/`, which then holds the chosen
+    one, delivered as the run's model."""
     total = num_layers(models.master)
     steps = cfg.keep_steps or cfg.train.planned_steps(len(train))
+    delivers = steps == cfg.train.planned_steps(len(train))
     dense = primary_metric(dense_heldout)
     settings = cfg.cut_settings(len(train))
 
@@ -194,23 +204,37 @@ def _keep(cfg: RunConfig, models: Models, task: Task, train: list, held: list,
                    f"{steps} healing steps, {len(held)} held-out items") as st:
             done = cut(copy.deepcopy(models.master), models.tokenizer, train, held, probed,
                        replace(settings, ratio=None, count=count, remove=None))
-            healed, _ = heal(done.model, models.tokenizer, train, probed, healing(),
-                             done.record.kept_layers, steps)
+            healed, stats = heal(done.model, models.tokenizer, train, probed, healing(),
+                                 done.record.kept_layers, steps)
             accuracy = primary_metric(evaluate_examples(healed, models.tokenizer, held, task.kind))
             share, error = share_of(accuracy, dense, len(held))
             st.result = f"held-out {accuracy:.3f}: {share:.3f} ± {error:.3f} of dense"
-        return KeepPoint(count, list(done.record.removed_layers), accuracy, len(held), share, error)
+        point = KeepPoint(count, list(done.record.removed_layers), accuracy, len(held), share, error)
+        if delivers and point.keeps(cfg.keep):  # the search visits the sizes that keep it upwards
+            stats["round_heal_seconds"] = done.heal_seconds
+            record = _healed_record(_described(cfg, models, done.record), stats, task)
+            save_pretrained_atomic(healed, models.tokenizer, folder / KEEP_CHOSEN, record.to_json(),
+                                   overwrite=True, source_dir=models.source)
+        return point
 
-    found = keep_search(score, total, cfg.keep, dense, len(held), steps)
-    if not found.chosen:
+    found = keep_search(score, total, cfg.keep, dense, len(held), steps, delivers)
+    chosen = found.chosen_point
+    if chosen is None:
         smallest = found.points[0]
         raise GradPrunerError(f"no cut keeps {cfg.keep:g} of the dense model's held-out accuracy "
                               f"({dense:.3f} on {len(held)} items): removing one layer keeps "
                               f"{smallest.share:.3f} ± {smallest.share_se:.3f}; ask for less with --keep")
     say(f"--keep {cfg.keep:g}: {found.chosen} of {total} layers removed, held-out share "
-        f"{next(p.share for p in found.points if p.removed == found.chosen):.3f} "
-        f"(probability {found.confidence:.0%} that it is at least {cfg.keep:g})")
+        f"{chosen.share:.3f} (probability {found.confidence:.0%} that it is at least {cfg.keep:g})")
     return found.to_json()
+
+
+def _deliver_candidate(folder: Path) -> dict:
+    """`--keep`'s chosen candidate, healed, as the run's model (`model/`); returns its
+    fine-tune's statistics."""
+    if (folder / KEEP_CHOSEN).is_dir():  # else a stopped run moved it but did not record it
+        (folder / KEEP_CHOSEN).rename(folder / "model")
+    return read_sidecar(str(folder / "model"))["finetune"]
 
 
 def _evaluation(label: str, model, tokenizer, task: Task, limit: int | None) -> dict:
@@ -276,13 +300,23 @@ def _cut(cfg: RunConfig, models: Models, train: list, held: list, probed: ProbeR
     with stage("pruning", f"criterion {cfg.criterion}, merge {cfg.merge}") as st:
         done = cut(copy.deepcopy(models.master), models.tokenizer, train, held, probed,
                    settings, healing() if cfg.rounds > 1 else None)
-        record = describe(done.record, models.master.config, models.source,
-                          f"{cfg.out}/probe", cfg.to_json())
+        record = _described(cfg, models, done.record)
         st.result = cut_summary(record)
     save_pretrained_atomic(done.model.to(models.dtype), models.tokenizer, folder / "cut",
                            record.to_json(), overwrite=True)
     return {"record": record.to_json(), "select_seconds": done.select_seconds,
             "heal_seconds": done.heal_seconds}
+
+
+def _described(cfg: RunConfig, models: Models, record: PruneRecord) -> PruneRecord:
+    """A cut's record with what the run's sidecar says beyond it (`stages.describe`)."""
+    return describe(record, models.master.config, models.source, f"{cfg.out}/probe",
+                    cfg.to_json())
+
+
+def _healed_record(record: PruneRecord, stats: dict, task: Task) -> PruneRecord:
+    """A cut's record with its heal's statistics and the task's data (the sidecar's `finetune`)."""
+    return replace(record, finetune={**stats, "task": task.name, "datasets": list(task.datasets)})
 
 
 def _heal_cut(models: Models, task: Task, train: list, probed: ProbeResult, record: PruneRecord,
@@ -294,9 +328,7 @@ def _heal_cut(models: Models, task: Task, train: list, probed: ProbeResult, reco
                              None if record.rounds else probed, healing, record.kept_layers)
         st.result = training_summary(stats)
     stats["round_heal_seconds"] = round_seconds
-    healed = replace(record, finetune={**stats, "task": task.name,
-                                       "datasets": list(task.datasets)})
-    on_main(partial(_save_healed, models, pruned, healed, folder))
+    on_main(partial(_save_healed, models, pruned, _healed_record(record, stats, task), folder))
     return stats
 
 
