@@ -131,6 +131,22 @@ def test_a_compare_cell_is_what_run_gives(workspace, tmp_path, monkeypatch):
     assert results["prune"]["selection"]["auto"]["judge"]["examples"] == 8
 
 
+def test_the_probe_checkpoints_as_the_dense_fine_tune_it_starts(tmp_path):
+    """The probe keeps its checkpoints at the interval of the fine-tune that continues it, so the
+    Trainer resumes from them with the settings it saved (no mismatch warning), and the last
+    one after the probe's last step."""
+    from gradpruner.config import TrainConfig
+    from gradpruner.training.train_config import Checkpoints
+    from gradpruner.workflows.recipe import probe
+
+    folder = tmp_path / "dense.checkpoints"
+    probe(tiny_model("llama"), tiny_tokenizer(), EXAMPLES, TrainConfig(**{**TRAIN, "steps": 6}),
+          3, 6, Checkpoints(str(folder), every=2))
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-2", "checkpoint-3"]
+    state = json.loads((folder / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["save_steps"] == 2 and state["global_step"] == 3
+
+
 def test_report_config_feeds_back_to_the_same_plan(workspace, tmp_path):
     first = tmp_path / "first"
     assert main(["run", "--model", str(workspace / "model"), "--data", str(workspace / "data.jsonl"),

@@ -287,15 +287,16 @@ def _output_dir(checkpoints: Checkpoints | None) -> Iterator[str]:
 
 def probe_gradients(model, tokenizer, examples: list[Example], cfg: TrainConfig, steps: int,
                     schedule_steps: int | None = None, adapters: dict | None = None,
-                    checkpoint_dir: str | None = None) -> tuple[IGIA, dict]:
+                    checkpoints: Checkpoints | None = None) -> tuple[IGIA, dict]:
     """Run the first `steps` optimizer steps of fine-tuning and return their IGIA and stats.
 
     The learning-rate schedule is that of a run of `schedule_steps` (default: `cfg.steps`, or 100x
     the probe, the paper's "about 1 % of the run"). With LoRA the probe's adapters are removed
     afterwards (copied into `adapters` first when it is given, for `--warm-start`); with full
-    fine-tuning the model's weights have taken `steps` optimizer steps. With `checkpoint_dir`,
-    the Trainer's checkpoint after the last step is kept there, so that `finetune` with
-    `resume` continues the same run from it (the probe is that run's first steps).
+    fine-tuning the model's weights have taken `steps` optimizer steps. With `checkpoints`, the
+    Trainer's checkpoints are kept in its folder every `checkpoints.every` steps and after the
+    last step, so that `finetune` with `resume` and the same checkpoints continues the same run
+    from them (the probe is that run's first steps).
     """
     if steps < 1:
         raise GradPrunerError(f"probe steps must be at least 1, got {steps}")
@@ -304,7 +305,7 @@ def probe_gradients(model, tokenizer, examples: list[Example], cfg: TrainConfig,
     use_cache = base_model(model).config.use_cache  # the Trainer switches it off for training
     trainable = model if cfg.full else add_lora(model, cfg)
     callback = IGIACallback(max_steps=steps)
-    kept = Checkpoints(checkpoint_dir, every=steps) if checkpoint_dir else None
+    kept = Checkpoints(checkpoints.folder, checkpoints.every or steps) if checkpoints else None
     with _output_dir(kept) as out, master_weights(model, cfg.full) as half:
         trainer = make_trainer(trainable, tokenizer, examples, cfg, out, [callback],
                                steps, horizon, autocast=half, save_every=kept and kept.every)

@@ -86,17 +86,18 @@ def split_heldout(examples: list, heldout: int) -> tuple[list, list]:
 
 
 def probe(model, tokenizer, examples: list, train: TrainConfig, steps: int,
-          schedule_steps: int | None = None, checkpoint_dir: str | None = None) -> ProbeResult:
+          schedule_steps: int | None = None, checkpoints: Checkpoints | None = None) -> ProbeResult:
     """The first `steps` steps of fine-tuning `model` on `examples`, with their IGIA; with LoRA
     the model is left as it was, with full fine-tuning its weights have taken the steps. With
-    `checkpoint_dir` the Trainer's checkpoint after the probe is kept there (`finetune_dense`).
+    `checkpoints` the Trainer's checkpoints are kept as the fine-tune that continues the probe
+    keeps them, the last after the probe's last step (`finetune_dense`).
     With `train.load_in_bits` the probe trains on a quantized copy of `model` (QLoRA), unless
     `model` was loaded quantized."""
     adapters: dict = {}
     quantize = train.load_in_bits and not is_quantized(model)
     trainee = quantized_copy(model, train.load_in_bits) if quantize else model
     igia, stats = probe_gradients(trainee, tokenizer, examples, train, steps, schedule_steps,
-                                  adapters, checkpoint_dir)
+                                  adapters, checkpoints)
     return ProbeResult(igia, stats, adapters)
 
 

@@ -253,15 +253,14 @@ def _continues_probe(cfg: RunConfig) -> bool:
 
 
 def _probe(cfg: RunConfig, models: Models, task: Task, train: list, folder: Path) -> dict:
-    """Probe a copy of the dense model into `probe/` (its checkpoint into `dense.checkpoints/`
+    """Probe a copy of the dense model into `probe/` (its checkpoints into `dense.checkpoints/`
     when the dense reference continues from it); returns the probe's statistics."""
-    reuse = folder / "dense.checkpoints"
-    on_main(partial(shutil.rmtree, reuse, ignore_errors=True))  # of a probe that was killed
+    dense = _checkpoints(cfg, train, folder, "dense")
+    on_main(partial(shutil.rmtree, dense.folder, ignore_errors=True))  # of a probe that was killed
     kind = "full" if cfg.train.full else "LoRA"
     with stage("probe", f"{cfg.probe_steps} steps of {kind} fine-tuning") as st:
         probed = probe(models.working(), models.tokenizer, train, cfg.train, cfg.probe_steps,
-                       cfg.train.planned_steps(len(train)),
-                       str(reuse) if _continues_probe(cfg) else None)
+                       cfg.train.planned_steps(len(train)), dense if _continues_probe(cfg) else None)
         st.result = probe_summary(probed)
     on_main(partial(_save_probe, probed, folder / "probe", {
         "source_model": models.source, "task": task.name, "versions": versions(),
