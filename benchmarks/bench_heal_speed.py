@@ -4,7 +4,9 @@ side by side in one process (the variants interleaved, `--repeats` times; the me
     python benchmarks/bench_heal_speed.py --remove 12-17,25,26 --steps 8 --repeats 2
 
 The cut is the one `auto` chose on ARC-Easy at 25 % (8 of 30 layers); the teacher is the dense
-model. Prints one Markdown row per variant: steady seconds per step (after the first; for the
+model; `distill_all`, `distill_align` and `full_distill_align` are `compare`'s healing variants
+of those names (the KL on every token, then the hidden-state alignment). Prints one Markdown row
+per variant: steady seconds per step (after the first; for the
 two-epoch variants, all seconds over all steps, the teacher's first epoch included) and the ratio
 to the dense LoRA step.
 """
@@ -17,6 +19,7 @@ import statistics
 
 import torch
 
+from gradpruner.catalog import HEALS
 from gradpruner.merging import apply
 from gradpruner.training.healing import HealConfig
 from gradpruner.model.loading import load_model
@@ -32,6 +35,8 @@ VARIANTS = {
     "pruned, partial (last 4 layers)": HealConfig(method="partial"),
     "pruned, partial + distillation": HealConfig(method="partial", distill=0.5),
     "pruned, full": HealConfig(method="full"),
+    **{f"pruned, `{name}`": HealConfig(**HEALS[name])
+       for name in ("distill_all", "distill_align", "full_distill_align")},
 }
 # the same steps over half as many examples (two epochs), the teacher run on every batch or cached
 REVISITING = {
