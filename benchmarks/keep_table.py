@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from gradpruner.reports.run_report import primary_metric
-from gradpruner.workflows.keep import KeepSearch
+from gradpruner.search.keep import KeepSearch
 
 
 def row(report: dict) -> str:

@@ -11,7 +11,7 @@ from gradpruner.cli import build_parser, command_config, main
 from gradpruner.config import KEEP_HELDOUT, RunConfig
 from gradpruner.errors import GradPrunerError
 from gradpruner.model.surgery import num_layers
-from gradpruner.workflows.keep import KeepPoint, confidence, search_cut_size, share_of
+from gradpruner.search.keep import KeepPoint, confidence, search_cut_size, share_of
 from tiny_models import save_tiny_model, write_color_questions
 
 

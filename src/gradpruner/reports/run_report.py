@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..search.budget import SkippedPart
-from ..workflows.keep import KeepSearch
+from ..search.keep import KeepSearch
 
 
 @dataclass(frozen=True)

@@ -36,12 +36,12 @@ from ..progress import say, stage
 from ..provenance import versions
 from ..reports.model_card import CARD_NAME, Measured, model_card
 from ..reports.run_report import primary_metric
+from ..search.keep import KeepPoint, keep_search, share_of
 from ..tasks import Task, resolve_task
 from ..training.train_config import Checkpoints
 from .journal import Journal, open_journal
 from .recipe import (Healing, ProbeResult, cut, evaluate, finetune_dense, heal, probe,
                      split_heldout, teacher_model)
-from .keep import KeepPoint, keep_search, share_of
 from .stages import (check_memory, cut_summary, describe, metric_summary, probe_summary,
                      read_sidecar, training_summary)
 
