@@ -64,14 +64,11 @@ def test_keep_settings_are_checked_before_any_model_loads():
             config(*flags)
 
 
-@pytest.mark.parametrize("keep_steps", [None, 1])
-def test_run_keep_chooses_the_cut_on_a_planted_accuracy_curve(tmp_path, monkeypatch, keep_steps):
-    """The held-out accuracy is planted: 0.8 for the dense model, 4 % less for each layer
-    removed. With --keep 0.9 the run removes 2 layers (0.92 of dense), not 3 (0.88), and its
-    report shows the curve, the prediction and the shares of the model delivered. Candidates
-    healed as long as the final cut (the default of --keep-steps) are that heal: the chosen one
-    is delivered, not cut and healed again (3 heals); shorter ones are followed by the full heal
-    of the chosen size (4 heals)."""
+def planted_run(tmp_path, monkeypatch, interrupt_at: int | None = None):
+    """A tiny model, data, and `run --keep 0.9` flags, with the held-out accuracy planted: 0.8
+    for the dense model, 4 % less for each layer removed. Returns the flags and the layer counts
+    of the models healed (the heal of a model with `interrupt_at` layers stops the run, as Ctrl-C
+    does, the first time)."""
     save_tiny_model(tmp_path / "model", "llama")
     write_color_questions(tmp_path / "data.jsonl", KEEP_HELDOUT + 64, choices=3)
     real_evaluate, real_heal = pipeline.evaluate_examples, pipeline.heal
@@ -84,17 +81,31 @@ def test_run_keep_chooses_the_cut_on_a_planted_accuracy_curve(tmp_path, monkeypa
         return result
 
     def counted_heal(model, *args, **kwargs):
+        if num_layers(model) == interrupt_at and interrupt_at not in heals:
+            heals.append(interrupt_at)
+            raise KeyboardInterrupt
         heals.append(num_layers(model))
         return real_heal(model, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "evaluate_examples", planted_accuracy)
     monkeypatch.setattr(pipeline, "heal", counted_heal)
+    flags = ["run", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data.jsonl"),
+             "--out", str(tmp_path / "run"), "--keep", "0.9", "--probe-steps", "2",
+             "--limit", "8", "--selection-budget", "none", "--steps", "2", "--batch-size", "4",
+             "--criterion", "block_influence", "--merge", "none", "--device", "cpu"]
+    return flags, heals
+
+
+@pytest.mark.parametrize("keep_steps", [None, 1])
+def test_run_keep_chooses_the_cut_on_a_planted_accuracy_curve(tmp_path, monkeypatch, keep_steps):
+    """With --keep 0.9 on the planted curve the run removes 2 layers (0.92 of dense), not 3
+    (0.88), and its report shows the curve, the prediction and the shares of the model delivered.
+    Candidates healed as long as the final cut (the default of --keep-steps) are that heal: the
+    chosen one is delivered, not cut and healed again (3 heals); shorter ones are followed by the
+    full heal of the chosen size (4 heals)."""
+    flags, heals = planted_run(tmp_path, monkeypatch)
     out = tmp_path / "run"
-    flags = ["--keep-steps", str(keep_steps)] if keep_steps else []
-    assert main(["run", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data.jsonl"),
-                 "--out", str(out), "--keep", "0.9", "--probe-steps", "2", *flags,
-                 "--limit", "8", "--selection-budget", "none", "--steps", "2", "--batch-size", "4",
-                 "--criterion", "block_influence", "--merge", "none", "--device", "cpu"]) == 0
+    assert main(flags + (["--keep-steps", str(keep_steps)] if keep_steps else [])) == 0
     report = json.loads((out / "report.json").read_text())
     found = report["keep"]
     assert found["chosen"] == 2 and found["dense_accuracy"] == pytest.approx(0.8)
@@ -115,3 +126,21 @@ def test_run_keep_chooses_the_cut_on_a_planted_accuracy_curve(tmp_path, monkeypa
     lead = ("The model delivered is the chosen candidate itself (its heal was the full heal)"
             if keep_steps is None else "After the full heal")
     assert f"{lead}: held-out share 0.920 (predicted 0.920)" in text
+
+
+def test_a_stopped_keep_search_resumes_at_the_candidate_it_was_healing(tmp_path, monkeypatch):
+    """Each candidate scored is a stage of the run's journal: a run stopped while healing its
+    second candidate (1 layer removed) keeps the first (3 removed), and `--resume` heals only the
+    candidates not yet scored, to the same choice and the same curve."""
+    flags, heals = planted_run(tmp_path, monkeypatch, interrupt_at=5)
+    out = tmp_path / "run"
+    assert main(flags) != 0
+    journal = json.loads((out.with_name("run.partial") / "journal.json").read_text())
+    assert "keep_3" in journal["stages"] and "keep_1" not in journal["stages"]
+    assert heals == [3, 5]
+    assert main(flags + ["--resume"]) == 0
+    assert heals == [3, 5, 5, 4]  # the 3-layer candidate is not healed again
+    found = json.loads((out / "report.json").read_text())["keep"]
+    assert found["chosen"] == 2 and found["delivered"] is True
+    assert {p["removed"]: round(p["share"], 3) for p in found["points"]} == \
+        {3: 0.88, 1: 0.96, 2: 0.92}

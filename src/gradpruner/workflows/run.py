@@ -4,9 +4,10 @@
     -> dense fine-tune and evaluation -> inference timing, model card and report
 
 Each step is the recipe's function (`recipe.py`), run as a stage of the run's journal
-(`journal.py`): the run works in `OUT.partial`, records each stage as it finishes, and becomes
-`OUT` once complete, so `--resume` continues a killed run from its last finished stage (and a
-fine-tune from its last checkpoint) to the result an uninterrupted run gives.
+(`journal.py`; with `--keep`, each candidate cut scored is one too): the run works in
+`OUT.partial`, records each stage as it finishes, and becomes `OUT` once complete, so `--resume`
+continues a killed run from its last finished stage (and a fine-tune from its last checkpoint)
+to the result an uninterrupted run gives.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import copy
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import cache, partial
 from pathlib import Path
@@ -154,8 +156,10 @@ def _run(cfg: RunConfig, task: Task, train: list, held: list, journal: Journal,
     settings = cfg.cut_settings(len(train))
     if cfg.keep is not None:  # the dense reference first: the cut's size is a share of it
         _add_dense(results, dense_stage())
+        candidate = partial(journal.stage, elapsed=lambda: time.perf_counter() - started)
         results["keep"] = stage_("keep", lambda: _keep(cfg, models, task, train, held, probed,
-                                                       healing, results["dense_heldout"], folder))
+                                                       healing, results["dense_heldout"], folder,
+                                                       candidate))
         settings = replace(settings, ratio=None, count=results["keep"]["chosen"], remove=None)
     if cfg.keep is not None and results["keep"].get("delivered"):  # the chosen candidate, healed
         results["pruned_finetune"] = stage_("pruned_finetune", lambda: _deliver_candidate(folder))
@@ -186,20 +190,26 @@ def _add_dense(results: dict, finished: dict) -> None:
 
 
 def _keep(cfg: RunConfig, models: Models, task: Task, train: list, held: list,
-          probed: ProbeResult, healing, dense_heldout: dict, folder: Path) -> dict:
+          probed: ProbeResult, healing, dense_heldout: dict, folder: Path,
+          journaled: Callable[[str, Callable[[], dict]], dict]) -> dict:
     """`--keep`: the largest cut whose healed model keeps the share `cfg.keep` of the dense
     fine-tuned model's held-out accuracy (`keep.keep_search`); each candidate cut of the dense
     model healed for `keep_steps` steps (default: as long as the final heal) and scored on the
     held-out examples. Candidates healed as long as the final heal are that heal: each one that
     keeps the share is saved (with its sidecar) to `keep.chosen/`, which then holds the chosen
-    one, delivered as the run's model."""
+    one, delivered as the run's model. Each candidate's point is a stage of its own
+    (`journaled(name, compute)`), so that a resumed run scores only the candidates it had not."""
     total = num_layers(models.master)
-    steps = cfg.keep_steps or cfg.train.planned_steps(len(train))
-    delivers = steps == cfg.train.planned_steps(len(train))
+    planned = cfg.train.planned_steps(len(train))
+    steps = cfg.keep_steps or planned
+    delivers = steps == planned
     dense = primary_metric(dense_heldout)
     settings = cfg.cut_settings(len(train))
 
     def score(count: int) -> KeepPoint:
+        return KeepPoint(**journaled(f"keep_{count}", lambda: scored(count).to_json()))
+
+    def scored(count: int) -> KeepPoint:
         with stage(f"--keep {cfg.keep:g}: a cut of {count} of {total} layers",
                    f"{steps} healing steps, {len(held)} held-out items") as st:
             done = cut(copy.deepcopy(models.master), models.tokenizer, train, held, probed,
