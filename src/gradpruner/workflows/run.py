@@ -130,9 +130,11 @@ def _run(cfg: RunConfig, task: Task, train: list, held: list, journal: Journal,
     folder = journal.folder
     models = Models.load(cfg)
 
+    def elapsed() -> float:
+        return time.perf_counter() - started
+
     def stage_(name: str, compute, everywhere: bool = False):
-        return journal.stage(name, compute, lambda: time.perf_counter() - started, on_main,
-                             everywhere)
+        return journal.stage(name, compute, elapsed, on_main, everywhere)
 
     results: dict = {"task": task.name, "model": models.source, "versions": versions(),
                      "config": cfg.to_json()}
@@ -156,7 +158,7 @@ def _run(cfg: RunConfig, task: Task, train: list, held: list, journal: Journal,
     settings = cfg.cut_settings(len(train))
     if cfg.keep is not None:  # the dense reference first: the cut's size is a share of it
         _add_dense(results, dense_stage())
-        candidate = partial(journal.stage, elapsed=lambda: time.perf_counter() - started)
+        candidate = partial(journal.stage, elapsed=elapsed)  # on rank 0, inside the keep stage
         results["keep"] = stage_("keep", lambda: _keep(cfg, models, task, train, held, probed,
                                                        healing, results["dense_heldout"], folder,
                                                        candidate))
